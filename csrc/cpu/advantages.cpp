@@ -1,0 +1,56 @@
+// minerva::gae on the CPU: one kernel for the gae / returns (lam = 1) /
+// dae (lam = 0) estimators. Columns (environments) are independent, so wide
+// batches are split across threads in cache-line-sized column blocks.
+#include "cpu/advantages.h"
+
+#include <algorithm>
+
+#include "ops.h"
+
+namespace minerva {
+
+std::tuple<Tensor, Tensor> gae_cpu(Tensor rewards, Tensor values, Tensor next_values,
+                                   Tensor terminated, Tensor done, double gamma, double lam) {
+  check_gae_args(rewards, values, next_values, terminated, done, gamma, lam);
+  rewards = torch::stable::contiguous(rewards);
+  values = torch::stable::contiguous(values);
+  next_values = torch::stable::contiguous(next_values);
+  terminated = torch::stable::contiguous(terminated);
+  done = torch::stable::contiguous(done);
+  Tensor advantages = torch::stable::empty_like(rewards);
+  Tensor returns = torch::stable::empty_like(rewards);
+
+  const int64_t T = rewards.size(0);
+  const int64_t N = rewards.size(1);
+  if (T == 0 || N == 0) return {advantages, returns};
+
+  const int64_t blocks = (N + cpu::kGaeColumnBlock - 1) / cpu::kGaeColumnBlock;
+  // Starting a thread costs a few microseconds: only split when each block
+  // chunk carries ~32k elements of work.
+  const int64_t grain_blocks = std::max<int64_t>(1, 32768 / (T * cpu::kGaeColumnBlock));
+
+  auto run = [&](auto zero) {
+    using scalar_t = decltype(zero);
+    const scalar_t* r = rewards.const_data_ptr<scalar_t>();
+    const scalar_t* v = values.const_data_ptr<scalar_t>();
+    const scalar_t* nv = next_values.const_data_ptr<scalar_t>();
+    const bool* term = terminated.const_data_ptr<bool>();
+    const bool* dn = done.const_data_ptr<bool>();
+    scalar_t* adv = advantages.mutable_data_ptr<scalar_t>();
+    scalar_t* ret = returns.mutable_data_ptr<scalar_t>();
+    torch::stable::parallel_for(0, blocks, grain_blocks, [&](int64_t begin, int64_t end) {
+      cpu::gae_columns<scalar_t>(r, v, nv, term, dn, adv, ret, T, N,
+                                 begin * cpu::kGaeColumnBlock,
+                                 std::min(N, end * cpu::kGaeColumnBlock),
+                                 static_cast<scalar_t>(gamma), static_cast<scalar_t>(lam));
+    });
+  };
+  if (rewards.scalar_type() == ScalarType::Double) {
+    run(double{});
+  } else {
+    run(float{});
+  }
+  return {advantages, returns};
+}
+
+}  // namespace minerva

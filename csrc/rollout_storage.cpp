@@ -1,0 +1,374 @@
+// RolloutStorage: preallocated [T, N, ...] buffers for one V-MPO rollout.
+// Python hands in envpool's numpy arrays (or CPU torch tensors); each insert
+// validates every array, then converts and copies all of them in one pass with
+// the GIL released. The buffers are exposed as numpy arrays that share this
+// object's memory; minerva/storage.py wraps them as torch tensors (no copy).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "cpu/advantages.h"
+
+namespace py = pybind11;
+
+namespace minerva {
+namespace {
+
+enum class Kind { Float32, Int64, UInt8, Bool };
+
+const char* kind_name(Kind kind) {
+  switch (kind) {
+    case Kind::Float32: return "float32";
+    case Kind::Int64: return "int64";
+    case Kind::UInt8: return "uint8";
+    case Kind::Bool: return "bool";
+  }
+  return "?";
+}
+
+size_t kind_size(Kind kind) {
+  switch (kind) {
+    case Kind::Float32: return 4;
+    case Kind::Int64: return 8;
+    case Kind::UInt8: return 1;
+    case Kind::Bool: return 1;
+  }
+  return 1;
+}
+
+py::dtype kind_dtype(Kind kind) {
+  switch (kind) {
+    case Kind::Float32: return py::dtype::of<float>();
+    case Kind::Int64: return py::dtype::of<int64_t>();
+    case Kind::UInt8: return py::dtype::of<uint8_t>();
+    case Kind::Bool: return py::dtype::of<bool>();
+  }
+  return py::dtype::of<float>();
+}
+
+// One [T, N, *trailing] buffer, 64-byte aligned.
+struct Buffer {
+  std::string name;
+  Kind kind;
+  std::vector<int64_t> trailing;  // shape after [T, N]
+  int64_t row_elements = 0;       // N * prod(trailing): one time step
+  std::unique_ptr<unsigned char, decltype(&std::free)> data{nullptr, &std::free};
+
+  Buffer(std::string name_, Kind kind_, std::vector<int64_t> trailing_, int64_t T, int64_t N)
+      : name(std::move(name_)), kind(kind_), trailing(std::move(trailing_)) {
+    row_elements = N;
+    for (int64_t d : trailing) row_elements *= d;
+    const size_t bytes = static_cast<size_t>(T * row_elements) * kind_size(kind);
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    data.reset(static_cast<unsigned char*>(std::aligned_alloc(64, rounded ? rounded : 64)));
+    if (!data) throw std::bad_alloc();
+    std::memset(data.get(), 0, rounded);
+  }
+
+  unsigned char* row(int64_t t) const {
+    return data.get() + static_cast<size_t>(t * row_elements) * kind_size(kind);
+  }
+  template <typename T>
+  T* typed_row(int64_t t) const {
+    return reinterpret_cast<T*>(row(t));
+  }
+};
+
+// A validated source array waiting to be copied into one buffer row.
+struct PendingCopy {
+  py::array source;  // keeps the memory alive until the copy is done
+  const void* from;
+  char source_kind;  // numpy kind: 'f', 'i', 'u', 'b'
+  size_t source_size;
+  Kind to_kind;
+  void* to;
+  int64_t count;
+};
+
+template <typename Dst, typename Src>
+void convert(void* to, const void* from, int64_t count) {
+  const Src* src = static_cast<const Src*>(from);
+  Dst* dst = static_cast<Dst*>(to);
+  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<Dst>(src[i]);
+}
+
+template <typename Dst>
+void convert_from(char kind, size_t size, void* to, const void* from, int64_t count) {
+  if (kind == 'f' && size == 4) return convert<Dst, float>(to, from, count);
+  if (kind == 'f' && size == 8) return convert<Dst, double>(to, from, count);
+  if (kind == 'i' && size == 1) return convert<Dst, int8_t>(to, from, count);
+  if (kind == 'i' && size == 2) return convert<Dst, int16_t>(to, from, count);
+  if (kind == 'i' && size == 4) return convert<Dst, int32_t>(to, from, count);
+  if (kind == 'i' && size == 8) return convert<Dst, int64_t>(to, from, count);
+  if (kind == 'u' && size == 1) return convert<Dst, uint8_t>(to, from, count);
+  if (kind == 'u' && size == 2) return convert<Dst, uint16_t>(to, from, count);
+  if (kind == 'u' && size == 4) return convert<Dst, uint32_t>(to, from, count);
+  if (kind == 'b') return convert<Dst, bool>(to, from, count);
+}
+
+void run_copy(const PendingCopy& copy) {
+  if (copy.source_size == kind_size(copy.to_kind) &&
+      ((copy.to_kind == Kind::Float32 && copy.source_kind == 'f') ||
+       (copy.to_kind == Kind::Int64 && copy.source_kind == 'i') ||
+       (copy.to_kind == Kind::UInt8 && copy.source_kind == 'u') ||
+       (copy.to_kind == Kind::Bool && copy.source_kind == 'b'))) {
+    std::memcpy(copy.to, copy.from, copy.count * copy.source_size);
+    return;
+  }
+  switch (copy.to_kind) {
+    case Kind::Float32:
+      return convert_from<float>(copy.source_kind, copy.source_size, copy.to, copy.from,
+                                 copy.count);
+    case Kind::Int64:
+      return convert_from<int64_t>(copy.source_kind, copy.source_size, copy.to, copy.from,
+                                   copy.count);
+    case Kind::UInt8:
+    case Kind::Bool:
+      return;  // only same-kind sources are accepted, copied above
+  }
+}
+
+// Which numpy kinds may land in a buffer without losing meaning.
+bool accepts(Kind to, char kind, size_t size) {
+  switch (to) {
+    case Kind::Float32:
+      return (kind == 'f' && (size == 4 || size == 8)) || kind == 'i' ||
+             (kind == 'u' && size <= 4) || kind == 'b';
+    case Kind::Int64:
+      return kind == 'i' || (kind == 'u' && size <= 4);
+    case Kind::UInt8:
+      return kind == 'u' && size == 1;
+    case Kind::Bool:
+      return kind == 'b';
+  }
+  return false;
+}
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string out = "(";
+  for (size_t d = 0; d < shape.size(); ++d) {
+    out += (d ? ", " : "") + std::to_string(shape[d]);
+  }
+  return out + (shape.size() == 1 ? ",)" : ")");
+}
+
+py::array as_array(const py::handle& value, const std::string& name) {
+  if (py::isinstance<py::array>(value)) return py::reinterpret_borrow<py::array>(value);
+  if (py::hasattr(value, "detach") && py::hasattr(value, "numpy")) {  // a torch.Tensor
+    return value.attr("detach")().attr("cpu")().attr("numpy")().cast<py::array>();
+  }
+  throw py::type_error("RolloutStorage.insert: " + name +
+                       " must be a numpy array or a torch tensor, got " +
+                       py::str(py::type::of(value).attr("__name__")).cast<std::string>());
+}
+
+class RolloutStorage {
+ public:
+  RolloutStorage(int64_t num_steps, int64_t num_envs, std::vector<int64_t> observation_shape,
+                 std::vector<int64_t> action_shape, bool discrete_actions,
+                 int64_t dist_params_dim, bool uint8_observations)
+      : T_(num_steps), N_(num_envs) {
+    auto positive = [](int64_t value, const char* what) {
+      if (value < 1) {
+        throw py::value_error(std::string("RolloutStorage: ") + what + " must be >= 1, got " +
+                              std::to_string(value));
+      }
+    };
+    positive(num_steps, "num_steps");
+    positive(num_envs, "num_envs");
+    for (int64_t d : observation_shape) positive(d, "every observation_shape entry");
+    for (int64_t d : action_shape) positive(d, "every action_shape entry");
+    if (discrete_actions && !action_shape.empty()) {
+      throw py::value_error("RolloutStorage: discrete actions are one integer per env; "
+                            "action_shape must be (), got " + shape_string(action_shape));
+    }
+    if (dist_params_dim < 0) {
+      throw py::value_error("RolloutStorage: dist_params_dim must be >= 0, got " +
+                            std::to_string(dist_params_dim));
+    }
+    auto add = [&](const char* name, Kind kind, std::vector<int64_t> trailing) {
+      buffers_.emplace_back(name, kind, std::move(trailing), T_, N_);
+    };
+    add("observations", uint8_observations ? Kind::UInt8 : Kind::Float32, observation_shape);
+    add("actions", discrete_actions ? Kind::Int64 : Kind::Float32, action_shape);
+    add("log_probs", Kind::Float32, {});
+    add("dist_params", Kind::Float32, {dist_params_dim});
+    add("values", Kind::Float32, {});
+    add("next_values", Kind::Float32, {});
+    add("rewards", Kind::Float32, {});
+    add("terminated", Kind::Bool, {});
+    add("truncated", Kind::Bool, {});
+    add("valid", Kind::Bool, {});
+    add("advantages", Kind::Float32, {});
+    add("returns", Kind::Float32, {});
+    done_.assign(static_cast<size_t>(T_ * N_), 0);
+  }
+
+  int64_t num_steps() const { return T_; }
+  int64_t num_envs() const { return N_; }
+  int64_t step() const { return step_; }
+  bool full() const { return step_ == T_; }
+  void reset() { step_ = 0; }
+
+  // Stores step `step()` of the rollout. next_values[step - 1] becomes values
+  // (V of the observation that followed the previous step).
+  void insert(const py::object& observations, const py::object& actions,
+              const py::object& log_probs, const py::object& dist_params,
+              const py::object& values, const py::object& rewards,
+              const py::object& terminated, const py::object& truncated,
+              const py::object& valid) {
+    if (full()) {
+      throw py::value_error("RolloutStorage.insert: the storage is full (" + std::to_string(T_) +
+                            " steps); call reset() before inserting more");
+    }
+    std::vector<PendingCopy> copies;
+    copies.reserve(9);
+    auto stage = [&](const py::object& value, Buffer& buffer) {
+      const std::string& name = buffer.name;
+      py::array array = py::array::ensure(as_array(value, name), py::array::c_style);
+      if (!array) throw py::error_already_set();
+      std::vector<int64_t> expected = {N_};
+      expected.insert(expected.end(), buffer.trailing.begin(), buffer.trailing.end());
+      std::vector<int64_t> got(array.shape(), array.shape() + array.ndim());
+      if (got != expected) {
+        throw py::value_error("RolloutStorage.insert: " + name + " must have shape " +
+                              shape_string(expected) + ", got " + shape_string(got));
+      }
+      const char kind = array.dtype().kind();
+      const size_t size = static_cast<size_t>(array.itemsize());
+      if (!accepts(buffer.kind, kind, size)) {
+        throw py::type_error("RolloutStorage.insert: " + name + " cannot be stored as " +
+                             kind_name(buffer.kind) + " (got dtype " +
+                             py::str(array.dtype()).cast<std::string>() + ")");
+      }
+      copies.push_back({array, array.data(), kind, size, buffer.kind, buffer.row(step_),
+                        buffer.row_elements});
+    };
+    stage(observations, buffer("observations"));
+    stage(actions, buffer("actions"));
+    stage(log_probs, buffer("log_probs"));
+    if (!dist_params.is_none() || buffer("dist_params").row_elements != 0) {
+      stage(dist_params, buffer("dist_params"));
+    }
+    stage(values, buffer("values"));
+    stage(rewards, buffer("rewards"));
+    stage(terminated, buffer("terminated"));
+    stage(truncated, buffer("truncated"));
+    bool* valid_row = buffer("valid").typed_row<bool>(step_);
+    if (!valid.is_none()) stage(valid, buffer("valid"));
+
+    const Buffer& values_buffer = buffer("values");
+    float* previous_next_values =
+        step_ > 0 ? buffer("next_values").typed_row<float>(step_ - 1) : nullptr;
+    {
+      py::gil_scoped_release release;
+      for (const PendingCopy& copy : copies) run_copy(copy);
+      if (valid.is_none()) std::fill(valid_row, valid_row + N_, true);
+      if (previous_next_values) {
+        std::memcpy(previous_next_values, values_buffer.row(step_), N_ * sizeof(float));
+      }
+    }
+    ++step_;
+  }
+
+  // next_values[T-1] = last_values, then advantages/returns in place (native gae).
+  void compute_advantages(const py::object& last_values, double gamma, double lam) {
+    if (!full()) {
+      throw py::value_error("RolloutStorage.compute_advantages: the rollout holds " +
+                            std::to_string(step_) + " of " + std::to_string(T_) +
+                            " steps; fill it first");
+    }
+    if (!(gamma >= 0.0 && gamma <= 1.0)) {
+      throw py::value_error("RolloutStorage.compute_advantages: gamma must be in [0, 1], got " +
+                            std::to_string(gamma));
+    }
+    if (!(lam >= 0.0 && lam <= 1.0)) {
+      throw py::value_error("RolloutStorage.compute_advantages: lam must be in [0, 1], got " +
+                            std::to_string(lam));
+    }
+    Buffer& next_values = buffer("next_values");
+    py::array last = py::array::ensure(as_array(last_values, "last_values"), py::array::c_style);
+    if (last.ndim() != 1 || last.shape(0) != N_) {
+      throw py::value_error("RolloutStorage.compute_advantages: last_values must have shape (" +
+                            std::to_string(N_) + ",), got " +
+                            shape_string({last.shape(), last.shape() + last.ndim()}));
+    }
+    if (last.dtype().kind() != 'f' || !(last.itemsize() == 4 || last.itemsize() == 8)) {
+      throw py::type_error("RolloutStorage.compute_advantages: last_values must be floating");
+    }
+    PendingCopy copy{last, last.data(), last.dtype().kind(), static_cast<size_t>(last.itemsize()),
+                     Kind::Float32, next_values.row(T_ - 1), N_};
+    const bool* terminated = buffer("terminated").typed_row<bool>(0);
+    const bool* truncated = buffer("truncated").typed_row<bool>(0);
+    py::gil_scoped_release release;
+    run_copy(copy);
+    for (int64_t i = 0; i < T_ * N_; ++i) done_[i] = terminated[i] || truncated[i];
+    cpu::gae_columns<float>(buffer("rewards").typed_row<float>(0),
+                            buffer("values").typed_row<float>(0), next_values.typed_row<float>(0),
+                            terminated, reinterpret_cast<const bool*>(done_.data()),
+                            buffer("advantages").typed_row<float>(0),
+                            buffer("returns").typed_row<float>(0), T_, N_, 0, N_,
+                            static_cast<float>(gamma), static_cast<float>(lam));
+  }
+
+  // name -> numpy array viewing the buffer; `owner` keeps this object alive.
+  py::dict arrays(const py::object& owner) const {
+    py::dict out;
+    for (const Buffer& b : buffers_) {
+      std::vector<py::ssize_t> shape = {T_, N_};
+      shape.insert(shape.end(), b.trailing.begin(), b.trailing.end());
+      out[py::str(b.name)] = py::array(kind_dtype(b.kind), shape, {}, b.data.get(), owner);
+    }
+    return out;
+  }
+
+ private:
+  Buffer& buffer(const char* name) {
+    for (Buffer& b : buffers_) {
+      if (b.name == name) return b;
+    }
+    throw std::logic_error(std::string("no buffer named ") + name);
+  }
+
+  int64_t T_;
+  int64_t N_;
+  int64_t step_ = 0;
+  std::vector<Buffer> buffers_;
+  std::vector<char> done_;  // terminated | truncated, scratch for gae
+};
+
+}  // namespace
+}  // namespace minerva
+
+PYBIND11_MODULE(_rollout_storage, m) {
+  m.doc() = "Native rollout storage for minerva (see minerva.storage.RolloutStorage).";
+  using minerva::RolloutStorage;
+  py::class_<RolloutStorage>(m, "RolloutStorage")
+      .def(py::init<int64_t, int64_t, std::vector<int64_t>, std::vector<int64_t>, bool, int64_t,
+                    bool>(),
+           py::arg("num_steps"), py::arg("num_envs"), py::arg("observation_shape"),
+           py::arg("action_shape"), py::arg("discrete_actions"), py::arg("dist_params_dim"),
+           py::arg("uint8_observations"))
+      .def_property_readonly("num_steps", &RolloutStorage::num_steps)
+      .def_property_readonly("num_envs", &RolloutStorage::num_envs)
+      .def_property_readonly("step", &RolloutStorage::step)
+      .def_property_readonly("full", &RolloutStorage::full)
+      .def("reset", &RolloutStorage::reset)
+      .def("insert", &RolloutStorage::insert, py::arg("observations"), py::arg("actions"),
+           py::arg("log_probs"), py::arg("dist_params"), py::arg("values"), py::arg("rewards"),
+           py::arg("terminated"), py::arg("truncated"), py::arg("valid") = py::none())
+      .def("compute_advantages", &RolloutStorage::compute_advantages, py::arg("last_values"),
+           py::arg("gamma"), py::arg("lam"))
+      .def("_arrays", [](const py::object& self) {
+        return self.cast<const RolloutStorage&>().arrays(self);
+      });
+}

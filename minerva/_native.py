@@ -1,0 +1,78 @@
+"""Loads minerva's native code: the op library ``_C.so`` and the ``_rollout_storage`` module.
+
+When either is missing or fails to load, minerva falls back to the pure-Python references in
+:mod:`minerva.reference` with a warning; ``MINERVA_REQUIRE_NATIVE=1`` turns that into an
+ImportError instead (CI sets it, so a broken build cannot pass silently).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+REQUIRE_NATIVE = os.environ.get("MINERVA_REQUIRE_NATIVE", "") not in ("", "0")
+
+_errors: list[str] = []
+
+
+def _fallback(what: str, error: str) -> None:
+    message = f"minerva: native {what} unavailable ({error}); using the pure-Python reference"
+    if REQUIRE_NATIVE:
+        raise ImportError(message + " [MINERVA_REQUIRE_NATIVE is set]")
+    _errors.append(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _import_storage():
+    try:
+        return importlib.import_module("minerva._rollout_storage")
+    except ImportError as error:
+        _fallback("rollout storage", str(error))
+        return None
+
+
+_storage_module = _import_storage()
+
+
+def _library_dirs() -> list[Path]:
+    # In a regular install the libraries sit beside this file; in an editable install the
+    # compiled files live in site-packages, next to the compiled storage module.
+    dirs = [Path(__file__).parent]
+    if _storage_module is not None:
+        dirs.append(Path(_storage_module.__file__).parent)
+    return dirs
+
+
+def _load_ops() -> bool:
+    if hasattr(torch.ops, "minerva") and hasattr(torch.ops.minerva, "gae"):
+        return True
+    candidates = [d / "_C.so" for d in _library_dirs() if (d / "_C.so").exists()]
+    if not candidates:
+        _fallback("ops", "minerva/_C.so not found; was the package built with `pip install .`?")
+        return False
+    library = candidates[0]
+    try:
+        torch.ops.load_library(str(library))
+    except OSError as error:
+        # torch's message hides the cause; ctypes names the missing symbol or library.
+        try:
+            ctypes.CDLL(str(library))
+            cause = str(error)
+        except OSError as detail:
+            cause = str(detail)
+        _fallback("ops", f"loading {library.name} failed: {cause}")
+        return False
+    return True
+
+
+OPS_LOADED = _load_ops()
+
+
+def rollout_storage_class():
+    """The native RolloutStorage class, or None when the module did not load."""
+    return None if _storage_module is None else _storage_module.RolloutStorage
