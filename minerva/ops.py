@@ -25,10 +25,15 @@ def native_available() -> bool:
 
 
 def _argument_error(error: RuntimeError) -> Exception:
-    # The kernels report bad arguments as RuntimeError("minerva.<op>: ..."); surface them as
-    # the ValueError the references raise. Anything else propagates unchanged.
+    # The kernels report bad arguments as RuntimeError("minerva.<op>: ..."), and the
+    # dispatcher a wrongly typed one as RuntimeError("minerva::<op>() Expected a value of
+    # type ..."); surface them as the ValueError / TypeError the references raise.
     message = str(error)
-    return ValueError(message) if message.startswith("minerva.") else error
+    if message.startswith("minerva."):
+        return ValueError(message)
+    if message.startswith("minerva::") and "Expected a value of type" in message:
+        return TypeError(message)
+    return error
 
 
 def gae(

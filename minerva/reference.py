@@ -104,6 +104,15 @@ def vmpo_weights(
     return weights, log_mean_exp
 
 
+def _storable(source: torch.dtype, buffer: torch.dtype) -> bool:
+    """Which inputs a buffer takes without losing meaning (as the native storage decides)."""
+    if buffer == torch.float32:
+        return not source.is_complex
+    if buffer == torch.int64:
+        return not (source.is_floating_point or source.is_complex or source == torch.bool)
+    return source == buffer  # uint8 observations and bool flags: exact dtype only
+
+
 class RolloutStorage(RolloutViews):
     """Pure-Python rollout storage with the interface of :class:`minerva.RolloutStorage`.
 
@@ -165,7 +174,7 @@ class RolloutStorage(RolloutViews):
                     f"RolloutStorage.insert: {name} must have shape {tuple(row.shape)}, "
                     f"got {tuple(source.shape)}"
                 )
-            if source.is_floating_point() and not row.is_floating_point():
+            if not _storable(source.dtype, row.dtype):
                 raise TypeError(
                     f"RolloutStorage.insert: {name} cannot be stored as "
                     f"{str(row.dtype).removeprefix('torch.')} (got dtype "
@@ -183,7 +192,14 @@ class RolloutStorage(RolloutViews):
                 f"{self.num_steps} steps; fill it first"
             )
         t = self._tensors
-        t["next_values"][-1] = torch.as_tensor(last_values)
+        last_values = torch.as_tensor(last_values)
+        if last_values.shape != (self.num_envs,) or not last_values.is_floating_point():
+            raise ValueError(
+                f"RolloutStorage.compute_advantages: last_values must be floating with shape "
+                f"({self.num_envs},), got {str(last_values.dtype).removeprefix('torch.')} "
+                f"{tuple(last_values.shape)}"
+            )
+        t["next_values"][-1] = last_values
         advantages, returns = gae(t["rewards"], t["values"], t["next_values"], t["terminated"],
                                   t["terminated"] | t["truncated"], gamma, lam)
         t["advantages"].copy_(advantages)

@@ -1,0 +1,242 @@
+"""RolloutStorage: round trips, next-value chaining, advantages in place, flattened batches,
+bad arrays, and the native storage against the pure-Python reference."""
+
+import numpy as np
+import pytest
+import torch
+
+import minerva
+from minerva import reference
+from minerva.storage import RolloutStorage as NativeStorage
+
+STORAGES = [NativeStorage, reference.RolloutStorage]
+IDS = ["native", "reference"]
+
+T, N, OBS, ACT, P = 4, 3, (5,), (2,), 4
+
+
+def step_arrays(rng, t, *, obs_dtype=np.float64, torch_inputs=False):
+    arrays = dict(
+        observations=rng.standard_normal((N, *OBS)).astype(obs_dtype),
+        actions=rng.uniform(-1, 1, (N, *ACT)).astype(np.float32),
+        log_probs=rng.standard_normal(N).astype(np.float32),
+        dist_params=rng.standard_normal((N, P)).astype(np.float32),
+        values=rng.standard_normal(N).astype(np.float32),
+        rewards=rng.standard_normal(N).astype(np.float32),
+        terminated=rng.random(N) < 0.3,
+        truncated=rng.random(N) < 0.3,
+        valid=rng.random(N) < 0.8,
+    )
+    if torch_inputs:
+        arrays = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    return arrays
+
+
+def fill(storage, seed=0, **kwargs):
+    rng = np.random.default_rng(seed)
+    steps = [step_arrays(rng, t, **kwargs) for t in range(storage.num_steps)]
+    for arrays in steps:
+        storage.insert(**arrays)
+    return steps
+
+
+def test_native_storage_is_the_default():
+    assert minerva.RolloutStorage is NativeStorage
+    assert NativeStorage.__mro__[2].__module__ == "minerva._rollout_storage"
+
+
+@pytest.mark.parametrize("Storage", STORAGES, ids=IDS)
+@pytest.mark.parametrize("torch_inputs", [False, True])
+def test_round_trip(Storage, torch_inputs):
+    storage = Storage(T, N, OBS, ACT, dist_params_dim=P)
+    assert storage.step == 0 and not storage.full
+    steps = fill(storage, torch_inputs=torch_inputs)
+    assert storage.step == T and storage.full
+    for t, arrays in enumerate(steps):
+        for name, value in arrays.items():
+            got = getattr(storage, name)[t]
+            want = torch.as_tensor(np.asarray(value)).to(got.dtype)
+            assert torch.equal(got, want), name
+    # float64 observations land in float32 buffers
+    assert storage.observations.dtype == torch.float32
+    assert storage.observations.shape == (T, N, *OBS)
+    # next_values[t] = values[t + 1] for every step but the last
+    assert torch.equal(storage.next_values[:-1], storage.values[1:])
+
+
+@pytest.mark.parametrize("Storage", STORAGES, ids=IDS)
+def test_full_reset_and_overflow(Storage):
+    storage = Storage(T, N, OBS, ACT, dist_params_dim=P)
+    fill(storage)
+    with pytest.raises(ValueError, match="full"):
+        fill(storage)
+    storage.reset()
+    assert storage.step == 0 and not storage.full
+    fill(storage, seed=1)
+    assert storage.full
+
+
+@pytest.mark.parametrize("Storage", STORAGES, ids=IDS)
+def test_valid_defaults_to_true(Storage):
+    storage = Storage(1, N, OBS, ACT, dist_params_dim=P)
+    arrays = step_arrays(np.random.default_rng(0), 0)
+    del arrays["valid"]
+    storage.valid.fill_(False)
+    storage.insert(**arrays)
+    assert storage.valid.all()
+
+
+@pytest.mark.parametrize("Storage", STORAGES, ids=IDS)
+def test_compute_advantages_in_place(Storage):
+    storage = Storage(T, N, OBS, ACT, dist_params_dim=P)
+    fill(storage)
+    last_values = np.arange(N, dtype=np.float32)
+    storage.compute_advantages(last_values, gamma=0.97, lam=0.9)
+    assert torch.equal(storage.next_values[-1], torch.from_numpy(last_values))
+    want_advantages, want_returns = reference.gae(
+        storage.rewards, storage.values, storage.next_values, storage.terminated,
+        storage.terminated | storage.truncated, 0.97, 0.9)
+    torch.testing.assert_close(storage.advantages, want_advantages)
+    torch.testing.assert_close(storage.returns, want_returns)
+
+
+@pytest.mark.parametrize("Storage", STORAGES, ids=IDS)
+def test_compute_advantages_needs_a_full_rollout(Storage):
+    storage = Storage(T, N, OBS, ACT, dist_params_dim=P)
+    storage.insert(**step_arrays(np.random.default_rng(0), 0))
+    with pytest.raises(ValueError, match="holds 1 of 4 steps"):
+        storage.compute_advantages(np.zeros(N, np.float32), 0.99, 0.95)
+
+
+@pytest.mark.parametrize("Storage", STORAGES, ids=IDS)
+def test_batch_is_a_flat_view(Storage):
+    storage = Storage(T, N, OBS, ACT, dist_params_dim=P)
+    fill(storage)
+    storage.compute_advantages(np.zeros(N, np.float32), 0.99, 0.95)
+    batch = storage.batch()
+    assert batch.observations.shape == (T * N, *OBS)
+    assert batch.actions.shape == (T * N, *ACT)
+    assert batch.dist_params.shape == (T * N, P)
+    for name in ("log_probs", "values", "advantages", "returns", "valid"):
+        assert getattr(batch, name).shape == (T * N,)
+    # a view: writing the buffer shows in the batch
+    storage.advantages[1, 2] = 123.0
+    assert batch.advantages[1 * N + 2].item() == 123.0
+    assert storage.batch(device="cpu").advantages[1 * N + 2].item() == 123.0
+
+
+def test_native_buffers_share_memory_and_outlive_python_references():
+    storage = NativeStorage(T, N, OBS, ACT, dist_params_dim=P)
+    observations = storage.observations
+    fill(storage)
+    del storage  # the tensor keeps the native buffers alive
+    assert observations.abs().sum() > 0
+
+
+def test_native_matches_reference_storage():
+    native = NativeStorage(T, N, OBS, ACT, dist_params_dim=P)
+    python = reference.RolloutStorage(T, N, OBS, ACT, dist_params_dim=P)
+    for storage in (native, python):
+        fill(storage, seed=7)
+        storage.compute_advantages(np.full(N, 0.5, np.float32), 0.99, 0.95)
+    for name in ("observations", "actions", "log_probs", "dist_params", "values", "next_values",
+                 "rewards", "terminated", "truncated", "valid"):
+        assert torch.equal(getattr(native, name), getattr(python, name)), name
+    torch.testing.assert_close(native.advantages, python.advantages)
+    torch.testing.assert_close(native.returns, python.returns)
+
+
+@pytest.mark.parametrize("Storage", STORAGES, ids=IDS)
+def test_discrete_actions(Storage):
+    storage = Storage(2, N, (4,), discrete_actions=True, dist_params_dim=2)
+    arrays = step_arrays(np.random.default_rng(0), 0)
+    arrays.update(observations=np.zeros((N, 4)), actions=np.array([0, 1, 1], dtype=np.int32),
+                  dist_params=np.zeros((N, 2), np.float32))
+    storage.insert(**arrays)
+    assert storage.actions.dtype == torch.int64
+    assert storage.actions[0].tolist() == [0, 1, 1]
+    arrays["actions"] = np.array([0.0, 1.0, 1.0])
+    with pytest.raises(TypeError, match="actions cannot be stored as int64"):
+        storage.insert(**arrays)
+
+
+@pytest.mark.parametrize("Storage", STORAGES, ids=IDS)
+def test_uint8_observations(Storage):
+    storage = Storage(1, N, (2, 2), ACT, observation_dtype=torch.uint8)
+    arrays = step_arrays(np.random.default_rng(0), 0)
+    arrays.update(observations=np.full((N, 2, 2), 200, np.uint8), dist_params=None)
+    storage.insert(**arrays)
+    assert storage.observations.dtype == torch.uint8 and storage.observations.eq(200).all()
+
+
+@pytest.mark.parametrize("Storage", STORAGES, ids=IDS)
+@pytest.mark.parametrize("field,bad,message", [
+    ("observations", np.zeros((N, 4)), r"observations must have shape \(3, 5\), got \(3, 4\)"),
+    ("observations", np.zeros((N + 1, 5)), r"observations must have shape \(3, 5\)"),
+    ("actions", np.zeros((N,), np.float32), r"actions must have shape \(3, 2\)"),
+    ("log_probs", np.zeros((N, 1), np.float32), r"log_probs must have shape \(3,\)"),
+    ("values", np.zeros((2,), np.float32), r"values must have shape \(3,\)"),
+    ("rewards", np.zeros((N, N), np.float32), r"rewards must have shape \(3,\)"),
+    ("dist_params", np.zeros((N, P + 1), np.float32), r"dist_params must have shape \(3, 4\)"),
+    ("terminated", np.zeros((4,), bool), r"terminated must have shape \(3,\)"),
+])
+def test_insert_rejects_wrong_shapes(Storage, field, bad, message):
+    storage = Storage(T, N, OBS, ACT, dist_params_dim=P)
+    arrays = step_arrays(np.random.default_rng(0), 0)
+    arrays[field] = bad
+    with pytest.raises(ValueError, match=message):
+        storage.insert(**arrays)
+    assert storage.step == 0  # nothing was stored
+
+
+@pytest.mark.parametrize("Storage", STORAGES, ids=IDS)
+def test_insert_rejects_bad_types(Storage):
+    storage = Storage(T, N, OBS, ACT, dist_params_dim=P)
+    arrays = step_arrays(np.random.default_rng(0), 0)
+    with pytest.raises(TypeError, match="terminated cannot be stored as bool"):
+        storage.insert(**{**arrays, "terminated": np.zeros(N, np.float32)})
+    with pytest.raises(TypeError, match="observations cannot be stored as float32"):
+        storage.insert(**{**arrays, "observations": np.zeros((N, 5), np.complex64)})
+    assert storage.step == 0
+
+
+def test_native_insert_names_non_array_inputs():
+    storage = NativeStorage(T, N, OBS, ACT, dist_params_dim=P)
+    arrays = step_arrays(np.random.default_rng(0), 0)
+    with pytest.raises(TypeError, match="rewards must be a numpy array or a torch tensor"):
+        storage.insert(**{**arrays, "rewards": [0.0, 1.0, 2.0]})
+
+
+def test_non_contiguous_inputs_are_accepted():
+    storage = NativeStorage(1, N, OBS, ACT, dist_params_dim=P)
+    arrays = step_arrays(np.random.default_rng(0), 0)
+    wide = np.zeros((N, 10))
+    wide[:, ::2] = arrays["observations"]
+    storage.insert(**{**arrays, "observations": wide[:, ::2]})
+    assert torch.equal(storage.observations[0], torch.from_numpy(arrays["observations"]).float())
+
+
+@pytest.mark.parametrize("Storage", STORAGES, ids=IDS)
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(num_steps=0), "num_steps must be an integer >= 1"),
+    (dict(num_envs=-1), "num_envs must be an integer >= 1"),
+    (dict(observation_shape=(0,)), "observation_shape and action_shape entries must be >= 1"),
+    (dict(discrete_actions=True), "discrete actions are one integer per env"),
+    (dict(dist_params_dim=-2), "dist_params_dim must be >= 0"),
+    (dict(observation_dtype=torch.float64), "observation_dtype must be"),
+])
+def test_constructor_rejects_bad_layouts(Storage, kwargs, message):
+    args = dict(num_steps=T, num_envs=N, observation_shape=OBS, action_shape=ACT)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        Storage(**args)
+
+
+@pytest.mark.parametrize("Storage", STORAGES, ids=IDS)
+def test_compute_advantages_rejects_bad_last_values(Storage):
+    storage = Storage(T, N, OBS, ACT, dist_params_dim=P)
+    fill(storage)
+    with pytest.raises(ValueError, match=r"last_values must .*shape \(3,\)"):
+        storage.compute_advantages(np.zeros(N + 1, np.float32), 0.99, 0.95)
+    with pytest.raises(ValueError, match="gamma"):
+        storage.compute_advantages(np.zeros(N, np.float32), 1.5, 0.95)
