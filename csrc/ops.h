@@ -92,6 +92,11 @@ inline void check_dim(const char* op, const char* name, const Tensor& t, int64_t
         shape_string(t));
 }
 
+// torch::stable::contiguous is a dispatcher call (~1 us) even for a contiguous tensor.
+inline Tensor make_contiguous(const Tensor& t) {
+  return t.is_contiguous() ? t : torch::stable::contiguous(t);
+}
+
 // gae(rewards, values, next_values, terminated, done, gamma, lam): all [T, N].
 inline void check_gae_args(const Tensor& rewards, const Tensor& values, const Tensor& next_values,
                            const Tensor& terminated, const Tensor& done, double gamma,

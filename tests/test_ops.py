@@ -87,10 +87,16 @@ def test_topk_mask_matches_reference(B, dtype, p_valid, fraction, ties, seed):
     assert not (selected & ~valid).any()
 
 
-@pytest.mark.parametrize("B", [1, 200_000, 1 << 20])
-def test_topk_mask_matches_reference_large(B):
-    advantages, valid = torch.randn(B), random_mask(B, 0.9)
-    for fraction in (0.01, 0.5, 1.0):
+@pytest.mark.parametrize("B", [1, 5000, 20_000, 200_000, 1 << 20])
+@pytest.mark.parametrize("values", ["normal", "ties", "wide"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_topk_mask_matches_reference_large(B, values, dtype):
+    # sizes on both sides of the selection / 11-bit / 16-bit histogram switches
+    advantages = {"normal": torch.randn(B, dtype=dtype),
+                  "ties": torch.randint(-2, 3, (B,)).to(dtype),
+                  "wide": torch.randn(B, dtype=dtype) * 1e6}[values]
+    valid = random_mask(B, 0.9)
+    for fraction in (1e-5, 0.01, 0.5, 0.999, 1.0):
         assert torch.equal(ops.topk_mask(advantages, valid, fraction),
                            reference.topk_mask(advantages, valid, fraction))
 

@@ -12,11 +12,11 @@ namespace minerva {
 std::tuple<Tensor, Tensor> gae_cpu(Tensor rewards, Tensor values, Tensor next_values,
                                    Tensor terminated, Tensor done, double gamma, double lam) {
   check_gae_args(rewards, values, next_values, terminated, done, gamma, lam);
-  rewards = torch::stable::contiguous(rewards);
-  values = torch::stable::contiguous(values);
-  next_values = torch::stable::contiguous(next_values);
-  terminated = torch::stable::contiguous(terminated);
-  done = torch::stable::contiguous(done);
+  rewards = make_contiguous(rewards);
+  values = make_contiguous(values);
+  next_values = make_contiguous(next_values);
+  terminated = make_contiguous(terminated);
+  done = make_contiguous(done);
   Tensor advantages = torch::stable::empty_like(rewards);
   Tensor returns = torch::stable::empty_like(rewards);
 
@@ -38,12 +38,17 @@ std::tuple<Tensor, Tensor> gae_cpu(Tensor rewards, Tensor values, Tensor next_va
     const bool* dn = done.const_data_ptr<bool>();
     scalar_t* adv = advantages.mutable_data_ptr<scalar_t>();
     scalar_t* ret = returns.mutable_data_ptr<scalar_t>();
-    torch::stable::parallel_for(0, blocks, grain_blocks, [&](int64_t begin, int64_t end) {
+    auto columns = [&](int64_t begin, int64_t end) {
       cpu::gae_columns<scalar_t>(r, v, nv, term, dn, adv, ret, T, N,
                                  begin * cpu::kGaeColumnBlock,
                                  std::min(N, end * cpu::kGaeColumnBlock),
                                  static_cast<scalar_t>(gamma), static_cast<scalar_t>(lam));
-    });
+    };
+    if (blocks <= grain_blocks) {
+      columns(0, blocks);  // one chunk: skip the thread pool's bookkeeping
+    } else {
+      torch::stable::parallel_for(0, blocks, grain_blocks, columns);
+    }
   };
   if (rewards.scalar_type() == ScalarType::Double) {
     run(double{});
