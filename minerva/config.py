@@ -1,0 +1,110 @@
+"""The one typed configuration of a training run; the CLI (``python -m minerva.train``) is
+generated from it, and :class:`~minerva.trainers.vmpo.trainer.VMPOTrainer` validates its
+arguments through it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+ESTIMATORS = ("returns", "dae", "gae")
+OPTIMIZERS = ("adam", "sgd")
+BACKENDS = ("auto", "envpool", "gymnasium")
+ACTIVATIONS = ("tanh", "relu", "elu", "silu")
+
+
+def _option(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    # --- run -------------------------------------------------------------------------------
+    env_id: str = _option("CartPole-v1", "environment id (gymnasium or envpool)")
+    seed: int = _option(1, "random seed (env i is seeded with seed + i)")
+    total_steps: int = _option(200_000, "environment steps to train for")
+    out_dir: str = _option("runs", "output folder (metrics.jsonl, TensorBoard, checkpoints)")
+    device: str = _option("cpu", "torch device for the networks and the update, e.g. cpu, cuda")
+    backend: str = _option("auto", "environment backend; auto = envpool when it has the id",
+                           choices=BACKENDS)
+    num_envs: int = _option(8, "environments stepped together")
+    rollout_steps: int = _option(64, "steps per environment in each rollout")
+    torch_threads: int = _option(0, "torch intra-op threads (0: torch's default)")
+    # --- V-MPO -----------------------------------------------------------------------------
+    advantage_estimator: str = _option("gae", "advantage estimator", choices=ESTIMATORS)
+    gamma: float = _option(0.99, "discount factor")
+    gae_lambda: float = _option(0.95, "lambda of the gae estimator")
+    normalize_advantages: bool = _option(True, "standardise advantages over valid samples")
+    topk_fraction: float = _option(0.5, "fraction of the valid samples the E-step keeps")
+    temperature_init: float = _option(1.0, "initial temperature eta")
+    epsilon_eta: float = _option(0.1, "temperature (E-step) KL bound")
+    epsilon_mu: float = _option(0.01, "KL bound on the Gaussian mean")
+    epsilon_sigma: float = _option(0.01, "KL bound on the Gaussian standard deviation")
+    epsilon_categorical: float = _option(0.01, "KL bound of a categorical policy")
+    alpha_init: float = _option(1.0, "initial KL Lagrange multipliers")
+    m_steps: int = _option(8, "gradient steps (M-steps) per rollout")
+    # --- networks and optimisation ---------------------------------------------------------
+    policy_layer_sizes: tuple[int, ...] = _option((64, 64), "policy hidden layer sizes")
+    value_layer_sizes: tuple[int, ...] = _option((64, 64), "value hidden layer sizes")
+    activation: str = _option("tanh", "hidden activation", choices=ACTIVATIONS)
+    shared_encoder: bool = _option(False, "the value head reads the policy's hidden layers")
+    init_log_std: float = _option(0.0, "initial log-std of a Gaussian policy")
+    optimizer_type: str = _option("adam", "optimizer", choices=OPTIMIZERS)
+    sgd_momentum: float = _option(0.9, "momentum when optimizer_type is sgd")
+    policy_lr: float = _option(5e-4, "policy learning rate")
+    value_lr: float = _option(1e-3, "value function learning rate")
+    temperature_lr: float = _option(1e-2, "temperature (eta) learning rate")
+    alpha_lr: float = _option(1e-2, "KL multipliers (alpha) learning rate")
+    max_grad_norm: float = _option(10.0, "gradient clipping norm for the networks")
+    # --- normalisation ---------------------------------------------------------------------
+    normalize_observations: bool = _option(True, "running mean/std observation normalisation")
+    normalize_rewards: bool = _option(True, "scale rewards by the running return std")
+    # --- evaluation and logging ------------------------------------------------------------
+    eval_every: int = _option(10_000, "evaluate every this many environment steps")
+    eval_episodes: int = _option(10, "evaluation episodes (one per evaluation env)")
+    target_return: float | None = _option(
+        None, "stop once the evaluation return mean reaches this (none: never)")
+    progress: bool = _option(True, "show a progress bar")
+
+    def validate(self) -> "TrainConfig":
+        """Raises ValueError naming the first bad option; returns self."""
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"{name}: {why}, got {getattr(self, name)!r}")
+
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                bad(f.name, f"must be one of {', '.join(choices)}")
+        for name in ("total_steps", "num_envs", "rollout_steps", "m_steps", "eval_every",
+                     "eval_episodes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad(name, "must be a positive integer")
+        if self.torch_threads < 0:
+            bad("torch_threads", "must be >= 0")
+        for name in ("gamma", "gae_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                bad(name, "must be in [0, 1]")
+        if not 0.0 < self.topk_fraction <= 1.0:
+            bad("topk_fraction", "must be in (0, 1]")
+        for name in ("temperature_init", "epsilon_eta", "epsilon_mu", "epsilon_sigma",
+                     "epsilon_categorical", "alpha_init", "policy_lr", "value_lr",
+                     "temperature_lr", "alpha_lr", "max_grad_norm"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                bad(name, "must be a positive number")
+        if not 0.0 <= self.sgd_momentum < 1.0:
+            bad("sgd_momentum", "must be in [0, 1)")
+        for name in ("policy_layer_sizes", "value_layer_sizes"):
+            if any(not isinstance(s, int) or s < 1 for s in getattr(self, name)):
+                bad(name, "must be positive integers")
+        if not self.env_id:
+            bad("env_id", "must not be empty")
+        return self
+
+    @property
+    def lam(self) -> float:
+        """The lambda the GAE kernel runs with: the estimators are one kernel."""
+        return {"gae": self.gae_lambda, "returns": 1.0, "dae": 0.0}[self.advantage_estimator]
+
+

@@ -1,0 +1,328 @@
+"""Vector environments: one interface over envpool and gymnasium.
+
+Both backends autoreset on the **next step**, which is envpool's behaviour and gymnasium
+1.x's default: the step that ends an episode returns the true last observation, and the
+step after it ignores the action and returns the reset observation with reward 0 and
+``terminated = truncated = False``. That reset step is not experience; the trainer masks
+it out of the rollout.
+
+Seeding is the same on both backends: environment ``i`` gets ``seed + i``.
+
+Observations are passed through in the backend's dtype (envpool's MuJoCo gives float64;
+the rollout storage converts). ``Dict``/``Tuple`` observations are flattened into one
+``Box``. Rewards are float32 on both backends (envpool's dtype).
+
+envpool does not validate actions (too few rows aborts the process, out-of-range discrete
+actions can segfault, NaN is silently simulated), so :meth:`VectorEnv.step` passes every
+batch through :func:`validate_actions` first, whichever the backend.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple, Self
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+BACKENDS = ("envpool", "gymnasium")
+
+#: ``make_env(env_id, seed) -> thunk`` creating one gymnasium env (the trainer passes its
+#: ``_make_env``; taking it as an argument keeps this module free of trainer imports).
+EnvFactory = Callable[[str, int], Callable[[], gym.Env]]
+
+# Box actions may exceed the bounds by float rounding (e.g. a tanh squash rescaled in
+# float32); within this relative slack they are clipped, beyond it they are an error.
+_BOUNDS_RTOL = 1e-5
+
+
+class StepResult(NamedTuple):
+    """One batched step, ``[N, ...]`` arrays."""
+
+    observations: np.ndarray
+    rewards: np.ndarray  # float32
+    terminated: np.ndarray  # bool
+    truncated: np.ndarray  # bool
+    infos: dict[str, Any]
+
+
+@functools.cache
+def envpool_env_ids() -> frozenset[str]:
+    """Ids envpool can make; empty when envpool is not installed (it is optional)."""
+    try:
+        import envpool
+    except ImportError:
+        return frozenset()
+    return frozenset(envpool.list_all_envs())
+
+
+def available_backends(env_id: str) -> tuple[str, ...]:
+    """Backends that know ``env_id``, in order of preference."""
+    # gym.registry is read each time: importing a plugin (e.g. shimmy) can add ids.
+    known = {"envpool": envpool_env_ids(), "gymnasium": gym.registry}
+    return tuple(backend for backend in BACKENDS if env_id in known[backend])
+
+
+def default_backend(env_id: str) -> str:
+    """``"envpool"`` when envpool is installed and has ``env_id``, else ``"gymnasium"``."""
+    return "envpool" if env_id in envpool_env_ids() else "gymnasium"
+
+
+def validate_actions(actions: Any, action_space: spaces.Space, num_envs: int) -> np.ndarray:
+    """Checks a batch of actions and returns the array to send to the environments.
+
+    ``Discrete``: shape ``(num_envs,)``, an integer dtype, ``start <= a < start + n``;
+    returned as int32 (what envpool takes). ``Box``: shape ``(num_envs, *shape)``, finite
+    real values within the bounds (up to float rounding, which is clipped); returned in the
+    space's dtype (envpool's MuJoCo takes float64, its classic control float32).
+
+    Raises:
+        ValueError: naming what is wrong, e.g. ``actions contain NaN at env 3``.
+    """
+    try:
+        array = np.asarray(actions)
+    except (TypeError, ValueError, RuntimeError) as error:  # e.g. a CUDA or grad tensor
+        raise ValueError(
+            f"actions must be array-like (a numpy array or a CPU tensor), got "
+            f"{type(actions).__name__}: {error}"
+        ) from error
+    expected = (num_envs, *action_space.shape)
+    if array.shape != expected:
+        raise ValueError(f"actions must have shape {expected}, got {array.shape}")
+
+    if isinstance(action_space, spaces.Discrete):
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"discrete actions must be integers, got dtype {array.dtype}")
+        start, stop = int(action_space.start), int(action_space.start + action_space.n)
+        bad = np.flatnonzero((array < start) | (array >= stop))
+        if bad.size:
+            env = int(bad[0])
+            raise ValueError(f"action {array[env]} out of range [{start}, {stop}) at env {env}")
+        return array.astype(np.int32)
+
+    if isinstance(action_space, spaces.Box):
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise ValueError(f"continuous actions must be real numbers, got dtype {array.dtype}")
+        array = array.astype(action_space.dtype)
+        if not np.isfinite(array).all():
+            for name, bad in (("NaN", np.isnan(array)), ("inf", np.isinf(array))):
+                if bad.any():
+                    env = int(np.argwhere(bad)[0][0])
+                    raise ValueError(f"actions contain {name} at env {env}")
+        low, high = action_space.low, action_space.high
+        outside = (array < low - _BOUNDS_RTOL * (1 + np.abs(low))) | (
+            array > high + _BOUNDS_RTOL * (1 + np.abs(high))
+        )
+        if outside.any():
+            index = tuple(int(i) for i in np.argwhere(outside)[0])
+            env, dim = index[0], index[1:]
+            where = f"env {env}" + (f", dimension {', '.join(map(str, dim))}" if dim else "")
+            raise ValueError(
+                f"action {array[index]} out of bounds [{low[dim]}, {high[dim]}] at {where}"
+            )
+        return np.clip(array, low, high)
+
+    raise ValueError(f"unsupported action space {action_space}")
+
+
+def _is_box_tree(space: spaces.Space) -> bool:
+    """A Box, or Dict/Tuple spaces nesting only Boxes."""
+    if isinstance(space, spaces.Dict):
+        return all(_is_box_tree(s) for s in space.values())
+    if isinstance(space, spaces.Tuple):
+        return all(_is_box_tree(s) for s in space)
+    return isinstance(space, spaces.Box)
+
+
+def _flatten_observations(space: spaces.Space, observations: Any, num_envs: int) -> np.ndarray:
+    """Flattens batched ``Dict``/``Tuple`` observations into ``[N, D]`` in the order of
+    :func:`gymnasium.spaces.flatten_space`; a ``Box`` batch is returned unchanged."""
+    if isinstance(space, spaces.Dict):
+        parts = [_flatten_observations(s, observations[k], num_envs) for k, s in space.items()]
+    elif isinstance(space, spaces.Tuple):
+        parts = [_flatten_observations(s, o, num_envs)
+                 for s, o in zip(space, observations, strict=True)]
+    else:
+        return observations
+    return np.concatenate([p.reshape(num_envs, -1) for p in parts], axis=1)
+
+
+class VectorEnv(abc.ABC):
+    """``num_envs`` environments stepped together, with next-step autoreset.
+
+    A context manager; :meth:`close` releases the backend's environments.
+    """
+
+    backend: str  # "envpool" | "gymnasium"
+
+    def __init__(self, env: gym.vector.VectorEnv, env_id: str, num_envs: int) -> None:
+        # Both backends' environments are gymnasium vector envs (envpool's subclass it).
+        self._env = env
+        self.env_id = env_id
+        self.num_envs = num_envs
+        self._needs_reset = True
+        self._closed = False
+        # Read once: envpool rebuilds its spaces on every access.
+        self._raw_observation_space = env.single_observation_space
+        action_space = env.single_action_space
+        try:
+            self.single_observation_space = self._observation_box(self._raw_observation_space)
+            if not isinstance(action_space, (spaces.Box, spaces.Discrete)):
+                raise ValueError(
+                    f"{env_id}: unsupported action space {action_space} "
+                    "(minerva supports Box and Discrete)"
+                )
+        except ValueError:
+            env.close()
+            raise
+        self.single_action_space: spaces.Box | spaces.Discrete = action_space
+
+    def _observation_box(self, space: spaces.Space) -> spaces.Box:
+        # Box leaves only: flatten_space would one-hot encode Discrete ones, which
+        # _flatten_observations does not.
+        if not _is_box_tree(space):
+            raise ValueError(
+                f"{self.env_id}: unsupported observation space {space} "
+                "(minerva supports Box, and Dict/Tuple of Box which it flattens)"
+            )
+        return space if isinstance(space, spaces.Box) else spaces.flatten_space(space)
+
+    @abc.abstractmethod
+    def _reset(self, seed: int | None) -> Any:
+        """Resets every environment (seeding as the backend needs); returns observations."""
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Resets every environment; returns ``[N, *obs_shape]`` observations.
+
+        ``seed`` reseeds env ``i`` with ``seed + i`` on the gymnasium backend. envpool cannot
+        reseed: its envs keep the seeds they were made with and continue their streams.
+        """
+        self._check_open()
+        observations = self._reset(seed)
+        self._needs_reset = False
+        return _flatten_observations(self._raw_observation_space, observations, self.num_envs)
+
+    def step(self, actions: Any) -> StepResult:
+        """Validates ``actions`` (see :func:`validate_actions`) and steps every environment."""
+        self._check_open()
+        if self._needs_reset:
+            raise RuntimeError(f"{self!r}: call reset() before step()")
+        actions = validate_actions(actions, self.single_action_space, self.num_envs)
+        observations, rewards, terminated, truncated, infos = self._env.step(actions)
+        return StepResult(
+            _flatten_observations(self._raw_observation_space, observations, self.num_envs),
+            np.asarray(rewards, dtype=np.float32),
+            np.asarray(terminated, dtype=bool),
+            np.asarray(truncated, dtype=bool),
+            infos,
+        )
+
+    def close(self) -> None:
+        """Closes the environments (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._env.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.env_id!r}, num_envs={self.num_envs})"
+
+
+class EnvpoolVectorEnv(VectorEnv):
+    """envpool, synchronous (``batch_size == num_envs``); env ``i`` is seeded ``seed + i``."""
+
+    backend = "envpool"
+
+    def __init__(self, env_id: str, num_envs: int, seed: int) -> None:
+        import envpool
+
+        with warnings.catch_warnings():
+            # envpool builds its spaces anew on every access, float32 Boxes from float64
+            # bounds, and gymnasium warns each time; the base class reads them once.
+            warnings.filterwarnings("ignore", message=r".*precision lowered by casting")
+            env = envpool.make(env_id, env_type="gymnasium", num_envs=num_envs, seed=seed)
+            super().__init__(env, env_id, num_envs)
+
+    def _reset(self, seed: int | None) -> Any:
+        # envpool seeds at construction; later resets continue each env's generator.
+        observations, _ = self._env.reset()
+        return observations
+
+
+class GymnasiumVectorEnv(VectorEnv):
+    """gymnasium's ``SyncVectorEnv`` in next-step autoreset mode; env ``i`` is seeded
+    ``seed + i`` at the first reset (later resets continue each env's generator)."""
+
+    backend = "gymnasium"
+
+    def __init__(self, env_id: str, num_envs: int, seed: int, make_env: EnvFactory) -> None:
+        env = gym.vector.SyncVectorEnv(
+            [make_env(env_id, seed + i) for i in range(num_envs)],
+            autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+        )
+        super().__init__(env, env_id, num_envs)
+        self._first_reset_seeds: list[int] | None = [seed + i for i in range(num_envs)]
+
+    def _reset(self, seed: int | None) -> Any:
+        seeds = self._first_reset_seeds
+        if seed is not None:
+            seeds = [seed + i for i in range(self.num_envs)]
+        observations, _ = self._env.reset(seed=seeds)
+        self._first_reset_seeds = None
+        return observations
+
+
+def _plain_env_factory(env_id: str, seed: int) -> Callable[[], gym.Env]:
+    """``gym.make`` with no wrappers; seeding happens at the vector env's first reset."""
+    del seed
+    return functools.partial(gym.make, env_id)
+
+
+def make_vector_env(
+    env_id: str,
+    num_envs: int,
+    seed: int,
+    backend: str | None = None,
+    make_env: EnvFactory | None = None,
+) -> VectorEnv:
+    """Makes ``num_envs`` copies of ``env_id`` on ``backend``.
+
+    Args:
+        env_id: an envpool or gymnasium id (resolve user input with the trainer's
+            ``_resolve_env_id`` first).
+        num_envs: environments stepped together (>= 1).
+        seed: env ``i`` gets ``seed + i`` on both backends.
+        backend: ``"envpool"``, ``"gymnasium"`` or None for :func:`default_backend`.
+        make_env: gymnasium backend only: ``make_env(env_id, seed) -> thunk`` for one env
+            (default: plain ``gym.make``). envpool makes its own environments.
+    """
+    if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+        raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+    if not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    num_envs, seed = int(num_envs), int(seed)
+    backend = default_backend(env_id) if backend is None else backend
+    if backend == "envpool":
+        if env_id not in envpool_env_ids():
+            reason = "envpool has no such id" if envpool_env_ids() else "envpool is not installed"
+            raise ValueError(
+                f"environment {env_id!r} is not available on backend 'envpool' ({reason}); "
+                f"available backends for it: {list(available_backends(env_id))}"
+            )
+        return EnvpoolVectorEnv(env_id, num_envs, seed)
+    if backend == "gymnasium":
+        return GymnasiumVectorEnv(env_id, num_envs, seed, make_env or _plain_env_factory)
+    raise ValueError(f"unknown backend {backend!r}; expected one of {list(BACKENDS)}")

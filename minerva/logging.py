@@ -1,0 +1,68 @@
+"""Run outputs: ``metrics.jsonl`` (one JSON object per log event), TensorBoard scalars with
+the same names, and the console's progress bar and metric lines."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+
+class RunLogger:
+    """Writes every event to ``metrics.jsonl`` and TensorBoard, and shows progress.
+
+    Each event carries ``global_step`` and ``time/elapsed_s`` (wall seconds since the logger
+    started, i.e. since training started).
+    """
+
+    def __init__(self, out_dir: str | Path, total_steps: int, initial_step: int = 0,
+                 progress: bool = True, tensorboard: bool = True):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.start = time.perf_counter()
+        self._jsonl = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.out_dir))
+        # disable=None: no bar when the output is not a terminal (CI, log files)
+        self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", unit_scale=True,
+                         dynamic_ncols=True, disable=None if progress else True,
+                         file=sys.stderr, smoothing=0.1)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def advance(self, global_step: int) -> None:
+        self._bar.update(global_step - self._bar.n)
+
+    def log(self, global_step: int, metrics: Mapping[str, float]) -> dict[str, float]:
+        event = {"global_step": int(global_step), "time/elapsed_s": round(self.elapsed, 3)}
+        event.update({k: float(v) for k, v in metrics.items()})
+        self._jsonl.write(json.dumps(
+            {k: (v if math.isfinite(v) else None) for k, v in event.items()}) + "\n")
+        self._jsonl.flush()
+        if self._writer is not None:
+            for name, value in event.items():
+                if name != "global_step":
+                    self._writer.add_scalar(name, value, global_step)
+        return event
+
+    def print(self, line: str) -> None:
+        if self._bar.disable:
+            print(line, flush=True)
+        else:
+            self._bar.write(line)
+
+    def close(self) -> None:
+        self._bar.close()
+        self._jsonl.close()
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,218 @@
+"""The V-MPO agent: observation normaliser, policy (Gaussian or categorical) and value nets.
+
+Continuous actions use a diagonal Gaussian over pre-squash actions ``u``; the environment
+gets ``low + (tanh(u) + 1) / 2 * (high - low)``. Log-probabilities and KLs are those of
+``u``: tanh is a bijection, so the KL is unchanged, and its Jacobian does not depend on the
+policy's parameters, so the weighted likelihood's gradient is unchanged too. Discrete actions
+use a categorical over logits. The behaviour distribution's parameters (``dist_params``) are
+``[mean, log_std]`` or the logits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from minerva.normalization import RunningMeanStd
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
+
+
+def mlp(in_dim: int, layer_sizes: tuple[int, ...], activation: str) -> tuple[nn.Sequential, int]:
+    """Linear + activation layers (orthogonal init, gain sqrt 2); returns (net, out_dim)."""
+    layers: list[nn.Module] = []
+    for size in layer_sizes:
+        linear = nn.Linear(in_dim, size)
+        nn.init.orthogonal_(linear.weight, math.sqrt(2))
+        nn.init.zeros_(linear.bias)
+        layers += [linear, ACTIVATIONS[activation]()]
+        in_dim = size
+    return nn.Sequential(*layers), in_dim
+
+
+def _head(in_dim: int, out_dim: int, gain: float) -> nn.Linear:
+    linear = nn.Linear(in_dim, out_dim)
+    nn.init.orthogonal_(linear.weight, gain)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+class Action(NamedTuple):
+    raw: torch.Tensor  # what the storage keeps: pre-squash u, or the action index
+    log_prob: torch.Tensor  # [B], of raw
+    dist_params: torch.Tensor  # [B, P]
+    value: torch.Tensor  # [B]
+
+
+class GaussianPolicy(nn.Module):
+    """A tanh-squashed diagonal Gaussian with a state-dependent, bounded log-std."""
+
+    def __init__(self, in_dim: int, space: gym.spaces.Box, init_log_std: float = 0.0):
+        super().__init__()
+        self.action_dim = int(np.prod(space.shape))
+        self.action_shape = space.shape
+        self.mean = _head(in_dim, self.action_dim, 0.01)
+        self.log_std = _head(in_dim, self.action_dim, 0.01)
+        # log_std = MIN + (MAX - MIN) * sigmoid(z): start z where log_std = init_log_std
+        fraction = (init_log_std - LOG_STD_MIN) / (LOG_STD_MAX - LOG_STD_MIN)
+        nn.init.constant_(self.log_std.bias, math.log(fraction / (1 - fraction)))
+        low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
+        self.bounded = bool(np.all(np.isfinite(low)) and np.all(np.isfinite(high)))
+        self.register_buffer("low", torch.as_tensor(low.reshape(-1), dtype=torch.float32))
+        self.register_buffer("high", torch.as_tensor(high.reshape(-1), dtype=torch.float32))
+
+    @property
+    def params_dim(self) -> int:
+        return 2 * self.action_dim
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        log_std = LOG_STD_MIN + (LOG_STD_MAX - LOG_STD_MIN) * torch.sigmoid(
+            self.log_std(features))
+        return torch.cat([self.mean(features), log_std], dim=-1)
+
+    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = params.split(self.action_dim, dim=-1)
+        return mean, log_std.exp()
+
+    def sample(self, params: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        mean, std = self.split(params)
+        return mean if deterministic else mean + std * torch.randn_like(mean)
+
+    def log_prob(self, params: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        mean, std = self.split(params)
+        return torch.distributions.Normal(mean, std).log_prob(raw).sum(-1)
+
+    def to_env(self, raw: torch.Tensor) -> torch.Tensor:
+        if not self.bounded:
+            return raw.reshape(-1, *self.action_shape)
+        squashed = self.low + (torch.tanh(raw) + 1.0) * 0.5 * (self.high - self.low)
+        return squashed.reshape(-1, *self.action_shape)
+
+
+class CategoricalPolicy(nn.Module):
+    """A categorical over ``n`` actions, parameterised by logits."""
+
+    def __init__(self, in_dim: int, space: gym.spaces.Discrete):
+        super().__init__()
+        self.num_actions = int(space.n)
+        self.start = int(space.start)
+        self.logits = _head(in_dim, self.num_actions, 0.01)
+
+    @property
+    def params_dim(self) -> int:
+        return self.num_actions
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(features)
+
+    def sample(self, params: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        if deterministic:
+            return params.argmax(-1)
+        return torch.distributions.Categorical(logits=params).sample()
+
+    def log_prob(self, params: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(params, -1).gather(-1, raw.long().unsqueeze(-1)).squeeze(-1)
+
+    def to_env(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw + self.start
+
+
+class VMPOAgent(nn.Module):
+    """Observation normaliser, policy and value function.
+
+    With ``shared_encoder`` the policy's hidden layers (``policy_layer_sizes``) also feed
+    the value head (through ``value_layer_sizes``); otherwise the two are separate MLPs.
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.spaces.Box,
+        action_space: gym.spaces.Space,
+        policy_layer_sizes: tuple[int, ...],
+        value_layer_sizes: tuple[int, ...],
+        shared_encoder: bool = False,
+        activation: str = "tanh",
+        normalize_observations: bool = True,
+        init_log_std: float = 0.0,
+    ):
+        super().__init__()
+        obs_dim = int(np.prod(observation_space.shape))
+        self.observation_shape = tuple(observation_space.shape)
+        self.normalize_observations = normalize_observations
+        self.obs_normalizer = RunningMeanStd(self.observation_shape)
+        self.policy_trunk, policy_out = mlp(obs_dim, policy_layer_sizes, activation)
+        self.shared_encoder = shared_encoder
+        value_in = policy_out if shared_encoder else obs_dim
+        self.value_trunk, value_out = mlp(value_in, value_layer_sizes, activation)
+        self.value_head = _head(value_out, 1, 1.0)
+        if isinstance(action_space, gym.spaces.Box):
+            self.policy: GaussianPolicy | CategoricalPolicy = GaussianPolicy(
+                policy_out, action_space, init_log_std)
+        elif isinstance(action_space, gym.spaces.Discrete):
+            self.policy = CategoricalPolicy(policy_out, action_space)
+        else:
+            raise ValueError(
+                f"unsupported action space {action_space}: minerva handles Box (continuous) "
+                "and Discrete actions"
+            )
+
+    @property
+    def discrete(self) -> bool:
+        return isinstance(self.policy, CategoricalPolicy)
+
+    def forward(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(dist_params [B, P], values [B])``."""
+        x = observations.flatten(1).float()
+        if self.normalize_observations:
+            x = self.obs_normalizer.normalize(x.reshape(-1, *self.observation_shape)).flatten(1)
+        features = self.policy_trunk(x)
+        value_features = self.value_trunk(features if self.shared_encoder else x)
+        return self.policy(features), self.value_head(value_features).squeeze(-1)
+
+    def act(self, observations: torch.Tensor, deterministic: bool = False) -> Action:
+        params, values = self(observations)
+        raw = self.policy.sample(params, deterministic)
+        return Action(raw, self.policy.log_prob(params, raw), params, values)
+
+    def value(self, observations: torch.Tensor) -> torch.Tensor:
+        return self(observations)[1]
+
+
+def inverse_softplus(x: float) -> float:
+    """y such that softplus(y) = x (x > 0)."""
+    return x + math.log(-math.expm1(-x))
+
+
+class Duals(nn.Module):
+    """V-MPO's Lagrange multipliers, softplus-parameterised so they stay positive.
+
+    ``eta`` is the E-step temperature; ``alphas`` are the KL multipliers (mean and std for a
+    Gaussian policy, one for a categorical). :meth:`project_` keeps the raw parameters in a
+    bounded range after every optimiser step, so no multiplier can run away.
+    """
+
+    RAW_MIN, RAW_MAX = -18.0, 1.0e3  # softplus(-18) ~ 1.5e-8
+
+    def __init__(self, temperature_init: float, alpha_init: float, num_alphas: int):
+        super().__init__()
+        self.eta_raw = nn.Parameter(torch.tensor(inverse_softplus(temperature_init)))
+        self.alpha_raw = nn.Parameter(torch.full((num_alphas,), inverse_softplus(alpha_init)))
+
+    @property
+    def eta(self) -> torch.Tensor:
+        return nn.functional.softplus(self.eta_raw)
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        return nn.functional.softplus(self.alpha_raw)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        self.eta_raw.clamp_(self.RAW_MIN, self.RAW_MAX)
+        self.alpha_raw.clamp_(self.RAW_MIN, self.RAW_MAX)

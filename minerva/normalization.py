@@ -1,0 +1,76 @@
+"""Running statistics for observation and reward normalisation (saved in checkpoints)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class RunningMeanStd(nn.Module):
+    r"""Running mean and variance, merged batch by batch (Chan et al.'s parallel update).
+
+    .. math::
+
+        \delta = \mu_B - \mu, \quad n' = n + n_B, \quad \mu' = \mu + \delta \, n_B / n' \\
+        \sigma'^2 = \big(n \sigma^2 + n_B \sigma_B^2 + \delta^2 n n_B / n'\big) / n'
+
+    Statistics are float64 buffers, so they follow the module's device and land in its
+    ``state_dict``.
+    """
+
+    def __init__(self, shape: tuple[int, ...] = (), clip: float = 10.0, epsilon: float = 1e-8):
+        super().__init__()
+        self.clip = clip
+        self.epsilon = epsilon
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, batch: torch.Tensor) -> None:
+        """Merges a batch of samples (``[B, *shape]``) into the statistics."""
+        if batch.shape[0] == 0:
+            return
+        batch = batch.to(self.mean.device, torch.float64)
+        batch_mean = batch.mean(0)
+        batch_var = batch.var(0, unbiased=False)
+        batch_count = batch.shape[0]
+        total = self.count + batch_count
+        delta = batch_mean - self.mean
+        self.var.copy_((self.var * self.count + batch_var * batch_count
+                        + delta**2 * self.count * batch_count / total) / total)
+        self.mean.add_(delta * batch_count / total)
+        self.count.copy_(total)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``clip((x - mean) / sqrt(var + eps), -clip, clip)`` in ``x``'s dtype."""
+        mean = self.mean.to(x.dtype)
+        std = torch.sqrt(self.var + self.epsilon).to(x.dtype)
+        return ((x - mean) / std).clamp(-self.clip, self.clip)
+
+
+class RewardScaler(nn.Module):
+    r"""Scales rewards by the running standard deviation of the discounted return.
+
+    .. math:: G_t = \gamma (1 - d_{t-1}) G_{t-1} + r_t, \qquad
+              \tilde r_t = \mathrm{clip}(r_t / \sqrt{\mathrm{Var}[G] + \epsilon}, \pm 10)
+
+    (what gymnasium's ``NormalizeReward`` does, here one instance for both backends). Only
+    valid transitions (not autoreset steps) update the statistics.
+    """
+
+    def __init__(self, num_envs: int, gamma: float, clip: float = 10.0):
+        super().__init__()
+        self.gamma = gamma
+        self.clip = clip
+        self.return_stats = RunningMeanStd(())
+        self.discounted_return = np.zeros(num_envs, dtype=np.float64)
+
+    def forward(self, rewards: np.ndarray, done: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        self.discounted_return = np.where(valid, self.discounted_return * self.gamma + rewards,
+                                          self.discounted_return)
+        self.return_stats.update(torch.from_numpy(self.discounted_return[valid]))
+        self.discounted_return[done] = 0.0
+        std = float(torch.sqrt(self.return_stats.var + self.return_stats.epsilon))
+        return np.clip(rewards / std, -self.clip, self.clip).astype(np.float32)

@@ -1,0 +1,1 @@
+"""Trainers built on minerva's native ops."""

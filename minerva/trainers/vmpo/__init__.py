@@ -1,0 +1,1 @@
+"""V-MPO (Song et al. 2019): the trainer whose API the seed fixes."""

@@ -1,0 +1,609 @@
+"""V-MPO trainer (the seed API of ``minerva.trainers.vmpo.trainer``).
+
+The helpers at the top read vector-env infos (gymnasium's layouts; envpool's infos carry
+neither final observations nor episode statistics, so they yield nothing there), resolve
+environment ids across gymnasium and envpool, and build single gymnasium environments for
+:func:`minerva.envs.make_vector_env`'s gymnasium backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import random
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Dict, Tuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from minerva import envs, losses, ops
+from minerva.config import TrainConfig
+from minerva.envs import VectorEnv, default_backend, make_vector_env
+from minerva.logging import RunLogger
+from minerva.networks import Duals, VMPOAgent
+from minerva.normalization import RewardScaler
+from minerva.storage import RolloutStorage
+
+
+def _format_metrics(metrics: Mapping[str, float]) -> str:
+    """``"a=1.0000, b=2.5000"``: keys sorted, values to 4 decimals."""
+    return ", ".join(f"{key}={float(value):.4f}" for key, value in sorted(metrics.items()))
+
+
+def _iter_final_info_entries(infos) -> list[tuple[int, dict]]:
+    """Yield (env_index, final_info_dict) entries across possible final_info layouts.
+
+    ``infos["final_info"]`` may be
+    - gymnasium 1.x's single payload: a dict of per-env arrays, each key ``k`` with a mask
+      ``_k`` (nested dicts likewise), the envs given by ``infos["_final_info"]``;
+    - a dict keyed by env index;
+    - a per-env list or object array (gymnasium 0.29), masked by ``infos["_final_info"]``.
+    """
+    if not isinstance(infos, Mapping) or infos.get("final_info") is None:
+        return []
+    final_info = infos["final_info"]
+    mask = infos.get("_final_info")
+
+    def selected(index: int) -> bool:
+        return mask is None or bool(mask[index])
+
+    if isinstance(final_info, Mapping):
+        if final_info and all(isinstance(k, (int, np.integer)) for k in final_info):
+            return [(int(i), dict(entry)) for i, entry in sorted(final_info.items())
+                    if entry is not None and selected(i)]
+
+        def env_entry(payload: Mapping, index: int) -> dict:
+            """One env's slice of a batched payload, skipping keys masked out for it."""
+            entry = {}
+            for key, value in payload.items():
+                key_mask = payload.get(f"_{key}")
+                if key.startswith("_") or (key_mask is not None and not key_mask[index]):
+                    continue
+                entry[key] = env_entry(value, index) if isinstance(value, Mapping) else value[index]
+            return entry
+
+        if mask is None:  # no outer mask: the envs are those any top-level key mask selects
+            key_masks = [np.asarray(v) for k, v in final_info.items() if k.startswith("_")]
+            if not key_masks:  # a single env's info dict
+                return [(0, dict(final_info))] if final_info else []
+            mask = np.logical_or.reduce(key_masks)
+        return [(int(i), env_entry(final_info, int(i))) for i in np.flatnonzero(mask)]
+
+    return [(i, dict(entry)) for i, entry in enumerate(final_info)
+            if entry is not None and selected(i)]
+
+
+def _extract_final_observations(infos, num_envs: int) -> list[np.ndarray | None]:
+    """Extract per-env terminal observations from vector-env info dict.
+
+    Prefers a top-level ``final_obs`` (gymnasium 1.x) or ``final_observation`` (0.29),
+    masked by ``_final_obs``/``_final_observation``; else looks inside the final_info
+    entries. None for envs without one (and for every env of an envpool info).
+    """
+    observations: list[np.ndarray | None] = [None] * num_envs
+    if not isinstance(infos, Mapping):
+        return observations
+    for key in ("final_obs", "final_observation"):
+        if infos.get(key) is not None:
+            mask = infos.get(f"_{key}")
+            for i, observation in enumerate(infos[key][:num_envs]):
+                if observation is not None and (mask is None or mask[i]):
+                    observations[i] = np.asarray(observation)
+            return observations
+    for i, entry in _iter_final_info_entries(infos):
+        observation = entry.get("final_obs", entry.get("final_observation"))
+        if observation is not None and i < num_envs:
+            observations[i] = np.asarray(observation)
+    return observations
+
+
+def _extract_episode_returns(infos) -> list[tuple[int, float]]:
+    """Extract per-env episode returns from vector-env info dict.
+
+    Reads a top-level ``episode`` (gymnasium's RecordEpisodeStatistics, vector or per env
+    in a vector env: ``infos["episode"]["r"]`` masked by ``infos["_episode"]``), else each
+    final_info entry's ``episode["r"]``. Empty for envpool infos.
+    """
+    if not isinstance(infos, Mapping):
+        return []
+    episode = infos.get("episode")
+    if episode is not None:
+        returns = np.asarray(episode["r"], dtype=np.float64).reshape(-1)
+        mask = infos.get("_episode", episode.get("_r"))
+        indices = range(returns.size) if mask is None else np.flatnonzero(mask)
+        return [(int(i), float(returns[i])) for i in indices]
+    return [(i, float(np.asarray(entry["episode"]["r"]).reshape(-1)[0]))
+            for i, entry in _iter_final_info_entries(infos) if "episode" in entry]
+
+
+def _resolve_env_id(env_id: str) -> str:
+    """Checks ``env_id`` against gymnasium's registry and envpool's ids; returns the id to make.
+
+    ``dm_control/<domain>/<task>`` maps to shimmy's ``dm_control/<domain>-<task>-v0``.
+
+    Raises:
+        ValueError: for an unknown id, naming it and suggesting close matches.
+    """
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"environment id must be a non-empty string, got {env_id!r}")
+    resolved = env_id
+    parts = env_id.split("/")
+    if len(parts) == 3 and parts[0] == "dm_control":
+        resolved = f"dm_control/{parts[1]}-{parts[2]}-v0"
+        try:
+            import shimmy  # noqa: F401  (importing it registers the dm_control ids)
+        except ImportError as error:
+            raise ValueError(
+                f"environment id {env_id!r} (gymnasium id {resolved!r}) needs shimmy: "
+                "pip install 'shimmy[dm-control]'"
+            ) from error
+    if envs.available_backends(resolved):
+        return resolved
+    known = sorted(envs.envpool_env_ids() | set(gym.registry))
+    matches = difflib.get_close_matches(resolved, known, n=3)
+    message = f"unknown environment id {env_id!r}"
+    if resolved != env_id:
+        message += f" (gymnasium id {resolved!r})"
+    if matches:
+        quoted = [repr(match) for match in matches]
+        suggestion = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+        message += f"; did you mean {suggestion}?"
+    raise ValueError(message)
+
+
+def _make_env(gym_id: str, seed: int):
+    """Returns a thunk making one gymnasium env for a vector env.
+
+    make → FlattenObservation (Dict/Tuple observations only) → RecordEpisodeStatistics,
+    with the action space seeded (the env itself is seeded by the vector env's first
+    reset). Deliberately no reward normalisation and no ClipAction: minerva normalises
+    rewards itself, identically for the envpool and gymnasium backends, and its policy
+    squashes actions into the action bounds.
+    """
+
+    def thunk() -> gym.Env:
+        env = gym.make(gym_id)
+        if isinstance(env.observation_space, (gym.spaces.Dict, gym.spaces.Tuple)):
+            env = gym.wrappers.FlattenObservation(env)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env.action_space.seed(seed)
+        return env
+
+    return thunk
+
+
+def find_wrapper(env, wrapper_type):
+    """The first wrapper of ``wrapper_type`` along ``env.env.env...``, or None."""
+    seen = set()
+    while env is not None and id(env) not in seen:
+        if isinstance(env, wrapper_type):
+            return env
+        seen.add(id(env))
+        env = getattr(env, "env", None)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+def _evaluate_vectorized(agent: VMPOAgent, eval_envs: VectorEnv, seed: int = 42) -> Dict[str, float]:
+    """High-performance vectorized evaluation.
+    Runs all n_episodes in parallel using a SyncVectorEnv.
+
+    One episode per evaluation env, all stepped together, with the deterministic policy
+    (mean action / argmax). The observation normaliser is the training one, frozen (only the
+    trainer updates it); returns are on raw rewards. ``seed`` reseeds gymnasium envs; envpool
+    envs keep the seeds they were made with and continue their own random streams.
+    """
+    device = next(agent.parameters()).device
+    observations = eval_envs.reset(seed=seed)
+    num_envs = eval_envs.num_envs
+    returns = np.zeros(num_envs, dtype=np.float64)
+    lengths = np.zeros(num_envs, dtype=np.int64)
+    finished = np.zeros(num_envs, dtype=bool)
+    was_training = agent.training
+    agent.eval()
+    with torch.inference_mode():
+        while not finished.all():
+            action = agent.act(torch.as_tensor(observations, device=device), deterministic=True)
+            result = eval_envs.step(agent.policy.to_env(action.raw).cpu().numpy())
+            running = ~finished
+            returns += np.where(running, result.rewards, 0.0)
+            lengths += running
+            finished |= result.terminated | result.truncated
+            observations = result.observations
+    agent.train(was_training)
+    return {
+        "eval/return_mean": float(returns.mean()),
+        "eval/return_std": float(returns.std()),
+        "eval/return_min": float(returns.min()),
+        "eval/return_max": float(returns.max()),
+        "eval/return_median": float(np.median(returns)),
+        "eval/length_mean": float(lengths.mean()),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------------
+
+def _save_atomically(state: dict, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
+    a crash mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        try:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            os.unlink(f.name)
+            raise
+    os.replace(f.name, path)
+
+
+class VMPOTrainer:
+    """V-MPO (Song et al. 2019) on a vectorised environment.
+
+    Each iteration collects ``rollout_steps`` steps from ``num_envs`` environments into the
+    native :class:`~minerva.RolloutStorage`, computes advantages with the native ``gae``
+    kernel (``returns``: lambda = 1, ``dae``: lambda = 0), then runs ``m_steps`` full-batch
+    gradient steps on the V-MPO losses (:mod:`minerva.losses`). See
+    :class:`~minerva.config.TrainConfig` for what every argument means.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        seed: int,
+        device: torch.device,
+        policy_layer_sizes: Tuple[int, ...],
+        value_layer_sizes: Tuple[int, ...],
+        rollout_steps: int,
+        normalize_advantages: bool = True,
+        gamma: float = 0.99,
+        advantage_estimator: str = "returns",
+        gae_lambda: float = 0.95,
+        policy_lr: float = 5e-4,
+        value_lr: float = 1e-3,
+        topk_fraction: float = 0.5,
+        temperature_init: float = 1.0,
+        temperature_lr: float = 1e-4,
+        epsilon_eta: float = 0.1,
+        epsilon_mu: float = 0.01,
+        epsilon_sigma: float = 0.01,
+        alpha_lr: float = 1e-4,
+        max_grad_norm: float = 10.0,
+        optimizer_type: str = "adam",
+        sgd_momentum: float = 0.9,
+        num_envs: int = 1,
+        shared_encoder: bool = False,
+        m_steps: int = 1,
+        *,
+        backend: str = "auto",
+        activation: str = "tanh",
+        epsilon_categorical: float = 0.01,
+        alpha_init: float = 1.0,
+        init_log_std: float = 0.0,
+        normalize_observations: bool = True,
+        normalize_rewards: bool = True,
+        eval_every: int = 10_000,
+        eval_episodes: int = 10,
+        target_return: float | None = None,
+        torch_threads: int = 0,
+        progress: bool = True,
+    ):
+        options = {k: v for k, v in locals().items() if k != "self"}
+        options.update(device=str(device), policy_layer_sizes=tuple(policy_layer_sizes),
+                       value_layer_sizes=tuple(value_layer_sizes))
+        self.config = TrainConfig(**options).validate()
+        cfg = self.config
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.device = torch.device(device)
+
+        self.env_id = _resolve_env_id(env_id)
+        self.backend = default_backend(self.env_id) if backend == "auto" else backend
+        self.envs = make_vector_env(self.env_id, num_envs, seed, self.backend, make_env=_make_env)
+        self.eval_envs = make_vector_env(self.env_id, eval_episodes, seed + 1000, self.backend,
+                                         make_env=_make_env)
+
+        self.agent = VMPOAgent(
+            self.envs.single_observation_space, self.envs.single_action_space,
+            cfg.policy_layer_sizes, cfg.value_layer_sizes, shared_encoder=shared_encoder,
+            activation=activation, normalize_observations=normalize_observations,
+            init_log_std=init_log_std,
+        ).to(self.device)
+        self.duals = Duals(temperature_init, alpha_init,
+                           num_alphas=1 if self.agent.discrete else 2).to(self.device)
+        networks = self.agent
+        policy_params = [*networks.policy_trunk.parameters(), *networks.policy.parameters()]
+        value_params = [*networks.value_trunk.parameters(), *networks.value_head.parameters()]
+        groups = [
+            {"params": policy_params, "lr": policy_lr},
+            {"params": value_params, "lr": value_lr},
+            {"params": [self.duals.eta_raw], "lr": temperature_lr},
+            {"params": [self.duals.alpha_raw], "lr": alpha_lr},
+        ]
+        self.optimizer = (torch.optim.Adam(groups) if optimizer_type == "adam"
+                          else torch.optim.SGD(groups, momentum=sgd_momentum))
+        self._network_params = policy_params + value_params
+
+        action_space = self.envs.single_action_space
+        self.storage = RolloutStorage(
+            rollout_steps, num_envs, self.envs.single_observation_space.shape,
+            () if self.agent.discrete else (int(np.prod(action_space.shape)),),
+            discrete_actions=self.agent.discrete, dist_params_dim=self.agent.policy.params_dim,
+        )
+        self.reward_scaler = RewardScaler(num_envs, gamma)
+
+        self.global_step = 0
+        self.iteration = 0
+        self.best_return = -math.inf
+        self._observations: np.ndarray | None = None
+        self._previous_done = np.zeros(num_envs, dtype=bool)
+        self._episode_return = np.zeros(num_envs, dtype=np.float64)
+        self._episode_length = np.zeros(num_envs, dtype=np.int64)
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> "VMPOTrainer":
+        options = dataclasses.asdict(config)
+        for run_only in ("total_steps", "out_dir"):
+            options.pop(run_only)
+        trainer = cls(**options)
+        trainer.config = config.validate()  # keeps total_steps and out_dir for checkpoints
+        return trainer
+
+    # --- rollout ------------------------------------------------------------------------------
+
+    def _reset_rollout(self) -> None:
+        self.storage.reset()
+
+    def _rollout_full(self) -> bool:
+        return self.storage.full
+
+    def _collect_rollout(self) -> dict[str, float]:
+        """Fills the storage; returns episode statistics of the episodes that ended."""
+        cfg = self.config
+        self._reset_rollout()
+        finished_returns: list[float] = []
+        finished_lengths: list[int] = []
+        if self._observations is None:
+            self._observations = self.envs.reset()
+        with torch.inference_mode():
+            while not self._rollout_full():
+                observations = torch.as_tensor(self._observations, device=self.device)
+                action = self.agent.act(observations)
+                result = self.envs.step(self.agent.policy.to_env(action.raw).cpu().numpy())
+                # the step after an episode ended is envpool's (and gymnasium's) autoreset:
+                # its action was ignored, so it is not experience
+                valid = ~self._previous_done
+                done = result.terminated | result.truncated
+                rewards = (self.reward_scaler(result.rewards, done, valid)
+                           if cfg.normalize_rewards else result.rewards)
+                self.storage.insert(self._observations, action.raw, action.log_prob,
+                                    action.dist_params, action.value, rewards,
+                                    result.terminated, result.truncated, valid)
+                self._episode_return += np.where(valid, result.rewards, 0.0)
+                self._episode_length += valid
+                for i in np.flatnonzero(done & valid):
+                    finished_returns.append(float(self._episode_return[i]))
+                    finished_lengths.append(int(self._episode_length[i]))
+                self._episode_return[done] = 0.0
+                self._episode_length[done] = 0
+                self._previous_done = done
+                self._observations = result.observations
+                self.global_step += self.envs.num_envs
+            last_values = self.agent.value(
+                torch.as_tensor(self._observations, device=self.device))
+        self.storage.compute_advantages(last_values, cfg.gamma, cfg.lam)
+        metrics = {"charts/valid_fraction": float(self.storage.valid.float().mean())}
+        if finished_returns:
+            metrics["charts/episode_return"] = float(np.mean(finished_returns))
+            metrics["charts/episode_length"] = float(np.mean(finished_lengths))
+            metrics["charts/episodes"] = float(len(finished_returns))
+        return metrics
+
+    # --- update -------------------------------------------------------------------------------
+
+    def _update(self) -> dict[str, float]:
+        """E-step once per rollout, then ``m_steps`` gradient steps (M-step, value, duals)."""
+        cfg = self.config
+        batch = self.storage.batch(self.device)
+        valid = batch.valid
+        advantages = batch.advantages
+        if cfg.normalize_advantages:
+            advantages = losses.normalize_advantages(advantages, valid)
+        selected = ops.topk_mask(advantages, valid, cfg.topk_fraction)
+        old_params = batch.dist_params
+        policy = self.agent.policy
+        history: dict[str, list[torch.Tensor]] = {}
+
+        for _ in range(cfg.m_steps):
+            params, values = self.agent(batch.observations)
+            estep = losses.e_step(advantages, selected, self.duals.eta, cfg.epsilon_eta)
+            nll = losses.weighted_nll(policy.log_prob(params, batch.actions), estep.weights)
+            alphas = self.duals.alphas
+            if self.agent.discrete:
+                penalties = {"kl": losses.kl_penalty(
+                    losses.categorical_kl(old_params, params), valid, alphas[0],
+                    cfg.epsilon_categorical)}
+            else:
+                mean_old, std_old = policy.split(old_params)
+                mean, std = policy.split(params)
+                penalties = {
+                    "kl_mean": losses.kl_penalty(losses.gaussian_kl_mean(mean_old, std_old, mean),
+                                                 valid, alphas[0], cfg.epsilon_mu),
+                    "kl_std": losses.kl_penalty(losses.gaussian_kl_std(std_old, std), valid,
+                                                alphas[1], cfg.epsilon_sigma),
+                }
+            critic = losses.value_loss(values, batch.returns, valid)
+            loss = (nll + critic + estep.temperature_loss
+                    + sum(p.policy_loss + p.alpha_loss for p in penalties.values()))
+
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(self._network_params, cfg.max_grad_norm)
+            self.optimizer.step()
+            self.duals.project_()
+
+            step_metrics = {"losses/policy_nll": nll, "losses/value": critic,
+                            "losses/temperature": estep.temperature_loss,
+                            "losses/grad_norm": grad_norm}
+            step_metrics.update({f"losses/{name}": p.kl for name, p in penalties.items()})
+            for name, value in step_metrics.items():
+                history.setdefault(name, []).append(value.detach())
+
+        # one host transfer for all statistics of the update
+        names = list(history)
+        means = torch.stack([torch.stack(history[n]).mean() for n in names]).tolist()
+        metrics = dict(zip(names, means))
+        alphas = self.duals.alphas.detach().tolist()
+        metrics["losses/eta"] = float(self.duals.eta.detach())
+        if self.agent.discrete:
+            metrics["losses/alpha"] = alphas[0]
+        else:
+            metrics["losses/alpha_mean"], metrics["losses/alpha_std"] = alphas
+            metrics["charts/policy_std"] = float(policy.split(old_params)[1].mean())
+        metrics["charts/topk_share"] = float(selected.sum() / valid.sum().clamp(min=1))
+        metrics["charts/advantage_mean"] = float(batch.advantages[valid].mean())
+        metrics["charts/advantage_std"] = float(batch.advantages[valid].std())
+        metrics["charts/value_mean"] = float(batch.values[valid].mean())
+        return metrics
+
+    def _update_observation_statistics(self) -> None:
+        # once per rollout, after the update, so the rollout's stored policy outputs and the
+        # update both saw the same statistics
+        if self.config.normalize_observations:
+            self.agent.obs_normalizer.update(
+                self.storage.observations[self.storage.valid].to(self.device))
+
+    # --- training -----------------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        return _evaluate_vectorized(self.agent, self.eval_envs,
+                                    seed=self.config.seed + 1000 + self.iteration)
+
+    def train(self, total_steps: int, out_dir: str):
+        """Trains until ``total_steps`` environment steps (or ``target_return`` is reached).
+
+        Writes ``metrics.jsonl``, TensorBoard events, ``vmpo_last.pt`` and ``vmpo_best.pt``
+        into ``out_dir``; returns the last evaluation's metrics.
+        """
+        if not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps: must be a positive integer, got {total_steps!r}")
+        self.config = dataclasses.replace(self.config, total_steps=total_steps,
+                                          out_dir=str(out_dir))
+        cfg = self.config
+        out = Path(out_dir)
+        logger = RunLogger(out, total_steps, self.global_step, progress=cfg.progress)
+        logger.print(f"minerva: V-MPO on {self.env_id} ({self.backend}, {cfg.num_envs} envs, "
+                     f"device {self.device}) -> {out}")
+        next_eval = (self.global_step // cfg.eval_every + 1) * cfg.eval_every
+        last_eval: dict[str, float] = {}
+        last_print = -math.inf
+        steps_at_start, time_at_start = self.global_step, logger.elapsed
+        try:
+            while self.global_step < total_steps:
+                metrics = self._collect_rollout()
+                metrics.update(self._update())
+                self._update_observation_statistics()
+                self.iteration += 1
+                metrics["charts/steps_per_second"] = (
+                    (self.global_step - steps_at_start) / max(logger.elapsed - time_at_start, 1e-9))
+                metrics["charts/iteration"] = self.iteration
+                logger.log(self.global_step, metrics)
+                logger.advance(self.global_step)
+
+                finished = self.global_step >= total_steps
+                if self.global_step >= next_eval or finished:
+                    while next_eval <= self.global_step:
+                        next_eval += cfg.eval_every
+                    last_eval = self.evaluate()
+                    logger.log(self.global_step, last_eval)
+                    if last_eval["eval/return_mean"] > self.best_return:
+                        self.best_return = last_eval["eval/return_mean"]
+                        self.save_checkpoint(out / "vmpo_best.pt")
+                    self.save_checkpoint(out / "vmpo_last.pt")
+                    logger.print(f"step {self.global_step}: " + _format_metrics(
+                        {**last_eval, **_console_subset(metrics)}))
+                    last_print = logger.elapsed
+                    if cfg.target_return is not None and (
+                            last_eval["eval/return_mean"] >= cfg.target_return):
+                        logger.print(f"reached the target return {cfg.target_return:g} at step "
+                                     f"{self.global_step} ({logger.elapsed:.1f} s)")
+                        break
+                elif logger.elapsed - last_print > 10.0:
+                    logger.print(f"step {self.global_step}: "
+                                 + _format_metrics(_console_subset(metrics)))
+                    last_print = logger.elapsed
+        finally:
+            self.save_checkpoint(out / "vmpo_last.pt")
+            logger.close()
+        return last_eval
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume training or evaluate the policy."""
+        return {
+            "format": 1,
+            "config": dataclasses.asdict(self.config),
+            "env_id": self.env_id,
+            "backend": self.backend,
+            "agent": self.agent.state_dict(),
+            "duals": self.duals.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "reward_scaler": self.reward_scaler.state_dict(),
+            "reward_scaler_return": self.reward_scaler.discounted_return.copy(),
+            "global_step": self.global_step,
+            "iteration": self.iteration,
+            "best_return": self.best_return,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.agent.load_state_dict(state["agent"])
+        self.duals.load_state_dict(state["duals"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.reward_scaler.load_state_dict(state["reward_scaler"])
+        self.reward_scaler.discounted_return = np.array(state["reward_scaler_return"])
+        self.global_step = state["global_step"]
+        self.iteration = state["iteration"]
+        self.best_return = state["best_return"]
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        _save_atomically(self.state_dict(), Path(path))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **overrides) -> "VMPOTrainer":
+        """Rebuilds the trainer saved at ``path`` (config overrides allowed, e.g. device)."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        config = TrainConfig(**{**state["config"], **overrides})
+        trainer = cls.from_config(config)
+        trainer.load_state_dict(state)
+        return trainer
+
+    def close(self) -> None:
+        self.envs.close()
+        self.eval_envs.close()
+
+
+def _console_subset(metrics: Mapping[str, float]) -> dict[str, float]:
+    keys = ("charts/episode_return", "charts/steps_per_second", "losses/eta", "losses/value")
+    return {k.split("/", 1)[1]: metrics[k] for k in keys if k in metrics}

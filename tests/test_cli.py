@@ -1,0 +1,65 @@
+"""``python -m minerva.train`` through a subprocess, as a user runs it."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from minerva.config import TrainConfig
+
+pytest.importorskip("envpool")
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "minerva.train", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_documents_every_option():
+    result = run("--help")
+    assert result.returncode == 0
+    for field in dataclasses.fields(TrainConfig):
+        assert "--" + field.name.replace("_", "-") in result.stdout, field.name
+    assert "--resume" in result.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--total-steps", "-5"], "--total-steps: must be a positive integer"),
+    (["--advantage-estimator", "td"], "invalid choice: 'td'"),
+    (["--topk-fraction", "1.5"], r"--topk-fraction: must be in \(0, 1\]"),
+    (["--env-id", "CartPol-v1"], "did you mean 'CartPole-v1'"),
+    (["--gamma", "abc"], "invalid float value"),
+    (["--num-envs", "0"], "--num-envs: must be a positive integer"),
+    (["--backend", "brax"], "invalid choice: 'brax'"),
+])
+def test_bad_arguments_fail_at_once_naming_the_option(args, message):
+    import re
+
+    result = run(*args, timeout=60)
+    assert result.returncode == 2
+    assert re.search(message, result.stderr), result.stderr
+
+
+def test_short_run_and_resume(tmp_path):
+    out = tmp_path / "run"
+    result = run("--env-id", "Pendulum-v1", "--total-steps", "1024", "--eval-every", "1024",
+                 "--num-envs", "4", "--rollout-steps", "32", "--eval-episodes", "2",
+                 "--out-dir", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "eval/return_mean=" in result.stdout
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert events[-1]["global_step"] == 1024 and "eval/return_mean" in events[-1]
+    # flags override the preset: 4 envs x 32 steps per rollout
+    assert events[0]["global_step"] == 128
+
+    # resuming keeps the checkpoint's configuration (env, out dir) unless flags say otherwise
+    result = run("--resume", str(out / "vmpo_last.pt"), "--total-steps", "2048", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "Pendulum-v1" in result.stdout
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert events[-1]["global_step"] == 2048
+
+    result = run("--resume", str(tmp_path / "missing.pt"), timeout=60)
+    assert result.returncode == 2 and "--resume: no such checkpoint" in result.stderr

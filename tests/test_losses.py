@@ -1,0 +1,101 @@
+"""Worked numbers for the V-MPO losses and the normalisers (computed by hand)."""
+
+import math
+
+import numpy as np
+import torch
+
+from minerva import losses
+from minerva.normalization import RewardScaler, RunningMeanStd
+
+F = torch.float64
+
+
+def t(*xs):
+    return torch.tensor(xs, dtype=F)
+
+
+def test_normalize_advantages_uses_valid_samples_only():
+    # valid [1, 2, 3]: mean 2, std sqrt(2/3) = 0.81650 -> [-1.22474, 0, 1.22474]; invalid -> 0
+    got = losses.normalize_advantages(t(1, 2, 3, 100), torch.tensor([True, True, True, False]))
+    torch.testing.assert_close(got, t(-1.2247449, 0.0, 1.2247449, 0.0), rtol=1e-6, atol=1e-6)
+
+
+def test_e_step_weights_and_temperature_loss():
+    # eta = 0.5, A = [0, ln(3) / 2]: A / eta = [0, ln 3] -> weights [1/4, 3/4]
+    # L_eta = eta * eps + eta * log mean exp = 0.5 * 0.1 + 0.5 * ln 2 = 0.396574
+    # dL/deta = eps + ln 2 + eta * d(lme)/deta = 0.1 + ln 2 - 0.5 * 1.5 ln 3 = -0.030812
+    eta = torch.tensor(0.5, dtype=F, requires_grad=True)
+    out = losses.e_step(t(0.0, math.log(3) / 2), torch.tensor([True, True]), eta, 0.1)
+    torch.testing.assert_close(out.weights, t(0.25, 0.75))
+    assert not out.weights.requires_grad
+    torch.testing.assert_close(out.temperature_loss, torch.tensor(0.05 + 0.5 * math.log(2), dtype=F))
+    (grad,) = torch.autograd.grad(out.temperature_loss, eta)
+    assert abs(grad.item() - (0.1 + math.log(2) - 0.75 * math.log(3))) < 1e-10
+
+
+def test_weighted_nll():
+    # -(0.25 * -1 + 0.75 * -2) = 1.75
+    assert losses.weighted_nll(t(-1.0, -2.0), t(0.25, 0.75)).item() == 1.75
+
+
+def test_gaussian_kl_mean():
+    # 0.5 * ((1 - 0) / 1)^2 + 0.5 * ((2 - 0) / 2)^2 = 1.0
+    assert losses.gaussian_kl_mean(t(0, 0), t(1, 2), t(1, 2)).item() == 1.0
+
+
+def test_gaussian_kl_std_matches_closed_form():
+    # KL(N(0, 1) || N(0, 2)) = ln 2 + 1 / 8 - 1 / 2 = 0.318147
+    got = losses.gaussian_kl_std(t(1.0), t(2.0)).item()
+    assert abs(got - (math.log(2) + 0.125 - 0.5)) < 1e-12
+    assert losses.gaussian_kl_std(t(0.7, 3.0), t(0.7, 3.0)).item() == 0.0
+
+
+def test_categorical_kl():
+    # p_old = [0.5, 0.5], p = [0.75, 0.25]: 0.5 ln(0.5 / 0.75) + 0.5 ln(0.5 / 0.25) = 0.143841
+    got = losses.categorical_kl(t(0.0, 0.0), t(math.log(3), 0.0)).item()
+    assert abs(got - (0.5 * math.log(2 / 3) + 0.5 * math.log(2))) < 1e-12
+
+
+def test_kl_penalty_splits_gradients():
+    # mean KL over valid = (0.02 + 0.04) / 2 = 0.03; alpha = 2, eps = 0.01
+    # policy term 2 * 0.03 = 0.06, alpha term 2 * (0.01 - 0.03) = -0.04, dL_alpha/dalpha = -0.02
+    kl = t(0.02, 0.04, 1.0).requires_grad_()
+    alpha = torch.tensor(2.0, dtype=F, requires_grad=True)
+    out = losses.kl_penalty(kl, torch.tensor([True, True, False]), alpha, 0.01)
+    torch.testing.assert_close(out.policy_loss, torch.tensor(0.06, dtype=F))
+    torch.testing.assert_close(out.alpha_loss, torch.tensor(-0.04, dtype=F))
+    (grad_alpha,) = torch.autograd.grad(out.alpha_loss, alpha, retain_graph=True)
+    assert abs(grad_alpha.item() + 0.02) < 1e-12  # KL above the bound: alpha grows
+    (grad_kl,) = torch.autograd.grad(out.policy_loss, kl)
+    torch.testing.assert_close(grad_kl, t(1.0, 1.0, 0.0))  # sg[alpha] / |valid|
+    assert out.policy_loss.grad_fn is not None and not out.kl.requires_grad
+
+
+def test_value_loss_over_valid_samples():
+    # 0.5 * ((1 - 2)^2 + (2 - 2)^2) / 2 = 0.25
+    got = losses.value_loss(t(1, 2, 3), t(2, 2, 0), torch.tensor([True, True, False]))
+    assert got.item() == 0.25
+
+
+def test_running_mean_std_merges_batches():
+    stats = RunningMeanStd((1,))
+    stats.update(torch.tensor([[1.0], [2.0], [3.0]]))
+    stats.update(torch.tensor([[4.0], [5.0]]))
+    # population statistics of 1..5: mean 3, variance 2
+    torch.testing.assert_close(stats.mean, torch.tensor([3.0], dtype=F))
+    torch.testing.assert_close(stats.var, torch.tensor([2.0], dtype=F))
+    assert stats.count.item() == 5
+    normalized = stats.normalize(torch.tensor([[3.0 + math.sqrt(2.0)], [1e9]]))
+    torch.testing.assert_close(normalized, torch.tensor([[1.0], [10.0]]), rtol=1e-4, atol=1e-4)
+
+
+def test_reward_scaler_divides_by_the_return_std_and_skips_invalid_steps():
+    scaler = RewardScaler(num_envs=2, gamma=0.5)
+    never = np.zeros(2, dtype=bool)
+    scaler(np.array([1.0, 3.0]), never, np.array([True, True]))
+    # returns so far [1, 3]: mean 2, var 1 -> a reward of 2 scales to 2 / sqrt(1 + 1e-8)
+    out = scaler(np.array([2.0, 0.0]), never, np.array([True, False]))
+    # second step: G = [0.5 * 1 + 2, 3 (invalid: unchanged, not counted)] -> stats of [1, 3, 2.5]
+    var = np.var([1.0, 3.0, 2.5])
+    np.testing.assert_allclose(out, np.array([2.0, 0.0]) / np.sqrt(var + 1e-8), rtol=1e-6)

@@ -1,0 +1,177 @@
+"""VMPOTrainer end to end: short runs on both backends, outputs, checkpoints, resume, and a
+CartPole learning test."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from minerva.config import TrainConfig
+from minerva.envs import make_vector_env
+from minerva.trainers.vmpo.trainer import VMPOTrainer, _evaluate_vectorized, _make_env
+
+pytest.importorskip("envpool")
+
+SMALL = dict(policy_layer_sizes=(32, 32), value_layer_sizes=(32, 32), rollout_steps=16,
+             num_envs=4, m_steps=2, eval_episodes=3, progress=False)
+
+
+def make_trainer(env_id="CartPole-v1", backend="envpool", **overrides):
+    options = {**SMALL, "backend": backend, **overrides}
+    return VMPOTrainer(env_id, 0, "cpu", options.pop("policy_layer_sizes"),
+                       options.pop("value_layer_sizes"), options.pop("rollout_steps"),
+                       **options)
+
+
+def read_events(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+@pytest.mark.parametrize("backend", ["envpool", "gymnasium"])
+def test_short_training_run_writes_every_output(tmp_path, env_id, backend):
+    trainer = make_trainer(env_id, backend, eval_every=64)
+    assert trainer.backend == backend
+    result = trainer.train(128, str(tmp_path))
+    trainer.close()
+    assert trainer.global_step == 128
+    events = read_events(tmp_path)
+    assert all("global_step" in e and "time/elapsed_s" in e for e in events)
+    assert [e["global_step"] for e in events if "eval/return_mean" in e] == [64, 128]
+    update = next(e for e in events if "losses/eta" in e)
+    kl_keys = {"losses/kl"} if env_id == "CartPole-v1" else {"losses/kl_mean", "losses/kl_std"}
+    for key in {"losses/policy_nll", "losses/value", "losses/temperature",
+                "charts/steps_per_second", "charts/topk_share"} | kl_keys:
+        assert key in update and math.isfinite(update[key]), key
+    assert set(result) >= {"eval/return_mean", "eval/return_std", "eval/return_min",
+                           "eval/return_max", "eval/length_mean"}
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+    assert (tmp_path / "vmpo_last.pt").exists() and (tmp_path / "vmpo_best.pt").exists()
+
+
+def test_reset_transitions_are_masked_out_of_the_rollout():
+    trainer = make_trainer(rollout_steps=64)
+    trainer._collect_rollout()
+    storage = trainer.storage
+    done = (storage.terminated | storage.truncated).numpy()
+    valid = storage.valid.numpy()
+    assert done.any()  # CartPole with a random policy ends episodes within 64 steps
+    # the step after an episode ends is envpool's autoreset: not experience
+    assert not valid[1:][done[:-1]].any()
+    assert valid[1:][~done[:-1]].all()
+    # next_values[t] = V(the observation that followed step t), the true final one if done
+    assert torch.equal(storage.next_values[:-1], storage.values[1:])
+    trainer.close()
+
+
+def test_evaluation_is_deterministic_and_uses_raw_returns():
+    trainer = make_trainer()
+    first = [_evaluate_vectorized(trainer.agent, make_vector_env("CartPole-v1", 3, 7, "envpool"))
+             for _ in range(2)]
+    assert first[0] == first[1]
+    # CartPole pays 1 per step: raw returns equal episode lengths
+    assert first[0]["eval/return_mean"] == first[0]["eval/length_mean"]
+    trainer.close()
+
+
+def test_checkpoint_round_trip(tmp_path):
+    trainer = make_trainer("Pendulum-v1", eval_every=10_000)
+    trainer.train(128, str(tmp_path))
+    trainer.close()
+    loaded = VMPOTrainer.from_checkpoint(tmp_path / "vmpo_last.pt")
+    assert loaded.global_step == 128 and loaded.iteration == trainer.iteration
+    for name, tensor in trainer.agent.state_dict().items():
+        assert torch.equal(tensor, loaded.agent.state_dict()[name]), name
+    # observation statistics travel with the weights
+    assert loaded.agent.obs_normalizer.count.item() > 0
+    assert torch.equal(loaded.duals.eta_raw, trainer.duals.eta_raw)
+    assert np.array_equal(loaded.reward_scaler.discounted_return,
+                          trainer.reward_scaler.discounted_return)
+    # the reloaded policy evaluates exactly like the original
+    original = _evaluate_vectorized(trainer.agent,
+                                    make_vector_env("Pendulum-v1", 2, 5, "envpool"))
+    reloaded = _evaluate_vectorized(loaded.agent, make_vector_env("Pendulum-v1", 2, 5, "envpool"))
+    assert original == reloaded
+    # and training resumes from the saved step
+    loaded.train(256, str(tmp_path / "resumed"))
+    assert loaded.global_step == 256
+    loaded.close()
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    trainer = make_trainer()
+    path = tmp_path / "vmpo_last.pt"
+    trainer.save_checkpoint(path)
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_checkpoint(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["vmpo_last.pt"]  # no temporary left
+    trainer.close()
+
+
+def test_gymnasium_backend_uses_the_seed_env_factory():
+    trainer = make_trainer("CartPole-v1", "gymnasium")
+    from gymnasium.wrappers import RecordEpisodeStatistics
+
+    from minerva.trainers.vmpo.trainer import find_wrapper
+    assert find_wrapper(trainer.envs._env.envs[0], RecordEpisodeStatistics) is not None
+    trainer.close()
+    assert callable(_make_env("CartPole-v1", 0))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(topk_fraction=0.0), "topk_fraction"),
+    (dict(advantage_estimator="td"), "advantage_estimator"),
+    (dict(gamma=1.5), "gamma"),
+    (dict(optimizer_type="rmsprop"), "optimizer_type"),
+    (dict(num_envs=0), "num_envs"),
+    (dict(epsilon_eta=-1.0), "epsilon_eta"),
+    (dict(policy_lr=float("nan")), "policy_lr"),
+])
+def test_bad_hyperparameters_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_trainer(**kwargs)
+
+
+def test_unknown_env_is_rejected_with_suggestions():
+    with pytest.raises(ValueError, match="did you mean 'CartPole-v1'"):
+        make_trainer("CartPol-v1")
+
+
+def test_train_rejects_bad_total_steps(tmp_path):
+    trainer = make_trainer()
+    with pytest.raises(ValueError, match="total_steps"):
+        trainer.train(0, str(tmp_path))
+    trainer.close()
+
+
+def test_seed_api_defaults():
+    import inspect
+
+    signature = inspect.signature(VMPOTrainer.__init__)
+    defaults = {name: p.default for name, p in signature.parameters.items()}
+    assert defaults["advantage_estimator"] == "returns" and defaults["m_steps"] == 1
+    assert defaults["topk_fraction"] == 0.5 and defaults["policy_lr"] == 0.0005
+    assert list(signature.parameters)[:7] == ["self", "env_id", "seed", "device",
+                                              "policy_layer_sizes", "value_layer_sizes",
+                                              "rollout_steps"]
+
+
+def test_cartpole_is_solved(tmp_path):
+    """The default CartPole-v1 configuration reaches an evaluation return of 475."""
+    config = TrainConfig(env_id="CartPole-v1", seed=1, total_steps=100_000, eval_every=10_000,
+                         target_return=475.0, progress=False)
+    trainer = VMPOTrainer.from_config(config)
+    result = trainer.train(config.total_steps, str(tmp_path))
+    trainer.close()
+    assert result["eval/return_mean"] >= 475
+    assert trainer.global_step <= 100_000
