@@ -4,6 +4,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -13,8 +14,11 @@ pytest.importorskip("envpool")
 
 
 def run(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "minerva.train", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    # from a neutral folder: `python -m` puts the working directory first on sys.path, and
+    # the source checkout's minerva/ has no compiled modules
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run([sys.executable, "-m", "minerva.train", *args], cwd=cwd,
+                              capture_output=True, text=True, timeout=timeout)
 
 
 def test_help_documents_every_option():
