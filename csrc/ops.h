@@ -92,6 +92,16 @@ inline void check_dim(const char* op, const char* name, const Tensor& t, int64_t
         shape_string(t));
 }
 
+// Calls fn(float{}) or fn(double{}) for a float32 / float64 dtype (checked beforehand).
+template <typename Fn>
+void dispatch_floating(ScalarType dtype, const Fn& fn) {
+  if (dtype == ScalarType::Double) {
+    fn(double{});
+  } else {
+    fn(float{});
+  }
+}
+
 // torch::stable::contiguous is a dispatcher call (~1 us) even for a contiguous tensor.
 inline Tensor make_contiguous(const Tensor& t) {
   return t.is_contiguous() ? t : torch::stable::contiguous(t);

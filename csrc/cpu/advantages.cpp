@@ -50,11 +50,7 @@ std::tuple<Tensor, Tensor> gae_cpu(Tensor rewards, Tensor values, Tensor next_va
       torch::stable::parallel_for(0, blocks, grain_blocks, columns);
     }
   };
-  if (rewards.scalar_type() == ScalarType::Double) {
-    run(double{});
-  } else {
-    run(float{});
-  }
+  dispatch_floating(rewards.scalar_type(), run);
   return {advantages, returns};
 }
 

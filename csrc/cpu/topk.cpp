@@ -338,13 +338,11 @@ Tensor topk_mask_cpu(Tensor advantages, Tensor valid, double fraction) {
   valid = make_contiguous(valid);
   Tensor selected = torch::stable::empty_like(valid);
   const int64_t size = advantages.numel();
-  if (advantages.scalar_type() == ScalarType::Double) {
-    topk_mask_kernel(advantages.const_data_ptr<double>(), valid.const_data_ptr<bool>(),
+  dispatch_floating(advantages.scalar_type(), [&](auto zero) {
+    using scalar_t = decltype(zero);
+    topk_mask_kernel(advantages.const_data_ptr<scalar_t>(), valid.const_data_ptr<bool>(),
                      selected.mutable_data_ptr<bool>(), size, fraction);
-  } else {
-    topk_mask_kernel(advantages.const_data_ptr<float>(), valid.const_data_ptr<bool>(),
-                     selected.mutable_data_ptr<bool>(), size, fraction);
-  }
+  });
   return selected;
 }
 
@@ -363,11 +361,7 @@ std::tuple<Tensor, Tensor> vmpo_weights_cpu(Tensor advantages, Tensor selected, 
                         eta_value, weights.mutable_data_ptr<scalar_t>(),
                         log_mean_exp.mutable_data_ptr<scalar_t>(), advantages.numel());
   };
-  if (advantages.scalar_type() == ScalarType::Double) {
-    run(double{});
-  } else {
-    run(float{});
-  }
+  dispatch_floating(advantages.scalar_type(), run);
   return {weights, log_mean_exp};
 }
 
