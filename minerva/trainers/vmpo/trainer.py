@@ -196,7 +196,7 @@ def find_wrapper(env, wrapper_type):
 
 def _evaluate_vectorized(agent: VMPOAgent, eval_envs: VectorEnv, seed: int = 42) -> Dict[str, float]:
     """High-performance vectorized evaluation.
-    Runs all n_episodes in parallel using a SyncVectorEnv.
+    Runs all n_episodes in parallel on one vector env (envpool or gymnasium).
 
     One episode per evaluation env, all stepped together, with the deterministic policy
     (mean action / argmax). The observation normaliser is the training one, frozen (only the
