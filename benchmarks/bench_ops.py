@@ -40,6 +40,7 @@ from torch.utils.benchmark import Timer
 
 import minerva
 from minerva import ops, reference
+from minerva.logging import cpu_model
 
 try:
     import torchrl
@@ -468,16 +469,6 @@ def markdown_table(rows: list[Row]) -> str:
 
     rule = ["-" * (w - 1) + ":" if i in right else "-" * w for i, w in enumerate(widths)]
     return "\n".join([render(header), render(rule), *map(render, body)])
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment() -> dict[str, Any]:

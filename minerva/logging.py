@@ -5,12 +5,25 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class RunLogger:
@@ -35,6 +48,13 @@ class RunLogger:
         self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", unit_scale=True,
                          dynamic_ncols=True, disable=None if progress else True,
                          file=sys.stderr, smoothing=0.1)
+
+    def write_run_info(self, info: Mapping) -> None:
+        """``run.json``: what ran (config, env, backend, machine), for plots and tables."""
+        info = {**info, "machine": {"platform": platform.platform(),
+                                    "processor": cpu_model(), "cpus": os.cpu_count(),
+                                    "python": platform.python_version()}}
+        (self.out_dir / "run.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
 
     @property
     def elapsed(self) -> float:

@@ -508,6 +508,9 @@ class VMPOTrainer:
         cfg = self.config
         out = Path(out_dir)
         logger = RunLogger(out, total_steps, self.global_step, progress=cfg.progress)
+        logger.write_run_info({"config": dataclasses.asdict(cfg), "env_id": self.env_id,
+                               "backend": self.backend, "device": str(self.device),
+                               "torch_threads": torch.get_num_threads()})
         logger.print(f"minerva: V-MPO on {self.env_id} ({self.backend}, {cfg.num_envs} envs, "
                      f"device {self.device}) -> {out}")
         next_eval = (self.global_step // cfg.eval_every + 1) * cfg.eval_every
