@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
+from contextlib import contextmanager
 import os
 import platform
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -86,3 +88,30 @@ class RunLogger:
         self._jsonl.close()
         if self._writer is not None:
             self._writer.close()
+
+
+class PhaseTimer:
+    """Wall time spent in each phase of training (``with timer("env_step"): ...``).
+
+    ``metrics()`` reports the cumulative seconds per phase as ``time/<phase>_s``.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{phase}_s": seconds for phase, seconds in self.seconds.items()}
+
+    def split(self) -> str:
+        """``"env_step 41%, inference 30%, ..."``: each phase's share of the timed total."""
+        total = sum(self.seconds.values()) or 1.0
+        ranked = sorted(self.seconds.items(), key=lambda item: -item[1])
+        return ", ".join(f"{phase} {100 * seconds / total:.0f}%" for phase, seconds in ranked)

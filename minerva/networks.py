@@ -22,6 +22,7 @@ from minerva.normalization import RunningMeanStd
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def mlp(in_dim: int, layer_sizes: tuple[int, ...], activation: str) -> tuple[nn.Sequential, int]:
@@ -85,8 +86,11 @@ class GaussianPolicy(nn.Module):
         return mean if deterministic else mean + std * torch.randn_like(mean)
 
     def log_prob(self, params: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
-        mean, std = self.split(params)
-        return torch.distributions.Normal(mean, std).log_prob(raw).sum(-1)
+        # log N(u; mean, std) written out: torch.distributions.Normal validates its arguments
+        # on every construction, which costs more than the network in a rollout step
+        mean, log_std = params.split(self.action_dim, dim=-1)
+        z = (raw - mean) * torch.exp(-log_std)
+        return (-0.5 * z.square() - log_std - _HALF_LOG_2PI).sum(-1)
 
     def to_env(self, raw: torch.Tensor) -> torch.Tensor:
         if not self.bounded:
@@ -114,7 +118,7 @@ class CategoricalPolicy(nn.Module):
     def sample(self, params: torch.Tensor, deterministic: bool) -> torch.Tensor:
         if deterministic:
             return params.argmax(-1)
-        return torch.distributions.Categorical(logits=params).sample()
+        return torch.multinomial(torch.softmax(params, -1), 1).squeeze(-1)
 
     def log_prob(self, params: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(params, -1).gather(-1, raw.long().unsqueeze(-1)).squeeze(-1)

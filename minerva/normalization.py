@@ -57,7 +57,9 @@ class RewardScaler(nn.Module):
               \tilde r_t = \mathrm{clip}(r_t / \sqrt{\mathrm{Var}[G] + \epsilon}, \pm 10)
 
     (what gymnasium's ``NormalizeReward`` does, here one instance for both backends). Only
-    valid transitions (not autoreset steps) update the statistics.
+    valid transitions (not autoreset steps) count. The returns seen are merged into the
+    statistics by :meth:`update_statistics`, once per rollout: a per-step update of a few
+    numbers costs more in torch calls than the rest of the step.
     """
 
     def __init__(self, num_envs: int, gamma: float, clip: float = 10.0):
@@ -66,11 +68,24 @@ class RewardScaler(nn.Module):
         self.clip = clip
         self.return_stats = RunningMeanStd(())
         self.discounted_return = np.zeros(num_envs, dtype=np.float64)
+        self._pending: list[np.ndarray] = []
+        self._std = 1.0
+        self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_std())
 
     def forward(self, rewards: np.ndarray, done: np.ndarray, valid: np.ndarray) -> np.ndarray:
         self.discounted_return = np.where(valid, self.discounted_return * self.gamma + rewards,
                                           self.discounted_return)
-        self.return_stats.update(torch.from_numpy(self.discounted_return[valid]))
+        self._pending.append(self.discounted_return[valid])
         self.discounted_return[done] = 0.0
-        std = float(torch.sqrt(self.return_stats.var + self.return_stats.epsilon))
-        return np.clip(rewards / std, -self.clip, self.clip).astype(np.float32)
+        return np.clip(rewards / self._std, -self.clip, self.clip).astype(np.float32)
+
+    def update_statistics(self) -> None:
+        """Merges the returns seen since the last call into the running statistics."""
+        if self._pending:
+            self.return_stats.update(torch.from_numpy(np.concatenate(self._pending)))
+            self._pending.clear()
+        self._refresh_std()
+
+    def _refresh_std(self) -> None:
+        self._std = float(torch.sqrt(self.return_stats.var + self.return_stats.epsilon))
+

@@ -93,9 +93,18 @@ def test_running_mean_std_merges_batches():
 def test_reward_scaler_divides_by_the_return_std_and_skips_invalid_steps():
     scaler = RewardScaler(num_envs=2, gamma=0.5)
     never = np.zeros(2, dtype=bool)
-    scaler(np.array([1.0, 3.0]), never, np.array([True, True]))
-    # returns so far [1, 3]: mean 2, var 1 -> a reward of 2 scales to 2 / sqrt(1 + 1e-8)
-    out = scaler(np.array([2.0, 0.0]), never, np.array([True, False]))
-    # second step: G = [0.5 * 1 + 2, 3 (invalid: unchanged, not counted)] -> stats of [1, 3, 2.5]
-    var = np.var([1.0, 3.0, 2.5])
-    np.testing.assert_allclose(out, np.array([2.0, 0.0]) / np.sqrt(var + 1e-8), rtol=1e-6)
+    # before any statistics: std 1
+    np.testing.assert_allclose(scaler(np.array([1.0, 3.0]), never, np.array([True, True])),
+                               [1.0, 3.0])
+    # second step: G = [0.5 * 1 + 2, 3 (invalid: unchanged, not counted)]
+    scaler(np.array([2.0, 0.0]), never, np.array([True, False]))
+    scaler.update_statistics()  # returns seen: [1, 3, 2.5]
+    std = np.sqrt(np.var([1.0, 3.0, 2.5]) + 1e-8)
+    out = scaler(np.array([2.0, 100.0]), np.array([False, True]), np.array([True, True]))
+    np.testing.assert_allclose(out, np.clip(np.array([2.0, 100.0]) / std, -10, 10), rtol=1e-6)
+    assert scaler.discounted_return[1] == 0.0  # env 1's episode ended: its return restarts
+    # the statistics survive a state_dict round trip
+    restored = RewardScaler(num_envs=2, gamma=0.5)
+    restored.load_state_dict(scaler.state_dict())
+    np.testing.assert_allclose(restored(np.array([2.0, 0.0]), never, np.ones(2, bool))[0],
+                               2.0 / std, rtol=1e-6)

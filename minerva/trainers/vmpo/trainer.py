@@ -8,6 +8,7 @@ environment ids across gymnasium and envpool, and build single gymnasium environ
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
@@ -26,7 +27,7 @@ from torch import nn
 from minerva import envs, losses, ops
 from minerva.config import TrainConfig
 from minerva.envs import VectorEnv, default_backend, make_vector_env
-from minerva.logging import RunLogger
+from minerva.logging import PhaseTimer, RunLogger
 from minerva.networks import Duals, VMPOAgent
 from minerva.normalization import RewardScaler
 from minerva.storage import RolloutStorage
@@ -235,6 +236,17 @@ def _evaluate_vectorized(agent: VMPOAgent, eval_envs: VectorEnv, seed: int = 42)
 # Trainer
 # --------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _threads(count: int):
+    """torch's intra-op thread count set to ``count`` inside the block."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _save_atomically(state: dict, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
     a crash mid-write leaves the previous checkpoint intact."""
@@ -348,6 +360,11 @@ class VMPOTrainer:
         )
         self.reward_scaler = RewardScaler(num_envs, gamma)
 
+        self.timer = PhaseTimer()
+        # Acting on a few envs per step is too small to split across threads, and waiting
+        # threads cost a lot when another process holds a core: act on one thread (the
+        # update, a large batch, keeps them all).
+        self._rollout_threads = 1 if num_envs <= 256 else torch.get_num_threads()
         self.global_step = 0
         self.iteration = 0
         self.best_return = -math.inf
@@ -379,35 +396,41 @@ class VMPOTrainer:
         self._reset_rollout()
         finished_returns: list[float] = []
         finished_lengths: list[int] = []
+        timer = self.timer
         if self._observations is None:
             self._observations = self.envs.reset()
-        with torch.inference_mode():
+        with torch.inference_mode(), _threads(self._rollout_threads):
             while not self._rollout_full():
-                observations = torch.as_tensor(self._observations, device=self.device)
-                action = self.agent.act(observations)
-                result = self.envs.step(self.agent.policy.to_env(action.raw).cpu().numpy())
-                # the step after an episode ended is envpool's (and gymnasium's) autoreset:
-                # its action was ignored, so it is not experience
-                valid = ~self._previous_done
-                done = result.terminated | result.truncated
-                rewards = (self.reward_scaler(result.rewards, done, valid)
-                           if cfg.normalize_rewards else result.rewards)
-                self.storage.insert(self._observations, action.raw, action.log_prob,
-                                    action.dist_params, action.value, rewards,
-                                    result.terminated, result.truncated, valid)
-                self._episode_return += np.where(valid, result.rewards, 0.0)
-                self._episode_length += valid
-                for i in np.flatnonzero(done & valid):
-                    finished_returns.append(float(self._episode_return[i]))
-                    finished_lengths.append(int(self._episode_length[i]))
-                self._episode_return[done] = 0.0
-                self._episode_length[done] = 0
-                self._previous_done = done
-                self._observations = result.observations
-                self.global_step += self.envs.num_envs
-            last_values = self.agent.value(
-                torch.as_tensor(self._observations, device=self.device))
-        self.storage.compute_advantages(last_values, cfg.gamma, cfg.lam)
+                with timer("inference"):
+                    observations = torch.as_tensor(self._observations, device=self.device)
+                    action = self.agent.act(observations)
+                    env_actions = self.agent.policy.to_env(action.raw).cpu().numpy()
+                with timer("env_step"):
+                    result = self.envs.step(env_actions)
+                with timer("storage"):
+                    # the step after an episode ended is envpool's (and gymnasium's)
+                    # autoreset: its action was ignored, so it is not experience
+                    valid = ~self._previous_done
+                    done = result.terminated | result.truncated
+                    rewards = (self.reward_scaler(result.rewards, done, valid)
+                               if cfg.normalize_rewards else result.rewards)
+                    self.storage.insert(self._observations, action.raw, action.log_prob,
+                                        action.dist_params, action.value, rewards,
+                                        result.terminated, result.truncated, valid)
+                    self._episode_return += np.where(valid, result.rewards, 0.0)
+                    self._episode_length += valid
+                    for i in np.flatnonzero(done & valid):
+                        finished_returns.append(float(self._episode_return[i]))
+                        finished_lengths.append(int(self._episode_length[i]))
+                    self._episode_return[done] = 0.0
+                    self._episode_length[done] = 0
+                    self._previous_done = done
+                    self._observations = result.observations
+                    self.global_step += self.envs.num_envs
+            with timer("advantages"):
+                last_values = self.agent.value(
+                    torch.as_tensor(self._observations, device=self.device))
+                self.storage.compute_advantages(last_values, cfg.gamma, cfg.lam)
         metrics = {"charts/valid_fraction": float(self.storage.valid.float().mean())}
         if finished_returns:
             metrics["charts/episode_return"] = float(np.mean(finished_returns))
@@ -482,9 +505,10 @@ class VMPOTrainer:
         metrics["charts/value_mean"] = float(batch.values[valid].mean())
         return metrics
 
-    def _update_observation_statistics(self) -> None:
+    def _update_normalizers(self) -> None:
         # once per rollout, after the update, so the rollout's stored policy outputs and the
         # update both saw the same statistics
+        self.reward_scaler.update_statistics()
         if self.config.normalize_observations:
             self.agent.obs_normalizer.update(
                 self.storage.observations[self.storage.valid].to(self.device))
@@ -520,12 +544,14 @@ class VMPOTrainer:
         try:
             while self.global_step < total_steps:
                 metrics = self._collect_rollout()
-                metrics.update(self._update())
-                self._update_observation_statistics()
+                with self.timer("update"):
+                    metrics.update(self._update())
+                    self._update_normalizers()
                 self.iteration += 1
                 metrics["charts/steps_per_second"] = (
                     (self.global_step - steps_at_start) / max(logger.elapsed - time_at_start, 1e-9))
                 metrics["charts/iteration"] = self.iteration
+                metrics.update(self.timer.metrics())
                 logger.log(self.global_step, metrics)
                 logger.advance(self.global_step)
 
@@ -533,14 +559,14 @@ class VMPOTrainer:
                 if self.global_step >= next_eval or finished:
                     while next_eval <= self.global_step:
                         next_eval += cfg.eval_every
-                    last_eval = self.evaluate()
-                    logger.log(self.global_step, last_eval)
+                    with self.timer("evaluation"):
+                        last_eval = self.evaluate()
+                    logger.log(self.global_step, {**last_eval, **self.timer.metrics()})
                     if last_eval["eval/return_mean"] > self.best_return:
                         self.best_return = last_eval["eval/return_mean"]
                         self.save_checkpoint(out / "vmpo_best.pt")
                     self.save_checkpoint(out / "vmpo_last.pt")
-                    logger.print(f"step {self.global_step}: " + _format_metrics(
-                        {**last_eval, **_console_subset(metrics)}))
+                    logger.print(self._console_line({**last_eval, **_console_subset(metrics)}))
                     last_print = logger.elapsed
                     if cfg.target_return is not None and (
                             last_eval["eval/return_mean"] >= cfg.target_return):
@@ -548,13 +574,16 @@ class VMPOTrainer:
                                      f"{self.global_step} ({logger.elapsed:.1f} s)")
                         break
                 elif logger.elapsed - last_print > 10.0:
-                    logger.print(f"step {self.global_step}: "
-                                 + _format_metrics(_console_subset(metrics)))
+                    logger.print(self._console_line(_console_subset(metrics)))
                     last_print = logger.elapsed
         finally:
             self.save_checkpoint(out / "vmpo_last.pt")
+            logger.print(f"time per phase: {self.timer.split()}")
             logger.close()
         return last_eval
+
+    def _console_line(self, metrics: Mapping[str, float]) -> str:
+        return f"step {self.global_step}: {_format_metrics(metrics)} | {self.timer.split()}"
 
     # --- checkpoints --------------------------------------------------------------------------
 

@@ -1,0 +1,272 @@
+"""Learning benchmark: trains seeds x envs with ``python -m minerva.train`` and summarises.
+
+    python benchmarks/learning.py --envs CartPole-v1 Pendulum-v1 --seeds 3 --steps 200000
+    python benchmarks/learning.py --summarize-only [--out DIR] [--envs ...]
+
+Seeds 1..K of each env run as separate processes, at most ``--jobs`` at once (default: the
+number of CPUs), each with ``--torch-threads 1 --no-progress --out-dir OUT/<env>/seed<k>``
+and its output in ``OUT/<env>/seed<k>.log``. A run folder that already exists is replaced.
+Without ``--steps`` each env trains for its preset's ``total_steps`` (and, like any run,
+stops early at its preset's ``target_return``; ``--extra-args "--target-return none"``
+turns that off). ``--extra-args`` passes further flags to every run.
+
+The summary, printed as a GitHub-markdown table and saved as ``OUT/summary.md`` and
+``OUT/summary.json``, gives per env: the final evaluation return (each run's last
+evaluation) and the best one (each run's highest), as mean +- sample std over seeds; the
+environment steps, wall-clock seconds and steps/s (the run's last ``charts/steps_per_second``)
+per run, averaged over seeds; and the machine (from the runs' ``run.json``).
+``OUT/curves.png`` plots all envs' learning curves (:mod:`minerva.plot`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from minerva.plot import DEFAULT_METRIC, Run, find_runs, group_by_env, plot_runs
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "learning"
+SETTINGS_FILE = "benchmark.json"  # per env folder: how its runs were launched
+LOG_TAIL_LINES = 15
+
+
+@dataclass(frozen=True)
+class Job:
+    env_id: str
+    seed: int
+    out_dir: Path
+    command: tuple[str, ...]
+
+    @property
+    def log(self) -> Path:
+        return self.out_dir.with_suffix(".log")
+
+    @property
+    def name(self) -> str:
+        return f"{self.env_id} seed {self.seed}"
+
+
+def env_folder(out: Path, env_id: str) -> Path:
+    return out / env_id.replace("/", "_")
+
+
+def plan(envs: Sequence[str], seeds: int, out: Path, steps: int | None = None,
+         extra_args: Sequence[str] = ()) -> list[Job]:
+    """One job per (env, seed), seeds 1..``seeds``."""
+    jobs = []
+    for env_id in envs:
+        for seed in range(1, seeds + 1):
+            run_dir = env_folder(out, env_id) / f"seed{seed}"
+            # -P: the working directory stays off sys.path, so a source checkout there (with
+            # no compiled modules) cannot shadow the installed minerva
+            command = [sys.executable, "-P", "-m", "minerva.train", "--env-id", env_id,
+                       "--seed", str(seed), "--out-dir", str(run_dir), "--torch-threads", "1",
+                       "--no-progress"]
+            if steps is not None:
+                command += ["--total-steps", str(steps)]
+            jobs.append(Job(env_id, seed, run_dir, (*command, *extra_args)))
+    return jobs
+
+
+def run_job(job: Job) -> tuple[int, float]:
+    """Runs one training process (output into its log); returns (exit code, seconds)."""
+    if job.out_dir.exists():
+        shutil.rmtree(job.out_dir)  # metrics.jsonl appends: a stale one would mix runs
+    job.out_dir.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(job.log, "w", encoding="utf-8") as log:
+        log.write("$ " + shlex.join(job.command) + "\n")
+        log.flush()
+        code = subprocess.run(job.command, stdout=log, stderr=subprocess.STDOUT).returncode
+    return code, time.perf_counter() - start
+
+
+def run_all(jobs: Sequence[Job], parallel: int) -> list[Job]:
+    """Runs ``jobs``, at most ``parallel`` at once, reporting each to stderr as it ends;
+    returns the failed ones."""
+    failed = []
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = {pool.submit(run_job, job): job for job in jobs}
+        for done, future in enumerate(as_completed(futures), 1):
+            job = futures[future]
+            code, seconds = future.result()
+            status = "ok" if code == 0 else f"FAILED (exit code {code})"
+            print(f"[{done}/{len(jobs)}] {job.name}: {status} in {seconds:.0f} s -> {job.log}",
+                  file=sys.stderr, flush=True)
+            if code != 0:
+                failed.append(job)
+    return failed
+
+
+def report_failures(failed: Sequence[Job]) -> str:
+    lines = [f"{len(failed)} run(s) failed:"]
+    for job in failed:
+        tail = job.log.read_text(encoding="utf-8", errors="replace").splitlines()
+        lines += [f"--- {job.name} ({job.log}), last lines:", *tail[-LOG_TAIL_LINES:]]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- summary
+
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def _run_summary(run: Run, out: Path) -> dict[str, Any]:
+    returns = run.curve(DEFAULT_METRIC).values
+    path = run.path.resolve()
+    return {"seed": run.seed,
+            "path": str(path.relative_to(out.resolve()) if path.is_relative_to(out.resolve())
+                        else path.name),
+            "final_return": float(returns[-1]), "best_return": float(returns.max()),
+            "env_steps": run.final_step, "wall_clock_s": run.wall_clock_s,
+            "steps_per_second": run.last("charts/steps_per_second")}
+
+
+def _machine(runs: Sequence[Run]) -> dict[str, Any]:
+    machines = {json.dumps(run.info.get("machine", {}), sort_keys=True) for run in runs}
+    return json.loads(machines.pop()) if len(machines) == 1 else {"mixed": sorted(machines)}
+
+
+def find_benchmark_runs(out: Path, envs: Sequence[str] | None = None) -> list[Run]:
+    """The runs under ``out`` (only those of ``envs`` when given); SystemExit when none."""
+    return find_runs([env_folder(out, env) for env in envs] if envs else [out])
+
+
+def summarize(runs: Sequence[Run], out: Path) -> dict[str, Any]:
+    """Per env: final and best evaluation return (mean and sample std over seeds), env steps,
+    wall-clock and steps/s per run (means), the machine, how the runs were launched (when
+    this script launched them), and each run's numbers, with paths relative to ``out``.
+    Raises SystemExit naming a run that has no evaluation."""
+    out = Path(out)
+    summary: dict[str, Any] = {"metric": DEFAULT_METRIC, "envs": {}}
+    for env_id, env_runs in group_by_env(runs).items():
+        per_run = [_run_summary(run, out) for run in env_runs]
+        rates = [r["steps_per_second"] for r in per_run if r["steps_per_second"] is not None]
+        settings_file = env_runs[0].path.parent / SETTINGS_FILE
+        summary["envs"][env_id] = {
+            "seeds": len(per_run),
+            "final_return": _mean_std([r["final_return"] for r in per_run]),
+            "best_return": _mean_std([r["best_return"] for r in per_run]),
+            "env_steps_per_run": statistics.fmean(r["env_steps"] for r in per_run),
+            "env_steps_total": sum(r["env_steps"] for r in per_run),
+            "wall_clock_s_per_run": statistics.fmean(r["wall_clock_s"] for r in per_run),
+            "steps_per_second": statistics.fmean(rates) if rates else None,
+            "eval_episodes": env_runs[0].info.get("config", {}).get("eval_episodes"),
+            "machine": _machine(env_runs),
+            "launch": (json.loads(settings_file.read_text(encoding="utf-8"))
+                       if settings_file.is_file() else None),
+            "runs": per_run,
+        }
+    return summary
+
+
+def _machine_text(env: dict[str, Any]) -> str:
+    machine = env["machine"]
+    if "mixed" in machine:
+        return "mixed"
+    text = f"{machine.get('processor', '?')}, {machine.get('cpus', '?')} CPUs"
+    if env["launch"]:
+        text += f", {env['launch']['parallel_runs']} runs at once"
+    return text
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The summary as a GitHub-markdown table with a note under it."""
+    lines = ["| env | seeds | final eval return | best eval return | env steps / run "
+             "| wall-clock / run | steps/s | machine |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for env_id, env in summary["envs"].items():
+        final, best = env["final_return"], env["best_return"]
+        rate = f"{env['steps_per_second']:,.0f}" if env["steps_per_second"] else "–"
+        lines.append(
+            f"| {env_id} | {env['seeds']} | {final['mean']:.1f} ± {final['std']:.1f} "
+            f"| {best['mean']:.1f} ± {best['std']:.1f} | {env['env_steps_per_run']:,.0f} "
+            f"| {env['wall_clock_s_per_run']:,.1f} s | {rate} | {_machine_text(env)} |")
+    episodes = {env["eval_episodes"] for env in summary["envs"].values()}
+    lines += ["", "Final: each run's last evaluation; best: each run's highest; both the mean "
+              f"± sample std over seeds of `{summary['metric']}` (the mean return of "
+              f"{'/'.join(str(e) for e in sorted(episodes, key=str))} evaluation episodes). "
+              "Env steps, wall-clock and steps/s (a run's last `charts/steps_per_second`) "
+              "are means over seeds; each run used one torch thread."]
+    return "\n".join(lines)
+
+
+def write_summary(out: Path, envs: Sequence[str] | None = None) -> str:
+    """Writes ``summary.md``, ``summary.json`` and ``curves.png`` into ``out``; returns the
+    markdown."""
+    runs = find_benchmark_runs(out, envs)
+    summary = summarize(runs, out)
+    table = markdown(summary)
+    (out / "summary.md").write_text(table + "\n", encoding="utf-8")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    plot_runs(runs, out / "curves.png", title="minerva V-MPO: evaluation return")
+    return table
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train seeds x envs with python -m minerva.train, then summarise them "
+                    "(markdown table, JSON, learning curves).")
+    parser.add_argument("--envs", nargs="+", metavar="ENV_ID",
+                        help="env ids to train (required unless --summarize-only, where it "
+                             "limits the summary to these envs)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 1..K (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="environment steps per run (default: each env's preset)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="output folder (default: benchmarks/results/learning)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="runs at once (default: the number of CPUs, %(default)s)")
+    parser.add_argument("--extra-args", default="",
+                        help='further flags for every run, e.g. "--num-envs 16"')
+    parser.add_argument("--summarize-only", action="store_true",
+                        help="summarise the runs already in --out without training")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.summarize_only:
+        if not args.envs:
+            parser.error("--envs is required unless --summarize-only")
+        for name in ("seeds", "jobs", "steps"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                parser.error(f"--{name} must be a positive integer")
+        jobs = plan(args.envs, args.seeds, args.out, args.steps, shlex.split(args.extra_args))
+        parallel = min(args.jobs, len(jobs))
+        for env_id in args.envs:
+            folder = env_folder(args.out, env_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            settings = {"seeds": args.seeds, "steps": args.steps, "parallel_runs": parallel,
+                        "extra_args": args.extra_args}
+            (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        print(f"training {len(jobs)} runs ({len(args.envs)} env(s) x {args.seeds} seed(s)), "
+              f"{parallel} at once, into {args.out}", file=sys.stderr, flush=True)
+        failed = run_all(jobs, parallel)
+        if failed:
+            print(report_failures(failed), file=sys.stderr)
+            return 1
+    print(write_summary(args.out, args.envs))
+    print(f"\nwrote {args.out / 'summary.md'}, summary.json and curves.png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
