@@ -6,9 +6,11 @@
 Seeds 1..K of each env run as separate processes, at most ``--jobs`` at once (default: the
 number of CPUs), each with ``--torch-threads 1 --no-progress --out-dir OUT/<env>/seed<k>``
 and its output in ``OUT/<env>/seed<k>.log``. A run folder that already exists is replaced.
-Without ``--steps`` each env trains for its preset's ``total_steps`` (and, like any run,
-stops early at its preset's ``target_return``; ``--extra-args "--target-return none"``
-turns that off). ``--extra-args`` passes further flags to every run.
+Without ``--steps`` each env trains for its preset's ``total_steps``. Every run trains for
+its whole budget (``--target-return inf``: seeds that stopped on reaching a preset's target
+at different steps would leave curves of different lengths and make "final" mean "when
+solved"). ``--extra-args`` passes further flags to every run, after these, so it can
+override them: e.g. ``"--eval-every 2000"`` for more points on short curves.
 
 The summary, printed as a GitHub-markdown table and saved as ``OUT/summary.md`` and
 ``OUT/summary.json``, gives per env: the final evaluation return (each run's last
@@ -73,7 +75,7 @@ def plan(envs: Sequence[str], seeds: int, out: Path, steps: int | None = None,
             # no compiled modules) cannot shadow the installed minerva
             command = [sys.executable, "-P", "-m", "minerva.train", "--env-id", env_id,
                        "--seed", str(seed), "--out-dir", str(run_dir), "--torch-threads", "1",
-                       "--no-progress"]
+                       "--no-progress", "--target-return", "inf"]
             if steps is not None:
                 command += ["--total-steps", str(steps)]
             jobs.append(Job(env_id, seed, run_dir, (*command, *extra_args)))
@@ -201,7 +203,8 @@ def markdown(summary: dict[str, Any]) -> str:
               f"± sample std over seeds of `{summary['metric']}` (the mean return of "
               f"{'/'.join(str(e) for e in sorted(episodes, key=str))} evaluation episodes). "
               "Env steps, wall-clock and steps/s (a run's last `charts/steps_per_second`) "
-              "are means over seeds; each run used one torch thread."]
+              "are means over seeds; wall-clock is the training time logged in `metrics.jsonl` "
+              "(without the process start-up); each run used one torch thread."]
     return "\n".join(lines)
 
 

@@ -31,6 +31,9 @@ class TrainConfig:
     num_envs: int = _option(8, "environments stepped together")
     rollout_steps: int = _option(64, "steps per environment in each rollout")
     torch_threads: int = _option(0, "torch intra-op threads (0: torch's default)")
+    reference_ops: bool = _option(
+        False, "use the pure-Python reference ops and storage instead of the native ones "
+               "(to measure what the native core buys)")
     # --- V-MPO -----------------------------------------------------------------------------
     advantage_estimator: str = _option("gae", "advantage estimator", choices=ESTIMATORS)
     gamma: float = _option(0.99, "discount factor")

@@ -48,6 +48,7 @@ def e_step(
     selected: torch.Tensor,
     eta: torch.Tensor,
     epsilon_eta: float,
+    vmpo_weights=ops.vmpo_weights,
 ) -> EStep:
     r"""Weights of the selected samples and the temperature (dual) loss.
 
@@ -59,9 +60,10 @@ def e_step(
 
     ``S`` (``selected``) is the top-k of the valid advantages (:func:`minerva.ops.topk_mask`).
     Advantages are treated as constants; the weights carry no gradient (they are targets
-    for the M-step), and :math:`L_\eta` trains ``eta`` through the native op's autograd.
+    for the M-step), and :math:`L_\eta` trains ``eta`` through the native op's autograd
+    (``vmpo_weights`` may be :func:`minerva.reference.vmpo_weights` instead).
     """
-    weights, log_mean_exp = ops.vmpo_weights(advantages.detach(), selected, eta)
+    weights, log_mean_exp = vmpo_weights(advantages.detach(), selected, eta)
     temperature_loss = eta * epsilon_eta + eta * log_mean_exp
     return EStep(weights.detach(), selected, temperature_loss)
 

@@ -36,6 +36,7 @@ STEP, ELAPSED = "global_step", "time/elapsed_s"
 Spread = Literal["minmax", "std"]
 SPREAD_LABELS: dict[str, str] = {"minmax": "min–max over seeds", "std": "mean ± std over seeds"}
 WALL_CLOCK_POINTS = 200
+MARKED_POINTS = 30  # seed curves with at most this many points show them as dots
 ROW_SIZE = (10.0, 3.2)  # inches per env row
 DPI = 100
 
@@ -261,17 +262,27 @@ def plot_runs(runs: Sequence[Run], output: str | Path, metric: str = DEFAULT_MET
 
 def _draw(panel: Any, curves: Sequence[Curve], axis: str, spread: Spread) -> None:
     band = aggregate(curves, axis, spread)
-    marker = "o" if len(band.x) == 1 else None
     if band.seeds == 1:
-        panel.plot(band.x, band.mean, color="C0", linewidth=1.8, marker=marker, label="1 seed")
+        panel.plot(band.x, band.mean, color="C0", linewidth=1.8, marker=_marker(band.x),
+                   label="1 seed")
         return
     for index, curve in enumerate(curves):
-        panel.plot(curve.along(axis), curve.values, color="C0", alpha=0.3, linewidth=0.8,
-                   label="each seed" if index == 0 else None)
-    panel.fill_between(band.x, band.low, band.high, color="C0", alpha=0.2,
-                       label=SPREAD_LABELS[spread])
-    panel.plot(band.x, band.mean, color="C0", linewidth=1.8, marker=marker,
+        panel.plot(curve.along(axis), curve.values, color="C0", alpha=0.35, linewidth=0.8,
+                   marker=_marker(curve.values, "."), label="each seed" if index == 0 else None)
+    label = SPREAD_LABELS[spread]
+    if len(band.x) == 1:  # no area to shade: an error bar
+        panel.errorbar(band.x, band.mean, yerr=[band.mean - band.low, band.high - band.mean],
+                       color="C0", alpha=0.5, capsize=4, linestyle="none", label=label)
+    else:
+        panel.fill_between(band.x, band.low, band.high, color="C0", alpha=0.2, label=label)
+    panel.plot(band.x, band.mean, color="C0", linewidth=1.8, marker=_marker(band.x),
                label=f"mean of {band.seeds} seeds")
+
+
+def _marker(values: np.ndarray, few: str | None = None) -> str | None:
+    """A marker where a line alone would hide the points: a single point, or (``few``) a
+    few points."""
+    return "o" if len(values) == 1 else few if len(values) <= MARKED_POINTS else None
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -52,6 +52,17 @@ def test_short_training_run_writes_every_output(tmp_path, env_id, backend):
     assert (tmp_path / "vmpo_last.pt").exists() and (tmp_path / "vmpo_best.pt").exists()
 
 
+def test_reference_ops_switch_trains_on_the_pure_python_core(tmp_path):
+    from minerva import reference
+
+    trainer = make_trainer("Pendulum-v1", "gymnasium", reference_ops=True, eval_every=10_000)
+    assert isinstance(trainer.storage, reference.RolloutStorage)
+    assert trainer.ops is reference
+    trainer.train(64, str(tmp_path))
+    assert trainer.global_step == 64
+    trainer.close()
+
+
 def test_reset_transitions_are_masked_out_of_the_rollout():
     trainer = make_trainer(rollout_steps=64)
     trainer._collect_rollout()

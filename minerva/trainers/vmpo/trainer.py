@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from minerva import envs, losses, ops
+from minerva import envs, losses, ops, reference
 from minerva.config import TrainConfig
 from minerva.envs import VectorEnv, default_backend, make_vector_env
 from minerva.logging import PhaseTimer, RunLogger
@@ -312,6 +312,7 @@ class VMPOTrainer:
         target_return: float | None = None,
         torch_threads: int = 0,
         progress: bool = True,
+        reference_ops: bool = False,
     ):
         options = {k: v for k, v in locals().items() if k != "self"}
         options.update(device=str(device), policy_layer_sizes=tuple(policy_layer_sizes),
@@ -352,8 +353,11 @@ class VMPOTrainer:
                           else torch.optim.SGD(groups, momentum=sgd_momentum))
         self._network_params = policy_params + value_params
 
+        # the native ops and storage, or the pure-Python references (to measure the difference)
+        self.ops = reference if reference_ops else ops
+        storage_class = reference.RolloutStorage if reference_ops else RolloutStorage
         action_space = self.envs.single_action_space
-        self.storage = RolloutStorage(
+        self.storage = storage_class(
             rollout_steps, num_envs, self.envs.single_observation_space.shape,
             () if self.agent.discrete else (int(np.prod(action_space.shape)),),
             discrete_actions=self.agent.discrete, dist_params_dim=self.agent.policy.params_dim,
@@ -448,14 +452,15 @@ class VMPOTrainer:
         advantages = batch.advantages
         if cfg.normalize_advantages:
             advantages = losses.normalize_advantages(advantages, valid)
-        selected = ops.topk_mask(advantages, valid, cfg.topk_fraction)
+        selected = self.ops.topk_mask(advantages, valid, cfg.topk_fraction)
         old_params = batch.dist_params
         policy = self.agent.policy
         history: dict[str, list[torch.Tensor]] = {}
 
         for _ in range(cfg.m_steps):
             params, values = self.agent(batch.observations)
-            estep = losses.e_step(advantages, selected, self.duals.eta, cfg.epsilon_eta)
+            estep = losses.e_step(advantages, selected, self.duals.eta, cfg.epsilon_eta,
+                                  vmpo_weights=self.ops.vmpo_weights)
             nll = losses.weighted_nll(policy.log_prob(params, batch.actions), estep.weights)
             alphas = self.duals.alphas
             if self.agent.discrete:

@@ -1,0 +1,208 @@
+"""minerva.plot and benchmarks/learning.py's summary, on run folders written by the tests."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minerva import plot
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+LEARNING_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "learning.py"
+
+# env -> seed -> evaluation (step, elapsed seconds, return mean) triples
+EVALS = {
+    "CartPole-v1": {
+        1: [(1000, 1.0, 20.0), (2000, 2.0, 100.0), (3000, 3.0, 300.0)],
+        2: [(1000, 1.5, 40.0), (2000, 3.0, 200.0), (3000, 4.5, 500.0)],
+        3: [(1000, 2.0, 30.0), (3000, 6.0, 400.0)],  # no evaluation at step 2000
+    },
+    "Pendulum-v1": {
+        1: [(500, 1.0, -1200.0), (1000, 2.0, -800.0)],
+        2: [(500, 1.0, -1000.0), (1000, 2.0, -400.0)],
+    },
+}
+
+
+def write_run(folder: Path, evals, env_id=None, seed=None, steps_per_second=1000.0,
+              run_info=True) -> Path:
+    """A run folder: an update event before each evaluation, and run.json."""
+    folder.mkdir(parents=True)
+    events = []
+    for step, elapsed, value in evals:
+        events.append({"global_step": step, "time/elapsed_s": elapsed - 0.1,
+                       "charts/episode_return": value / 2, "charts/steps_per_second":
+                       steps_per_second + step / 100})
+        events.append({"global_step": step, "time/elapsed_s": elapsed,
+                       "eval/return_mean": value, "eval/return_std": 1.0,
+                       "eval/length_mean": 10.0})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    if run_info:
+        info = {"config": {"env_id": env_id, "seed": seed, "total_steps": evals[-1][0],
+                           "eval_episodes": 10},
+                "env_id": env_id, "backend": "envpool", "device": "cpu", "torch_threads": 1,
+                "machine": {"platform": "Linux", "processor": "Test CPU", "cpus": 2,
+                            "python": "3.11.0"}}
+        (folder / "run.json").write_text(json.dumps(info))
+    return folder
+
+
+@pytest.fixture
+def runs_root(tmp_path) -> Path:
+    root = tmp_path / "results"
+    for env_id, seeds in EVALS.items():
+        for seed, evals in seeds.items():
+            write_run(root / env_id / f"seed{seed}", evals, env_id, seed)
+    return root
+
+
+def test_find_runs_groups_by_env_and_sorts_by_seed(runs_root):
+    runs = plot.find_runs([runs_root])
+    groups = plot.group_by_env(runs)
+    assert list(groups) == ["CartPole-v1", "Pendulum-v1"]
+    assert [run.seed for run in groups["CartPole-v1"]] == [1, 2, 3]
+    assert [run.seed for run in groups["Pendulum-v1"]] == [1, 2]
+    # a run folder given directly, and the same run again through its parent: loaded once
+    again = plot.find_runs([runs_root / "Pendulum-v1" / "seed2", runs_root / "Pendulum-v1"])
+    assert [(run.env_id, run.seed) for run in again] == [("Pendulum-v1", 1), ("Pendulum-v1", 2)]
+
+
+def test_load_run_reads_the_curve_and_run_info(runs_root):
+    run = plot.load_run(runs_root / "CartPole-v1" / "seed1")
+    assert (run.env_id, run.seed) == ("CartPole-v1", 1)
+    assert run.info["machine"]["processor"] == "Test CPU"
+    curve = run.curve()
+    np.testing.assert_array_equal(curve.steps, [1000, 2000, 3000])
+    np.testing.assert_array_equal(curve.seconds, [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(curve.values, [20.0, 100.0, 300.0])
+    np.testing.assert_array_equal(run.curve("charts/episode_return").values, [10, 50, 150])
+    assert run.last("charts/steps_per_second") == 1030.0
+    assert (run.final_step, run.wall_clock_s) == (3000, 3.0)
+
+
+def test_without_run_json_the_folder_names_give_env_and_seed(tmp_path):
+    evals = [(100, 1.0, 5.0)]
+    default = write_run(tmp_path / "runs" / "CartPole-v1-seed4-20250101-120000", evals,
+                        run_info=False)
+    benchmark = write_run(tmp_path / "Pendulum-v1" / "seed2", evals, run_info=False)
+    assert [(r.env_id, r.seed) for r in map(plot.load_run, (default, benchmark))] == [
+        ("CartPole-v1", 4), ("Pendulum-v1", 2)]
+
+
+def test_a_resumed_run_keeps_counting_wall_clock_and_replaces_repeated_steps(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    events = [(1000, 5.0, 1.0), (2000, 10.0, 2.0),  # first session
+              (2000, 1.0, 3.0), (3000, 6.0, 4.0)]   # resumed at step 2000: the clock restarts
+    (folder / "metrics.jsonl").write_text("".join(
+        json.dumps({"global_step": s, "time/elapsed_s": t, "eval/return_mean": v}) + "\n"
+        for s, t, v in events))
+    curve = plot.load_run(folder).curve()
+    np.testing.assert_array_equal(curve.steps, [1000, 2000, 3000])
+    np.testing.assert_array_equal(curve.seconds, [5.0, 11.0, 16.0])
+    np.testing.assert_array_equal(curve.values, [1.0, 3.0, 4.0])
+
+
+def test_seeds_are_interpolated_onto_a_common_grid(runs_root):
+    curves = [run.curve() for run in plot.find_runs([runs_root / "CartPole-v1"])]
+    by_steps = plot.aggregate(curves, "steps")
+    np.testing.assert_array_equal(by_steps.x, [1000, 2000, 3000])  # the union of eval steps
+    # seed 3 has no evaluation at 2000: halfway between 30 and 400 is 215
+    np.testing.assert_allclose(by_steps.mean, [30.0, (100 + 200 + 215) / 3, 400.0])
+    np.testing.assert_allclose(by_steps.low, [20.0, 100.0, 300.0])
+    np.testing.assert_allclose(by_steps.high, [40.0, 215.0, 500.0])
+    assert by_steps.seeds == 3
+
+    std = plot.aggregate(curves, "steps", spread="std")
+    np.testing.assert_allclose(std.high - std.mean, np.std([[20, 40, 30], [100, 200, 215],
+                                                            [300, 500, 400]], axis=1))
+
+    # wall clock: an even grid over the time every seed covers (from 2.0 s to 3.0 s)
+    by_time = plot.aggregate(curves, "seconds")
+    assert (by_time.x[0], by_time.x[-1]) == (2.0, 3.0)
+    assert len(by_time.x) == plot.WALL_CLOCK_POINTS
+    # at 3.0 s: seed 1 300 (its end), seed 2 200, seed 3 30 + (400 - 30) / 4
+    np.testing.assert_allclose(by_time.mean[-1], (300 + 200 + 30 + 370 / 4) / 3)
+
+
+def test_plot_runs_writes_a_png(runs_root, tmp_path):
+    output = plot.plot_runs(plot.find_runs([runs_root]), tmp_path / "figures" / "curves.png",
+                            title="test", spread="std")
+    data = output.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1000, 640)  # 10 x 3.2 inches per env row at 100 dpi
+
+
+def test_cli_plots_the_runs_it_finds(runs_root, tmp_path):
+    # from tmp_path: `python -m` puts the working directory first on sys.path, and the
+    # source checkout's minerva/ has no compiled modules
+    result = subprocess.run(
+        [sys.executable, "-m", "minerva.plot", str(runs_root / "CartPole-v1"),
+         str(runs_root / "Pendulum-v1"), "-o", "out.png", "--title", "CLI test"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "CartPole-v1 (3 runs), Pendulum-v1 (2 runs)" in result.stdout
+    assert (tmp_path / "out.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_errors_name_the_folder_without_runs_and_the_run_without_evaluations(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match="empty: no runs found"):
+        plot.main([str(empty), "-o", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit, match="missing: no such folder"):
+        plot.find_runs([tmp_path / "missing"])
+
+    folder = tmp_path / "no-eval"
+    folder.mkdir()
+    (folder / "metrics.jsonl").write_text(
+        json.dumps({"global_step": 512, "time/elapsed_s": 0.5, "charts/episode_return": 9.0})
+        + "\n")
+    with pytest.raises(SystemExit, match="no-eval: the run has no evaluation events"):
+        plot.plot_runs(plot.find_runs([folder]), tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.fixture(scope="module")
+def learning():
+    spec = importlib.util.spec_from_file_location("learning_benchmark", LEARNING_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_learning_summary(learning, runs_root):
+    summary = learning.summarize(learning.find_benchmark_runs(runs_root), runs_root)
+    cartpole = summary["envs"]["CartPole-v1"]
+    assert cartpole["seeds"] == 3
+    assert cartpole["final_return"] == pytest.approx({"mean": 400.0, "std": 100.0})
+    assert cartpole["best_return"]["mean"] == pytest.approx(400.0)
+    assert cartpole["env_steps_per_run"] == 3000 and cartpole["env_steps_total"] == 9000
+    assert cartpole["wall_clock_s_per_run"] == pytest.approx((3.0 + 4.5 + 6.0) / 3)
+    assert cartpole["steps_per_second"] == pytest.approx(1030.0)
+    assert cartpole["machine"]["processor"] == "Test CPU"
+    assert [run["path"] for run in cartpole["runs"]] == [
+        f"CartPole-v1/seed{seed}" for seed in (1, 2, 3)]
+    pendulum = summary["envs"]["Pendulum-v1"]
+    assert pendulum["final_return"]["mean"] == pytest.approx(-600.0)
+
+    table = learning.markdown(summary)
+    assert "| CartPole-v1 | 3 | 400.0 ± 100.0 | 400.0 ± 100.0 | 3,000 | 4.5 s | 1,030 |" in table
+    assert "| Pendulum-v1 | 2 | -600.0 ± 282.8 |" in table
+
+
+def test_learning_summarize_only_writes_table_json_and_curves(learning, runs_root, capsys):
+    assert learning.main(["--summarize-only", "--out", str(runs_root),
+                          "--envs", "Pendulum-v1"]) == 0
+    assert "| Pendulum-v1 | 2 |" in capsys.readouterr().out
+    assert "CartPole-v1" not in (runs_root / "summary.md").read_text()
+    assert list(json.loads((runs_root / "summary.json").read_text())["envs"]) == [
+        "Pendulum-v1"]
+    assert (runs_root / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
