@@ -7,7 +7,7 @@ Seeds 1..K of each env run as separate processes, at most ``--jobs`` at once (de
 number of CPUs), each with ``--torch-threads 1 --no-progress --out-dir OUT/<env>/seed<k>``
 and its output in ``OUT/<env>/seed<k>.log``. A run folder that already exists is replaced.
 Without ``--steps`` each env trains for its preset's ``total_steps``. Every run trains for
-its whole budget (``--target-return inf``: seeds that stopped on reaching a preset's target
+its whole budget (``--target-return none``: seeds that stopped on reaching a preset's target
 at different steps would leave curves of different lengths and make "final" mean "when
 solved"). ``--extra-args`` passes further flags to every run, after these, so it can
 override them: e.g. ``"--eval-every 2000"`` for more points on short curves.
@@ -75,7 +75,7 @@ def plan(envs: Sequence[str], seeds: int, out: Path, steps: int | None = None,
             # no compiled modules) cannot shadow the installed minerva
             command = [sys.executable, "-P", "-m", "minerva.train", "--env-id", env_id,
                        "--seed", str(seed), "--out-dir", str(run_dir), "--torch-threads", "1",
-                       "--no-progress", "--target-return", "inf"]
+                       "--no-progress", "--target-return", "none"]
             if steps is not None:
                 command += ["--total-steps", str(steps)]
             jobs.append(Job(env_id, seed, run_dir, (*command, *extra_args)))
@@ -91,7 +91,8 @@ def run_job(job: Job) -> tuple[int, float]:
     with open(job.log, "w", encoding="utf-8") as log:
         log.write("$ " + shlex.join(job.command) + "\n")
         log.flush()
-        code = subprocess.run(job.command, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(job.command, stdout=log, stderr=subprocess.STDOUT,
+                              check=False).returncode
     return code, time.perf_counter() - start
 
 
@@ -188,8 +189,8 @@ def _machine_text(env: dict[str, Any]) -> str:
 
 def markdown(summary: dict[str, Any]) -> str:
     """The summary as a GitHub-markdown table with a note under it."""
-    lines = ["| env | seeds | final eval return | best eval return | env steps / run "
-             "| wall-clock / run | steps/s | machine |",
+    lines = [("| env | seeds | final eval return | best eval return | env steps / run "
+              "| wall-clock / run | steps/s | machine |"),
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for env_id, env in summary["envs"].items():
         final, best = env["final_return"], env["best_return"]
@@ -199,12 +200,13 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {best['mean']:.1f} ± {best['std']:.1f} | {env['env_steps_per_run']:,.0f} "
             f"| {env['wall_clock_s_per_run']:,.1f} s | {rate} | {_machine_text(env)} |")
     episodes = {env["eval_episodes"] for env in summary["envs"].values()}
-    lines += ["", "Final: each run's last evaluation; best: each run's highest; both the mean "
-              f"± sample std over seeds of `{summary['metric']}` (the mean return of "
-              f"{'/'.join(str(e) for e in sorted(episodes, key=str))} evaluation episodes). "
-              "Env steps, wall-clock and steps/s (a run's last `charts/steps_per_second`) "
-              "are means over seeds; wall-clock is the training time logged in `metrics.jsonl` "
-              "(without the process start-up); each run used one torch thread."]
+    note = ("Final: each run's last evaluation; best: each run's highest; both the mean ± "
+            f"sample std over seeds of `{summary['metric']}` (the mean return of "
+            f"{'/'.join(str(e) for e in sorted(episodes, key=str))} evaluation episodes). "
+            "Env steps, wall-clock and steps/s (a run's last `charts/steps_per_second`) are "
+            "means over seeds; wall-clock is the training time logged in `metrics.jsonl` "
+            "(without the process start-up); each run used one torch thread.")
+    lines += ["", note]
     return "\n".join(lines)
 
 

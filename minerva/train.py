@@ -23,8 +23,15 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _optional_float(text: str) -> float | None:
-    return None if text.lower() in ("none", "null", "") else float(text)
+class _ExplicitNone:
+    """``--target-return none``: set to None, unlike a flag left out (argparse's None)."""
+
+
+EXPLICIT_NONE = _ExplicitNone()
+
+
+def _optional_float(text: str) -> float | _ExplicitNone:
+    return EXPLICIT_NONE if text.lower() in ("none", "null", "") else float(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +87,8 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 def _explicit_options(args: argparse.Namespace) -> dict:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    explicit = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    explicit = {k: (None if v is EXPLICIT_NONE else v) for k, v in vars(args).items()
+                if k in names and v is not None}
     for key in ("policy_layer_sizes", "value_layer_sizes"):
         if key in explicit:
             explicit[key] = tuple(explicit[key])

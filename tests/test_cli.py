@@ -67,3 +67,16 @@ def test_short_run_and_resume(tmp_path):
 
     result = run("--resume", str(tmp_path / "missing.pt"), timeout=60)
     assert result.returncode == 2 and "--resume: no such checkpoint" in result.stderr
+
+
+def test_target_return_none_overrides_the_preset():
+    import argparse
+
+    from minerva.train import build_parser, config_from_args
+
+    parser = build_parser()
+    config = config_from_args(parser, parser.parse_args(["--target-return", "none"]))
+    assert config.env_id == "CartPole-v1" and config.target_return is None
+    default = config_from_args(parser, parser.parse_args([]))
+    assert default.target_return == 475.0  # the CartPole-v1 preset
+    assert isinstance(parser, argparse.ArgumentParser)
