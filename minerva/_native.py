@@ -40,9 +40,12 @@ _storage_module = _import_storage()
 
 
 def _library_dirs() -> list[Path]:
-    # In a regular install the libraries sit beside this file; in an editable install the
-    # compiled files live in site-packages, next to the compiled storage module.
-    dirs = [Path(__file__).parent]
+    # Every folder of the package (an installed one behind a source checkout, see
+    # minerva/__init__.py), and in an editable install the folder of the compiled storage
+    # module, where the build put _C.so too.
+    import minerva
+
+    dirs = [Path(path) for path in minerva.__path__]
     if _storage_module is not None:
         dirs.append(Path(_storage_module.__file__).parent)
     return dirs

@@ -13,7 +13,7 @@ import math
 import torch
 
 from minerva._checks import check_gae_args, check_topk_args, check_weights_args
-from minerva.storage import RolloutViews
+from minerva.rollout import RolloutViews
 
 
 def gae(
