@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
-from contextlib import contextmanager
 import os
 import platform
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm.auto import tqdm

@@ -119,6 +119,6 @@ def _register_python_side() -> None:
 if native_available():
     _register_python_side()
 else:
-    gae = reference.gae  # noqa: F811
-    topk_mask = reference.topk_mask  # noqa: F811
-    vmpo_weights = reference.vmpo_weights  # noqa: F811
+    gae = reference.gae
+    topk_mask = reference.topk_mask
+    vmpo_weights = reference.vmpo_weights

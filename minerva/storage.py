@@ -66,4 +66,4 @@ class RolloutStorage(RolloutViews, _NativeStorage or object):
 
 
 if _NativeStorage is None:  # the native module did not load: the reference takes its place
-    from minerva.reference import RolloutStorage  # noqa: E402, F811
+    from minerva.reference import RolloutStorage

@@ -29,7 +29,8 @@ def test_e_step_weights_and_temperature_loss():
     out = losses.e_step(t(0.0, math.log(3) / 2), torch.tensor([True, True]), eta, 0.1)
     torch.testing.assert_close(out.weights, t(0.25, 0.75))
     assert not out.weights.requires_grad
-    torch.testing.assert_close(out.temperature_loss, torch.tensor(0.05 + 0.5 * math.log(2), dtype=F))
+    expected_loss = torch.tensor(0.05 + 0.5 * math.log(2), dtype=F)
+    torch.testing.assert_close(out.temperature_loss, expected_loss)
     (grad,) = torch.autograd.grad(out.temperature_loss, eta)
     assert abs(grad.item() - (0.1 + math.log(2) - 0.75 * math.log(3))) < 1e-10
 

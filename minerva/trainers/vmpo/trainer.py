@@ -195,7 +195,9 @@ def find_wrapper(env, wrapper_type):
 # Evaluation
 # --------------------------------------------------------------------------------------------
 
-def _evaluate_vectorized(agent: VMPOAgent, eval_envs: VectorEnv, seed: int = 42) -> Dict[str, float]:
+def _evaluate_vectorized(
+    agent: VMPOAgent, eval_envs: VectorEnv, seed: int = 42
+) -> Dict[str, float]:
     """High-performance vectorized evaluation.
     Runs all n_episodes in parallel on one vector env (envpool or gymnasium).
 
