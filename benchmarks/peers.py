@@ -9,7 +9,8 @@ PPO with the RL Baselines3 Zoo hyperparameters for CartPole-v1 (8 envs, n_steps 
 evaluate every 10k environment steps on 10 deterministic episodes and stop at a mean of 475;
 the clock covers training and evaluation, not imports. Needs the ``bench`` extra.
 
-``throughput``: end-to-end environment steps/s on HalfCheetah-v5 with 8 envs and the preset,
+``throughput``: end-to-end environment steps/s on HalfCheetah-v5 with 8 envs (otherwise the
+preset),
 minerva as it is (envpool, native ops and storage) against the same algorithm run the way
 the original trainer did: gymnasium's ``SyncVectorEnv`` and the pure-Python reference ops and
 storage (``--backend gymnasium --reference-ops``).
@@ -96,8 +97,8 @@ def cartpole(seeds: int) -> dict:
 def steps_per_second(**overrides) -> float:
     steps = overrides.pop("steps")
     options = {**preset("HalfCheetah-v5"), "env_id": "HalfCheetah-v5", "seed": 1,
-               "total_steps": steps, "eval_every": 10 * steps, "eval_episodes": 1,
-               "progress": False, **overrides}
+               "num_envs": 8, "total_steps": steps, "eval_every": 10 * steps,
+               "eval_episodes": 1, "progress": False, **overrides}
     trainer = VMPOTrainer.from_config(TrainConfig(**options))
     with tempfile.TemporaryDirectory() as out:
         trainer.train(steps, out)
