@@ -457,6 +457,8 @@ class VMPOTrainer:
         selected = self.ops.topk_mask(advantages, valid, cfg.topk_fraction)
         old_params = batch.dist_params
         policy = self.agent.policy
+        if not self.agent.discrete:  # the behaviour policy is fixed across the M-steps
+            mean_old, std_old = policy.split(old_params)
         history: dict[str, list[torch.Tensor]] = {}
 
         for _ in range(cfg.m_steps):
@@ -470,7 +472,6 @@ class VMPOTrainer:
                     losses.categorical_kl(old_params, params), valid, alphas[0],
                     cfg.epsilon_categorical)}
             else:
-                mean_old, std_old = policy.split(old_params)
                 mean, std = policy.split(params)
                 penalties = {
                     "kl_mean": losses.kl_penalty(losses.gaussian_kl_mean(mean_old, std_old, mean),
@@ -505,7 +506,7 @@ class VMPOTrainer:
             metrics["losses/alpha"] = alphas[0]
         else:
             metrics["losses/alpha_mean"], metrics["losses/alpha_std"] = alphas
-            metrics["charts/policy_std"] = float(policy.split(old_params)[1].mean())
+            metrics["charts/policy_std"] = float(std_old.mean())
         metrics["charts/topk_share"] = float(selected.sum() / valid.sum().clamp(min=1))
         metrics["charts/advantage_mean"] = float(batch.advantages[valid].mean())
         metrics["charts/advantage_std"] = float(batch.advantages[valid].std())
