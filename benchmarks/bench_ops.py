@@ -16,6 +16,14 @@ and where it applies a peer and a bandwidth floor:
 * ``overhead``: each native op on minimal inputs; the peer is ``torch.add`` on 1-element
   tensors, for scale.
 
+With a CUDA GPU and minerva's CUDA kernels, a second table times the same ops on the GPU:
+the reference on the GPU, the CUDA kernels, and the peers on the GPU (TorchRL's GAE, the
+top-k composite); ``fraction of copy`` is the kernel's achieved bandwidth (the bytes the op
+must read and write, over its time) as a fraction of the device's measured ``copy_``
+bandwidth in the same run. GAE at T=2048, N=1 is also timed with a one-thread-per-column
+sequential kernel (``torch.ops.minerva._gae_single_thread``), the baseline a parallel scan
+over time must beat. ``--no-cuda`` skips the GPU table.
+
 Times are medians. The table is GitHub markdown; the results also go to a JSON file
 (``benchmarks/results/bench_ops.json`` unless ``--json`` says otherwise). ``--quick`` uses
 shorter timing budgets and fewer shapes, as a smoke test.
@@ -85,6 +93,7 @@ def measure(fn: Callable[[], Any], budget: Budget,
     the rest with ``torch.utils.benchmark``'s ``blocked_autorange``."""
     start = time.perf_counter()
     result = fn()
+    _synchronize()
     first = time.perf_counter() - start
     if check is not None:
         check(result)
@@ -95,12 +104,19 @@ def measure(fn: Callable[[], Any], budget: Budget,
         for _ in range(repeats):
             start = time.perf_counter()
             fn()
+            _synchronize()
             times.append(time.perf_counter() - start)
         return Timing(statistics.median(times), repeats)
-    # Timer defaults to one thread; time with the threads the ops would really get.
+    # Timer defaults to one thread; time with the threads the ops would really get. (It
+    # synchronises CUDA around each block of calls itself.)
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     measurement = timer.blocked_autorange(min_run_time=budget.min_run_time)
     return Timing(measurement.median, len(measurement.times) * measurement.number_per_run)
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 # ----------------------------------------------------------------------------- results
@@ -169,19 +185,26 @@ class Bandwidth:
 
     big_bytes: int
     big_bytes_per_s: float
+    device: str = "cpu"
 
     def copy_time(self, bytes_moved: int, budget: Budget) -> float:
         """Time of a ``copy_`` reading and writing ``bytes_moved`` bytes in all."""
         numel = max(1, bytes_moved // 8)  # float32: 4 bytes read + 4 written per element
-        src, dst = torch.rand(numel), torch.empty(numel)
+        src = torch.rand(numel, device=self.device)
+        dst = torch.empty(numel, device=self.device)
         return measure(lambda: dst.copy_(src), budget).median_s
 
+    def fraction(self, bytes_moved: int, seconds: float | None) -> float | None:
+        """Achieved bandwidth of moving ``bytes_moved`` in ``seconds``, over the big copy's."""
+        return None if not seconds else bytes_moved / seconds / self.big_bytes_per_s
 
-def measure_bandwidth(budget: Budget, megabytes: int = 256) -> Bandwidth:
+
+def measure_bandwidth(budget: Budget, megabytes: int = 256, device: str = "cpu") -> Bandwidth:
     numel = megabytes * 2**20 // 4
-    src, dst = torch.rand(numel), torch.empty(numel)
+    src, dst = torch.rand(numel, device=device), torch.empty(numel, device=device)
     seconds = measure(lambda: dst.copy_(src), budget).median_s
-    return Bandwidth(big_bytes=numel * 4, big_bytes_per_s=2 * numel * 4 / seconds)
+    return Bandwidth(big_bytes=numel * 4, big_bytes_per_s=2 * numel * 4 / seconds,
+                     device=device)
 
 
 # ----------------------------------------------------------------------------- GAE
@@ -193,16 +216,17 @@ def gae_bytes(steps: int, envs: int) -> int:
     return steps * envs * (3 * 4 + 2 * 1 + 2 * 4)
 
 
-def gae_inputs(steps: int, envs: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def gae_inputs(steps: int, envs: int, generator: torch.Generator,
+               device: str = "cpu") -> dict[str, torch.Tensor]:
     def uniform():
         return torch.rand(steps, envs, generator=generator)
 
     rewards, values, next_values = torch.randn(3, steps, envs, generator=generator).unbind(0)
     terminated = uniform() < DONE_PROBABILITY / 2
     truncated = uniform() < DONE_PROBABILITY / 2
-    return {"rewards": rewards.contiguous(), "values": values.contiguous(),
-            "next_values": next_values.contiguous(), "terminated": terminated,
-            "done": terminated | truncated}
+    inputs = {"rewards": rewards, "values": values, "next_values": next_values,
+              "terminated": terminated, "done": terminated | truncated}
+    return {name: tensor.contiguous().to(device) for name, tensor in inputs.items()}
 
 
 def torchrl_gae_call(inputs: dict[str, torch.Tensor]) -> Callable[[], Any]:
@@ -230,13 +254,16 @@ def torchrl_gae_check(expected: tuple[torch.Tensor, torch.Tensor]) -> Callable[[
 
 
 def bench_gae(shapes, budget: Budget, bandwidth: Bandwidth, generator) -> list[Row]:
+    """GAE rows on ``bandwidth.device`` (family ``gae``, or ``gae-cuda`` on the GPU)."""
+    device = bandwidth.device
+    on_gpu = device != "cpu"
     rows = []
     for steps, envs in shapes:
-        inputs = gae_inputs(steps, envs, generator)
+        inputs = gae_inputs(steps, envs, generator, device)
         args = (*inputs.values(), GAMMA, LAM)
         bytes_moved = gae_bytes(steps, envs)
-        row = Row("gae", "gae", f"T={steps} N={envs}", bytes_moved=bytes_moved,
-                  peer="torchrl vec_gae" if torchrl else None,
+        row = Row("gae-cuda" if on_gpu else "gae", "gae", f"T={steps} N={envs}",
+                  bytes_moved=bytes_moved, peer="torchrl vec_gae" if torchrl else None,
                   params={"T": steps, "N": envs, "gamma": GAMMA, "lam": LAM})
         expected = ops.gae(*args)
         torch.testing.assert_close(expected, reference.gae(*args))
@@ -247,24 +274,37 @@ def bench_gae(shapes, budget: Budget, bandwidth: Bandwidth, generator) -> list[R
                  peer_check=torchrl_gae_check(expected) if torchrl else None)
         row.floor_s = bandwidth.copy_time(bytes_moved, budget)
         row.params["floor_big_copy_s"] = bytes_moved / bandwidth.big_bytes_per_s
+        row.params["fraction_of_copy"] = bandwidth.fraction(bytes_moved, row.native_s)
+        if on_gpu and envs == 1:
+            single = torch.ops.minerva._gae_single_thread
+            torch.testing.assert_close(single(*args), expected)
+            row.params["single_thread_s"] = measure(lambda: single(*args), budget).median_s
         rows.append(row)
-        print(f"  gae {row.shape}", file=sys.stderr)
+        print(f"  gae {row.shape} on {device}", file=sys.stderr)
     return rows
 
 
 # ----------------------------------------------------------------------------- top-k + weights
 
 
-def topk_inputs(size: int, generator: torch.Generator):
+def topk_inputs(size: int, generator: torch.Generator, device: str = "cpu"):
     advantages = torch.randn(size, generator=generator)
     valid = torch.rand(size, generator=generator) < VALID_PROBABILITY
-    return advantages, valid, torch.tensor(ETA)
+    return advantages.to(device), valid.to(device), torch.tensor(ETA, device=device)
 
 
-def bench_topk(sizes, budget: Budget, generator) -> list[Row]:
+def topk_bytes(size: int) -> int:
+    """Bytes top-k + weights must move: advantages (float32) and valid read, selected
+    written; advantages and selected read again, weights (float32) written."""
+    return size * (4 + 1 + 1 + 4 + 1 + 4)
+
+
+def bench_topk(sizes, budget: Budget, generator, bandwidth: Bandwidth | None = None) -> list[Row]:
+    """Top-k + weights rows; on ``bandwidth.device`` (family ``topk-cuda``) when given."""
+    device = "cpu" if bandwidth is None else bandwidth.device
     rows = []
     for size in sizes:
-        advantages, valid, eta = topk_inputs(size, generator)
+        advantages, valid, eta = topk_inputs(size, generator, device)
         k = max(1, math.floor(TOPK_FRACTION * int(valid.sum())))
 
         def native():
@@ -282,13 +322,16 @@ def bench_topk(sizes, budget: Budget, generator) -> list[Row]:
         torch.testing.assert_close(native(), ref())
         # The selection needs no order, so the peer is the composite with sorted=False (the
         # stronger one); torch.topk's default sorted=True is timed for the note.
-        row = Row("topk", "topk_mask+vmpo_weights", f"B={size}",
-                  peer="torch topk(sorted=False)+softmax",
+        row = Row("topk" if device == "cpu" else "topk-cuda", "topk_mask+vmpo_weights",
+                  f"B={size}", peer="torch topk(sorted=False)+softmax",
+                  bytes_moved=topk_bytes(size),
                   params={"B": size, "fraction": TOPK_FRACTION, "eta": ETA, "k": k})
         rows.append(time_row(row, budget, reference_fn=ref, native_fn=native,
                              peer_fn=lambda: composite(in_order=False)))
         row.params["peer_sorted_s"] = measure(composite, budget).median_s
-        print(f"  topk {row.shape}", file=sys.stderr)
+        if bandwidth is not None:
+            row.params["fraction_of_copy"] = bandwidth.fraction(row.bytes_moved, row.native_s)
+        print(f"  topk {row.shape} on {device}", file=sys.stderr)
     return rows
 
 
@@ -423,6 +466,8 @@ def check_targets(rows: list[Row]) -> list[Target]:
         "not measured" if worst_small is None else
         f"min {worst_small.speedup_vs_peer:.2f}x ({worst_small.shape})"))
 
+    targets += check_cuda_targets(rows)
+
     overhead = [r for r in rows if r.family == "overhead"]
     heaviest = max(overhead, key=lambda r: r.native_s, default=None)
     targets.append(Target(
@@ -431,6 +476,40 @@ def check_targets(rows: list[Row]) -> list[Target]:
         "not measured" if heaviest is None else
         f"max {format_time(heaviest.native_s)} ({heaviest.op}); "
         + ", ".join(f"{r.op} {format_time(r.native_s)}" for r in overhead)))
+    return targets
+
+
+def check_cuda_targets(rows: list[Row]) -> list[Target]:
+    gae = [r for r in rows if r.family == "gae-cuda"]
+    topk = [r for r in rows if r.family == "topk-cuda"]
+    if not gae and not topk:
+        return []
+    targets = []
+    for name, family_rows, size in (("GAE", gae, lambda r: r.params["T"] * r.params["N"]),
+                                    ("top-k+weights", topk, lambda r: r.params["B"])):
+        big = [r for r in family_rows if size(r) >= 2**20]
+        worst = min(big, key=lambda r: r.params["fraction_of_copy"], default=None)
+        targets.append(Target(
+            f"CUDA {name} >= 50% of copy bandwidth at sizes >= 1M",
+            None if worst is None else worst.params["fraction_of_copy"] >= 0.5,
+            "not measured" if worst is None else
+            f"min {worst.params['fraction_of_copy']:.0%} ({worst.shape}); " + ", ".join(
+                f"{r.shape} {r.params['fraction_of_copy']:.0%}" for r in big)))
+        peers = [r for r in family_rows if size(r) >= 2**16 and r.peer_s is not None]
+        slowest = min(peers, key=lambda r: r.speedup_vs_peer, default=None)
+        targets.append(Target(
+            f"CUDA {name} faster than its peer ({family_rows[0].peer if family_rows else ''}) "
+            "at every size >= 64k",
+            None if slowest is None else slowest.speedup_vs_peer > 1,
+            "not measured" if slowest is None else
+            f"min {slowest.speedup_vs_peer:.2f}x ({slowest.shape})"))
+    long = next((r for r in gae if r.params["T"] == 2048 and r.params["N"] == 1), None)
+    targets.append(Target(
+        "CUDA GAE at T=2048 N=1 >= 10x a one-thread-per-column sequential kernel",
+        None if long is None else long.params["single_thread_s"] / long.native_s >= 10,
+        "not measured" if long is None else
+        f"{long.params['single_thread_s'] / long.native_s:.1f}x "
+        f"({format_time(long.params['single_thread_s'])} vs {format_time(long.native_s)})"))
     return targets
 
 
@@ -459,15 +538,29 @@ def markdown_table(rows: list[Row]) -> str:
              format_ratio(r.speedup), r.peer or "", format_time(r.peer_s),
              format_ratio(r.speedup_vs_peer), format_time(r.floor_s),
              format_ratio(r.native_over_floor)] for r in rows]
+    return render_table(header, body, text_columns={0, 1, 5})
+
+
+def cuda_markdown_table(rows: list[Row]) -> str:
+    header = ["op", "shape", "reference (GPU)", "CUDA", "speed-up", "peer", "peer time",
+              "CUDA vs peer", "fraction of copy"]
+    body = [[r.op, r.shape, format_time(r.reference_s), format_time(r.native_s),
+             format_ratio(r.speedup), r.peer or "", format_time(r.peer_s),
+             format_ratio(r.speedup_vs_peer),
+             "" if r.params.get("fraction_of_copy") is None
+             else f"{r.params['fraction_of_copy']:.0%}"] for r in rows]
+    return render_table(header, body, text_columns={0, 1, 5})
+
+
+def render_table(header: list[str], body: list[list[str]], text_columns: set[int]) -> str:
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    right = set(range(2, len(header))) - {5}
 
     def render(line):
-        cells = [cell.rjust(w) if i in right else cell.ljust(w)
+        cells = [cell.ljust(w) if i in text_columns else cell.rjust(w)
                  for i, (cell, w) in enumerate(zip(line, widths))]
         return "| " + " | ".join(cells) + " |"
 
-    rule = ["-" * (w - 1) + ":" if i in right else "-" * w for i, w in enumerate(widths)]
+    rule = ["-" * w if i in text_columns else "-" * (w - 1) + ":" for i, w in enumerate(widths)]
     return "\n".join([render(header), render(rule), *map(render, body)])
 
 
@@ -475,6 +568,8 @@ def environment() -> dict[str, Any]:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
             "python": platform.python_version(), "minerva": minerva.__version__,
             "native": ops.native_available(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "cuda_kernels": ops.cuda_kernels_available(),
             "torchrl": torchrl.__version__ if torchrl else None}
 
 
@@ -487,7 +582,10 @@ def main() -> None:
                         help="where to write the results (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help="shorter timing budgets and fewer shapes (a smoke test)")
+    parser.add_argument("--no-cuda", action="store_true", help="skip the GPU table")
     args = parser.parse_args()
+    use_cuda = (not args.no_cuda and torch.cuda.is_available()
+                and ops.cuda_kernels_available())
 
     started = time.perf_counter()
     budget = QUICK if args.quick else FULL
@@ -495,10 +593,16 @@ def main() -> None:
         gae_shapes = [(128, 1), (128, 4096), (2048, 1), (2048, 64)]
         topk_sizes = [1024, 16384, 262144]
         storage_envs = [8]
+        cuda_gae_shapes = [(128, 8), (2048, 1), (128, 8192), (2048, 8192)]
+        cuda_topk_sizes = [1024, 1 << 20, 16 << 20]
     else:
         gae_shapes = [(t, n) for t in (128, 2048) for n in (1, 8, 64, 1024, 4096)]
         topk_sizes = [1024, 16384, 262144, 1048576]
         storage_envs = [8, 64]
+        # T*N from 1k to 16M, wide (T=128) and long (T=2048)
+        cuda_gae_shapes = [(128, n) for n in (8, 512, 8192, 131072)] + [
+            (2048, n) for n in (1, 32, 512, 8192)]
+        cuda_topk_sizes = [1 << p for p in (10, 14, 16, 18, 20, 22, 24)]
 
     env = environment()
     print(f"torch {env['torch']}, {env['threads']} threads, CPU: {env['cpu']}, "
@@ -520,13 +624,20 @@ def main() -> None:
     rows += bench_topk(topk_sizes, budget, generator)
     rows += bench_storage(storage_envs, budget, rng)
     rows += bench_overhead(budget, rng, generator)
+    gpu_bandwidth = None
+    if use_cuda:
+        gpu_bandwidth = measure_bandwidth(budget, megabytes=1024, device="cuda")
+        rows += bench_gae(cuda_gae_shapes, budget, gpu_bandwidth, generator)
+        rows += bench_topk(cuda_topk_sizes, budget, generator, gpu_bandwidth)
     targets = check_targets(rows)
     elapsed = time.perf_counter() - started
 
     print(f"copy bandwidth (read + write, {bandwidth.big_bytes // 2**20} MB float32 copy_): "
           f"{bandwidth.big_bytes_per_s / 1e9:.1f} GB/s")
     print()
-    print(markdown_table(rows))
+    cpu_rows = [r for r in rows if not r.family.endswith("-cuda")]
+    cuda_rows = [r for r in rows if r.family.endswith("-cuda")]
+    print(markdown_table(cpu_rows))
     print()
     print("speed-up = reference / native; native vs peer = peer / native (> 1: native is "
           "faster); floor = time of a copy_ moving the bytes GAE reads and writes "
@@ -535,6 +646,17 @@ def main() -> None:
         f"{r.shape} {format_time(r.params['peer_sorted_s'])} "
         f"(native vs it {format_ratio(r.params['peer_sorted_s'] / r.native_s)})"
         for r in rows if r.family == "topk"))
+    if gpu_bandwidth is not None:
+        print()
+        print(f"GPU: {env['gpu']}; copy bandwidth (read + write, 1 GB float32 copy_): "
+              f"{gpu_bandwidth.big_bytes_per_s / 1e9:.0f} GB/s")
+        print()
+        print(cuda_markdown_table(cuda_rows))
+        print()
+        print("fraction of copy = (bytes the op must move / CUDA time) / copy bandwidth; GAE "
+              "moves T*N*22 bytes, top-k + weights B*15. One-thread-per-column GAE: " + ", ".join(
+                  f"{r.shape} {format_time(r.params['single_thread_s'])}"
+                  for r in cuda_rows if "single_thread_s" in r.params))
     print()
     print("targets:")
     for target in targets:
@@ -544,7 +666,9 @@ def main() -> None:
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     result = {"environment": env, "quick": args.quick, "budget": asdict(budget),
-              "copy_bandwidth": asdict(bandwidth), "elapsed_s": elapsed,
+              "copy_bandwidth": asdict(bandwidth),
+              "gpu_copy_bandwidth": asdict(gpu_bandwidth) if gpu_bandwidth else None,
+              "elapsed_s": elapsed,
               "rows": [row.to_json() for row in rows],
               "targets": [asdict(target) for target in targets]}
     args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -8,6 +8,7 @@
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/ScalarType.h>
 
+#include <algorithm>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -160,5 +161,14 @@ std::tuple<Tensor, Tensor> gae_cpu(Tensor rewards, Tensor values, Tensor next_va
                                    Tensor terminated, Tensor done, double gamma, double lam);
 Tensor topk_mask_cpu(Tensor advantages, Tensor valid, double fraction);
 std::tuple<Tensor, Tensor> vmpo_weights_cpu(Tensor advantages, Tensor selected, Tensor eta);
+
+// csrc/cuda/ (the _C_cuda library)
+std::tuple<Tensor, Tensor> gae_cuda(Tensor rewards, Tensor values, Tensor next_values,
+                                    Tensor terminated, Tensor done, double gamma, double lam);
+std::tuple<Tensor, Tensor> gae_single_thread_cuda(Tensor rewards, Tensor values,
+                                                  Tensor next_values, Tensor terminated,
+                                                  Tensor done, double gamma, double lam);
+Tensor topk_mask_cuda(Tensor advantages, Tensor valid, double fraction);
+std::tuple<Tensor, Tensor> vmpo_weights_cuda(Tensor advantages, Tensor selected, Tensor eta);
 
 }  // namespace minerva

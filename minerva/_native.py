@@ -1,4 +1,5 @@
-"""Loads minerva's native code: the op library ``_C.so`` and the ``_rollout_storage`` module.
+"""Loads minerva's native code: the op library ``_C.so`` and the ``_rollout_storage`` module,
+and, into torch built with CUDA, the CUDA kernels ``_C_cuda.so``.
 
 When either is missing or fails to load, minerva falls back to the pure-Python references in
 :mod:`minerva.reference` with a warning; ``MINERVA_REQUIRE_NATIVE=1`` turns that into an
@@ -51,29 +52,61 @@ def _library_dirs() -> list[Path]:
     return dirs
 
 
-def _load_ops() -> bool:
-    if hasattr(torch.ops, "minerva") and hasattr(torch.ops.minerva, "gae"):
-        return True
-    candidates = [d / "_C.so" for d in _library_dirs() if (d / "_C.so").exists()]
-    if not candidates:
-        _fallback("ops", "minerva/_C.so not found; was the package built with `pip install .`?")
-        return False
-    library = candidates[0]
+def _find_library(name: str) -> Path | None:
+    candidates = [d / name for d in _library_dirs() if (d / name).exists()]
+    return candidates[0] if candidates else None
+
+
+def _load_library(library: Path) -> str | None:
+    """Loads an op library into torch; returns why it failed, or None."""
     try:
         torch.ops.load_library(str(library))
     except OSError as error:
         # torch's message hides the cause; ctypes names the missing symbol or library.
         try:
             ctypes.CDLL(str(library))
-            cause = str(error)
+            return str(error)
         except OSError as detail:
-            cause = str(detail)
-        _fallback("ops", f"loading {library.name} failed: {cause}")
+            return str(detail)
+    return None
+
+
+def _load_ops() -> bool:
+    if hasattr(torch.ops, "minerva") and hasattr(torch.ops.minerva, "gae"):
+        return True
+    library = _find_library("_C.so")
+    if library is None:
+        _fallback("ops", "minerva/_C.so not found; was the package built with `pip install .`?")
+        return False
+    error = _load_library(library)
+    if error is not None:
+        _fallback("ops", f"loading {library.name} failed: {error}")
         return False
     return True
 
 
 OPS_LOADED = _load_ops()
+
+
+def _load_cuda_ops() -> bool:
+    # The CUDA kernels need torch built with CUDA (a CPU-only torch lacks the symbols they
+    # link against) and the schemas from _C. A build without nvcc has no _C_cuda.so: CUDA
+    # tensors then get the dispatcher's "no CUDA kernel" error, which names the op.
+    if not OPS_LOADED or torch.version.cuda is None:
+        return False
+    if torch._C._dispatch_has_kernel_for_dispatch_key("minerva::gae", "CUDA"):
+        return True
+    library = _find_library("_C_cuda.so")
+    if library is None:
+        return False
+    error = _load_library(library)
+    if error is not None:
+        _fallback("CUDA kernels", f"loading {library.name} failed: {error}")
+        return False
+    return True
+
+
+CUDA_OPS_LOADED = _load_cuda_ops()
 
 
 def rollout_storage_class():

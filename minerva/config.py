@@ -8,6 +8,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 ESTIMATORS = ("returns", "dae", "gae")
 OPTIMIZERS = ("adam", "sgd")
 BACKENDS = ("auto", "envpool", "gymnasium")
@@ -103,6 +105,15 @@ class TrainConfig:
                 bad(name, "must be positive integers")
         if not self.env_id:
             bad("env_id", "must not be empty")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            bad("device", "must be a torch device such as cpu, cuda or cuda:1")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            bad("device", "needs torch with CUDA and a visible GPU (torch.cuda.is_available() "
+                "is False)")
+        if device.type not in ("cpu", "cuda"):
+            bad("device", "must be a cpu or cuda device")
         return self
 
     @property

@@ -16,12 +16,18 @@ import torch
 from minerva import _native, reference
 from minerva._checks import check_gae_args, check_topk_args, check_weights_args
 
-__all__ = ["gae", "topk_mask", "vmpo_weights", "native_available"]
+__all__ = ["gae", "topk_mask", "vmpo_weights", "native_available", "cuda_kernels_available"]
 
 
 def native_available() -> bool:
     """Whether the ops run on minerva's native library (False: the Python references)."""
     return _native.OPS_LOADED
+
+
+def cuda_kernels_available() -> bool:
+    """Whether the ops have CUDA kernels (minerva's ``_C_cuda``, loaded into torch with CUDA).
+    Without them, CUDA tensors get the dispatcher's error naming the op and backend."""
+    return _native.CUDA_OPS_LOADED
 
 
 def _argument_error(error: RuntimeError) -> Exception:

@@ -97,8 +97,35 @@ class RolloutViews:
     def batch(self, device: torch.device | str | None = None) -> RolloutBatch:
         """The rollout flattened to ``[T * N, ...]``; views of the buffers unless ``device``
         asks for another device (then one non-blocking copy per field)."""
-        fields = {}
-        for name in RolloutBatch._fields:
-            tensor = self._tensors[name].flatten(0, 1)
-            fields[name] = tensor if device is None else tensor.to(device, non_blocking=True)
-        return RolloutBatch(**fields)
+        tensors = self._tensors
+        if device is not None:
+            tensors = {name: tensors[name].to(device, non_blocking=True)
+                       for name in RolloutBatch._fields}
+        return flatten(tensors)
+
+
+def flatten(tensors: dict[str, torch.Tensor]) -> RolloutBatch:
+    """The batch fields of ``[T, N, ...]`` buffers, flattened to ``[T * N, ...]`` (views)."""
+    return RolloutBatch(**{name: tensors[name].flatten(0, 1) for name in RolloutBatch._fields})
+
+
+class DeviceRollout:
+    """Moves a storage's buffers to a CUDA device once per rollout without blocking the host:
+    each buffer is copied into a page-locked twin (a host memcpy), and from there to the
+    device asynchronously, ordered on the current stream before the update's kernels.
+
+    A twin is rewritten only at the next rollout's transfer, after the update that read the
+    previous copy has finished (its statistics reach the host), so no copy is in flight."""
+
+    def __init__(self, storage: RolloutViews, device: torch.device) -> None:
+        self.device = device
+        self._pinned = {name: torch.empty_like(tensor, pin_memory=True)
+                        for name, tensor in storage._tensors.items()}
+
+    def transfer(self, storage: RolloutViews) -> dict[str, torch.Tensor]:
+        """The storage's buffers on the device, ``[T, N, ...]`` each."""
+        on_device = {}
+        for name, pinned in self._pinned.items():
+            pinned.copy_(storage._tensors[name])
+            on_device[name] = pinned.to(self.device, non_blocking=True)
+        return on_device

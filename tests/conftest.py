@@ -1,8 +1,12 @@
 import os
+import sys
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+# test modules import their shared helpers (tests/helpers.py) by name
+sys.path.insert(0, os.path.dirname(__file__))
 
 settings.register_profile(
     "default", deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow]

@@ -2,12 +2,14 @@
 MINERVA_REQUIRE_NATIVE, and running from a source checkout."""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 import minerva
 
@@ -84,3 +86,15 @@ def test_a_source_checkout_on_sys_path_still_finds_the_installed_native_code(tmp
     if not result.stdout.startswith(str(checkout)):
         pytest.skip("an editable install's import hook takes precedence over the checkout")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None
+                    or os.environ.get("MINERVA_CUDA", "auto").lower() == "off",
+                    reason="no nvcc (or MINERVA_CUDA=off): the CUDA kernels are not built")
+def test_cuda_kernels_are_built_when_nvcc_is_found():
+    # the CUDA library compiles wherever nvcc is, GPU or not, so a kernel that stops
+    # compiling fails the build; it is loaded only into torch with CUDA
+    from minerva import _native
+
+    assert any((d / "_C_cuda.so").exists() for d in _native._library_dirs())
+    assert _native.CUDA_OPS_LOADED == (torch.version.cuda is not None)

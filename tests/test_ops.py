@@ -6,6 +6,7 @@ import math
 import hypothesis.strategies as st
 import pytest
 import torch
+from helpers import make_gae_inputs, random_mask, tolerances
 from hypothesis import given
 
 from minerva import native_available, ops, reference
@@ -13,26 +14,6 @@ from minerva import native_available, ops, reference
 pytestmark = pytest.mark.skipif(not native_available(), reason="native ops not built")
 
 DTYPES = [torch.float32, torch.float64]
-
-
-def tolerances(dtype, scale=1.0):
-    return (dict(rtol=1e-4, atol=1e-4 * scale) if dtype == torch.float32
-            else dict(rtol=1e-10, atol=1e-10 * scale))
-
-
-def random_mask(shape, probability):
-    return torch.rand(shape) < probability
-
-
-def make_gae_inputs(T, N, dtype, p_terminated, p_truncated, transposed=False):
-    shape = (N, T) if transposed else (T, N)
-    tensors = [torch.randn(shape, dtype=dtype) for _ in range(3)]
-    terminated = random_mask(shape, p_terminated)
-    done = terminated | random_mask(shape, p_truncated)
-    inputs = tensors + [terminated, done]
-    if transposed:  # non-contiguous [T, N] views
-        inputs = [t.t() for t in inputs]
-    return inputs
 
 
 mask_probability = st.sampled_from([0.0, 0.05, 0.5, 1.0])

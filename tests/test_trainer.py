@@ -19,9 +19,9 @@ SMALL = dict(policy_layer_sizes=(32, 32), value_layer_sizes=(32, 32), rollout_st
              num_envs=4, m_steps=2, eval_episodes=3, progress=False)
 
 
-def make_trainer(env_id="CartPole-v1", backend="envpool", **overrides):
+def make_trainer(env_id="CartPole-v1", backend="envpool", device="cpu", **overrides):
     options = {**SMALL, "backend": backend, **overrides}
-    return VMPOTrainer(env_id, 0, "cpu", options.pop("policy_layer_sizes"),
+    return VMPOTrainer(env_id, 0, device, options.pop("policy_layer_sizes"),
                        options.pop("value_layer_sizes"), options.pop("rollout_steps"),
                        **options)
 
@@ -147,10 +147,36 @@ def test_gymnasium_backend_uses_the_seed_env_factory():
     (dict(num_envs=0), "num_envs"),
     (dict(epsilon_eta=-1.0), "epsilon_eta"),
     (dict(policy_lr=float("nan")), "policy_lr"),
+    (dict(device="gpu"), "device: must be a torch device"),
+    (dict(device="meta"), "device: must be a cpu or cuda device"),
 ])
 def test_bad_hyperparameters_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_trainer(**kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+def test_cuda_device_without_a_gpu_is_named():
+    with pytest.raises(ValueError, match="device: needs torch with CUDA and a visible GPU"):
+        make_trainer(device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_training_on_the_gpu(env_id, tmp_path):
+    trainer = make_trainer(env_id, device="cuda")
+    trainer._collect_rollout()
+    # the advantages computed on the GPU are those of the rollout the host stored
+    on_device = trainer._rollout_on_device
+    storage = trainer.storage
+    storage.compute_advantages(on_device["next_values"][-1].cpu(), trainer.config.gamma,
+                               trainer.config.lam)
+    torch.testing.assert_close(on_device["advantages"].cpu(), storage.advantages)
+    torch.testing.assert_close(on_device["observations"].cpu(), storage.observations)
+    assert all(math.isfinite(value) for value in trainer._update().values())
+    trainer.train(3 * SMALL["num_envs"] * SMALL["rollout_steps"], str(tmp_path))
+    assert (tmp_path / "vmpo_last.pt").exists()
+    trainer.close()
 
 
 def test_unknown_env_is_rejected_with_suggestions():

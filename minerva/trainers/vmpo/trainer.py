@@ -15,6 +15,7 @@ import math
 import os
 import random
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Dict, Tuple
@@ -28,8 +29,9 @@ from minerva import envs, losses, ops, reference
 from minerva.config import TrainConfig
 from minerva.envs import VectorEnv, default_backend, make_vector_env
 from minerva.logging import PhaseTimer, RunLogger
-from minerva.networks import Duals, VMPOAgent
+from minerva.networks import Action, Duals, VMPOAgent
 from minerva.normalization import RewardScaler
+from minerva.rollout import DeviceRollout, flatten
 from minerva.storage import RolloutStorage
 
 
@@ -365,6 +367,16 @@ class VMPOTrainer:
             discrete_actions=self.agent.discrete, dist_params_dim=self.agent.policy.params_dim,
         )
         self.reward_scaler = RewardScaler(num_envs, gamma)
+        # On a GPU the networks act there, the environments step on the host, and each
+        # rollout moves to the GPU once, where advantages, top-k and the update run.
+        self._on_gpu = self.device.type == "cuda"
+        self._device_rollout = DeviceRollout(self.storage, self.device) if self._on_gpu else None
+        self._rollout_on_device: dict[str, torch.Tensor] | None = None
+        if self._on_gpu and not reference_ops and not ops.cuda_kernels_available():
+            warnings.warn("minerva: the native ops have no CUDA kernels in this build (was nvcc "
+                          "found?); the GPU update uses the pure-torch reference ops",
+                          RuntimeWarning, stacklevel=2)
+            self.ops = reference
 
         self.timer = PhaseTimer()
         # Acting on a few envs per step is too small to split across threads, and waiting
@@ -410,7 +422,12 @@ class VMPOTrainer:
                 with timer("inference"):
                     observations = torch.as_tensor(self._observations, device=self.device)
                     action = self.agent.act(observations)
-                    env_actions = self.agent.policy.to_env(action.raw).cpu().numpy()
+                    env_actions = self.agent.policy.to_env(action.raw)
+                    if self._on_gpu:  # all outputs to the host with one synchronisation
+                        action = Action(*(t.to("cpu", non_blocking=True) for t in action))
+                        env_actions = env_actions.to("cpu", non_blocking=True)
+                        torch.cuda.current_stream(self.device).synchronize()
+                    env_actions = env_actions.numpy()
                 with timer("env_step"):
                     result = self.envs.step(env_actions)
                 with timer("storage"):
@@ -436,7 +453,10 @@ class VMPOTrainer:
             with timer("advantages"):
                 last_values = self.agent.value(
                     torch.as_tensor(self._observations, device=self.device))
-                self.storage.compute_advantages(last_values, cfg.gamma, cfg.lam)
+                if self._on_gpu:
+                    self._rollout_on_device = self._advantages_on_device(last_values)
+                else:
+                    self.storage.compute_advantages(last_values, cfg.gamma, cfg.lam)
         metrics = {"charts/valid_fraction": float(self.storage.valid.float().mean())}
         if finished_returns:
             metrics["charts/episode_return"] = float(np.mean(finished_returns))
@@ -444,12 +464,25 @@ class VMPOTrainer:
             metrics["charts/episodes"] = float(len(finished_returns))
         return metrics
 
+    def _advantages_on_device(self, last_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rollout on the GPU with its advantages and returns, computed there."""
+        cfg = self.config
+        rollout = self._device_rollout.transfer(self.storage)
+        rollout["next_values"][-1] = last_values
+        advantages, returns = self.ops.gae(
+            rollout["rewards"], rollout["values"], rollout["next_values"],
+            rollout["terminated"], rollout["terminated"] | rollout["truncated"],
+            cfg.gamma, cfg.lam)
+        rollout["advantages"], rollout["returns"] = advantages, returns
+        return rollout
+
     # --- update -------------------------------------------------------------------------------
 
     def _update(self) -> dict[str, float]:
         """E-step once per rollout, then ``m_steps`` gradient steps (M-step, value, duals)."""
         cfg = self.config
-        batch = self.storage.batch(self.device)
+        batch = (flatten(self._rollout_on_device) if self._on_gpu
+                 else self.storage.batch(self.device))
         valid = batch.valid
         advantages = batch.advantages
         if cfg.normalize_advantages:
@@ -496,30 +529,33 @@ class VMPOTrainer:
             for name, value in step_metrics.items():
                 history.setdefault(name, []).append(value.detach())
 
-        # one host transfer for all statistics of the update
-        names = list(history)
-        means = torch.stack([torch.stack(history[n]).mean() for n in names]).tolist()
-        metrics = dict(zip(names, means))
-        alphas = self.duals.alphas.detach().tolist()
-        metrics["losses/eta"] = float(self.duals.eta.detach())
+        # every statistic of the update reaches the host in one transfer
+        statistics = {name: torch.stack(values).mean() for name, values in history.items()}
+        statistics["losses/eta"] = self.duals.eta.detach()
+        alphas = self.duals.alphas.detach()
         if self.agent.discrete:
-            metrics["losses/alpha"] = alphas[0]
+            statistics["losses/alpha"] = alphas[0]
         else:
-            metrics["losses/alpha_mean"], metrics["losses/alpha_std"] = alphas
-            metrics["charts/policy_std"] = float(std_old.mean())
-        metrics["charts/topk_share"] = float(selected.sum() / valid.sum().clamp(min=1))
-        metrics["charts/advantage_mean"] = float(batch.advantages[valid].mean())
-        metrics["charts/advantage_std"] = float(batch.advantages[valid].std())
-        metrics["charts/value_mean"] = float(batch.values[valid].mean())
-        return metrics
+            statistics["losses/alpha_mean"], statistics["losses/alpha_std"] = alphas
+            statistics["charts/policy_std"] = std_old.mean()
+        statistics["charts/topk_share"] = selected.sum() / valid.sum().clamp(min=1)
+        statistics["charts/advantage_mean"] = batch.advantages[valid].mean()
+        statistics["charts/advantage_std"] = batch.advantages[valid].std()
+        statistics["charts/value_mean"] = batch.values[valid].mean()
+        on_host = torch.stack([value.float() for value in statistics.values()]).tolist()
+        return dict(zip(statistics, on_host))
 
     def _update_normalizers(self) -> None:
         # once per rollout, after the update, so the rollout's stored policy outputs and the
         # update both saw the same statistics
         self.reward_scaler.update_statistics()
         if self.config.normalize_observations:
-            self.agent.obs_normalizer.update(
-                self.storage.observations[self.storage.valid].to(self.device))
+            if self._on_gpu:
+                observations = self._rollout_on_device["observations"]
+                valid = self._rollout_on_device["valid"]
+            else:
+                observations, valid = self.storage.observations, self.storage.valid
+            self.agent.obs_normalizer.update(observations[valid].to(self.device))
 
     # --- training -----------------------------------------------------------------------------
 
