@@ -14,6 +14,7 @@ ESTIMATORS = ("returns", "dae", "gae")
 OPTIMIZERS = ("adam", "sgd")
 BACKENDS = ("auto", "envpool", "gymnasium")
 ACTIVATIONS = ("tanh", "relu", "elu", "silu")
+LR_SCHEDULES = ("constant", "linear", "adaptive")
 
 
 def _option(default, help: str, **extra):
@@ -55,6 +56,8 @@ class TrainConfig:
     activation: str = _option("tanh", "hidden activation", choices=ACTIVATIONS)
     shared_encoder: bool = _option(False, "the value head reads the policy's hidden layers")
     init_log_std: float = _option(0.0, "initial log-std of a Gaussian policy")
+    state_dependent_std: bool = _option(
+        True, "a Gaussian policy's std depends on the state (else one vector for all states)")
     optimizer_type: str = _option("adam", "optimizer", choices=OPTIMIZERS)
     sgd_momentum: float = _option(0.9, "momentum when optimizer_type is sgd")
     policy_lr: float = _option(5e-4, "policy learning rate")
@@ -62,6 +65,12 @@ class TrainConfig:
     temperature_lr: float = _option(1e-2, "temperature (eta) learning rate")
     alpha_lr: float = _option(1e-2, "KL multipliers (alpha) learning rate")
     max_grad_norm: float = _option(10.0, "gradient clipping norm for the networks")
+    clip_per_network: bool = _option(
+        False, "clip the policy's and the value function's gradients separately")
+    lr_schedule: str = _option(
+        "constant", "policy learning rate schedule: constant; linear (to 0 at total_steps); "
+        "adaptive (x1.5 while the policy's KL per update is under half its bound, /1.5 while "
+        "over twice it)", choices=LR_SCHEDULES)
     # --- normalisation ---------------------------------------------------------------------
     normalize_observations: bool = _option(True, "running mean/std observation normalisation")
     normalize_rewards: bool = _option(True, "scale rewards by the running return std")

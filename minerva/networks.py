@@ -52,17 +52,24 @@ class Action(NamedTuple):
 
 
 class GaussianPolicy(nn.Module):
-    """A tanh-squashed diagonal Gaussian with a state-dependent, bounded log-std."""
+    """A tanh-squashed diagonal Gaussian with a bounded log-std: a head of the features
+    (state-dependent, the default) or one learned vector shared by all states."""
 
-    def __init__(self, in_dim: int, space: gym.spaces.Box, init_log_std: float = 0.0):
+    def __init__(self, in_dim: int, space: gym.spaces.Box, init_log_std: float = 0.0,
+                 state_dependent_std: bool = True):
         super().__init__()
         self.action_dim = int(np.prod(space.shape))
         self.action_shape = space.shape
         self.mean = _head(in_dim, self.action_dim, 0.01)
-        self.log_std = _head(in_dim, self.action_dim, 0.01)
         # log_std = MIN + (MAX - MIN) * sigmoid(z): start z where log_std = init_log_std
         fraction = (init_log_std - LOG_STD_MIN) / (LOG_STD_MAX - LOG_STD_MIN)
-        nn.init.constant_(self.log_std.bias, math.log(fraction / (1 - fraction)))
+        logit = math.log(fraction / (1 - fraction))
+        self.state_dependent_std = state_dependent_std
+        if state_dependent_std:
+            self.log_std = _head(in_dim, self.action_dim, 0.01)
+            nn.init.constant_(self.log_std.bias, logit)
+        else:
+            self.log_std_logit = nn.Parameter(torch.full((self.action_dim,), logit))
         low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
         self.bounded = bool(np.all(np.isfinite(low)) and np.all(np.isfinite(high)))
         self.register_buffer("low", torch.as_tensor(low.reshape(-1), dtype=torch.float32))
@@ -73,8 +80,9 @@ class GaussianPolicy(nn.Module):
         return 2 * self.action_dim
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        log_std = LOG_STD_MIN + (LOG_STD_MAX - LOG_STD_MIN) * torch.sigmoid(
-            self.log_std(features))
+        logit = (self.log_std(features) if self.state_dependent_std
+                 else self.log_std_logit.expand(features.shape[0], -1))
+        log_std = LOG_STD_MIN + (LOG_STD_MAX - LOG_STD_MIN) * torch.sigmoid(logit)
         return torch.cat([self.mean(features), log_std], dim=-1)
 
     def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,6 +152,7 @@ class VMPOAgent(nn.Module):
         activation: str = "tanh",
         normalize_observations: bool = True,
         init_log_std: float = 0.0,
+        state_dependent_std: bool = True,
     ):
         super().__init__()
         obs_dim = int(np.prod(observation_space.shape))
@@ -157,7 +166,7 @@ class VMPOAgent(nn.Module):
         self.value_head = _head(value_out, 1, 1.0)
         if isinstance(action_space, gym.spaces.Box):
             self.policy: GaussianPolicy | CategoricalPolicy = GaussianPolicy(
-                policy_out, action_space, init_log_std)
+                policy_out, action_space, init_log_std, state_dependent_std)
         elif isinstance(action_space, gym.spaces.Discrete):
             self.policy = CategoricalPolicy(policy_out, action_space)
         else:

@@ -63,6 +63,51 @@ def test_reference_ops_switch_trains_on_the_pure_python_core(tmp_path):
     trainer.close()
 
 
+def test_linear_schedule_lowers_the_policy_learning_rate_to_zero():
+    trainer = make_trainer("Pendulum-v1", lr_schedule="linear", policy_lr=1e-3)
+    trainer.global_step = 250
+    assert trainer._schedule_policy_lr({}, 1000) == pytest.approx(0.75e-3)
+    trainer.global_step = 2000
+    assert trainer._schedule_policy_lr({}, 1000) == 0.0
+    assert trainer.optimizer.param_groups[1]["lr"] == trainer.config.value_lr  # value keeps its
+    trainer.close()
+
+
+def test_adaptive_schedule_follows_the_kl_of_each_update():
+    trainer = make_trainer("Pendulum-v1", lr_schedule="adaptive", policy_lr=1e-3, epsilon_mu=0.01)
+    factor = VMPOTrainer.ADAPTIVE_LR_FACTOR
+    def step(kl):
+        return trainer._schedule_policy_lr({"losses/kl_mean": kl}, 1000)
+
+    assert step(0.001) == pytest.approx(1e-3 * factor)  # under half the bound: up
+    assert step(0.01) == pytest.approx(1e-3 * factor)  # within: unchanged
+    assert step(0.05) == pytest.approx(1e-3)  # over twice the bound: down
+    for _ in range(100):  # bounded
+        step(1.0)
+    assert trainer.optimizer.param_groups[0]["lr"] == VMPOTrainer.ADAPTIVE_LR_MIN
+    trainer.close()
+    discrete = make_trainer("CartPole-v1", lr_schedule="adaptive", policy_lr=1e-3)
+    assert discrete._schedule_policy_lr({"losses/kl": 1.0}, 1000) == pytest.approx(1e-3 / factor)
+    discrete.close()
+
+
+@pytest.mark.parametrize("options", [dict(clip_per_network=True),
+                                     dict(state_dependent_std=False, init_log_std=-1.0)])
+def test_update_options_train(options):
+    trainer = make_trainer("Pendulum-v1", **options)
+    trainer._collect_rollout()
+    metrics = trainer._update()
+    assert all(math.isfinite(value) for value in metrics.values())
+    assert {"losses/grad_norm", "losses/value_grad_norm", "charts/policy_std_min"} <= set(metrics)
+    if not options.get("state_dependent_std", True):
+        # one std for every state, starting at exp(init_log_std)
+        params = trainer.agent(torch.randn(5, 3))[0]
+        log_std = params[:, trainer.agent.policy.action_dim:]
+        assert torch.equal(log_std, log_std[:1].expand_as(log_std))
+        assert trainer.agent.policy.log_std_logit.numel() == trainer.agent.policy.action_dim
+    trainer.close()
+
+
 def test_reset_transitions_are_masked_out_of_the_rollout():
     trainer = make_trainer(rollout_steps=64)
     trainer._collect_rollout()

@@ -14,6 +14,8 @@
 // The weights take two passes: an online (max, sum of exp) per block, combined in a fixed
 // order by one block (deterministic), then the normalised weights.
 // Each op reads its status word once at the end, which is the only host synchronisation.
+#include <cooperative_groups.h>
+
 #include <cfloat>
 #include <cmath>
 #include <type_traits>
@@ -155,9 +157,13 @@ __global__ void __launch_bounds__(cuda::kThreads)
        i += int64_t(gridDim.x) * blockDim.x) {
     if (!valid[i]) continue;
     const key_t<scalar_t> key = order_key(advantages[i]);
-    if (uint32_t(key >> (kKeyBits<scalar_t> - kTopBits)) == target) {
-      candidates[atomicAdd(&state->candidates, 1u)] = key;
-    }
+    if (uint32_t(key >> (kKeyBits<scalar_t> - kTopBits)) != target) continue;
+    // One atomic per warp: with heavy ties every element lands here.
+    const auto group = cooperative_groups::coalesced_threads();
+    uint32_t base = 0;
+    if (group.thread_rank() == 0) base = atomicAdd(&state->candidates, group.size());
+    base = group.shfl(base, 0);
+    candidates[base + group.thread_rank()] = key;
   }
 }
 

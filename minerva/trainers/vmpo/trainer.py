@@ -317,6 +317,9 @@ class VMPOTrainer:
         torch_threads: int = 0,
         progress: bool = True,
         reference_ops: bool = False,
+        lr_schedule: str = "constant",
+        clip_per_network: bool = False,
+        state_dependent_std: bool = True,
     ):
         options = {k: v for k, v in locals().items() if k != "self"}
         options.update(device=str(device), policy_layer_sizes=tuple(policy_layer_sizes),
@@ -340,7 +343,7 @@ class VMPOTrainer:
             self.envs.single_observation_space, self.envs.single_action_space,
             cfg.policy_layer_sizes, cfg.value_layer_sizes, shared_encoder=shared_encoder,
             activation=activation, normalize_observations=normalize_observations,
-            init_log_std=init_log_std,
+            init_log_std=init_log_std, state_dependent_std=state_dependent_std,
         ).to(self.device)
         self.duals = Duals(temperature_init, alpha_init,
                            num_alphas=1 if self.agent.discrete else 2).to(self.device)
@@ -356,6 +359,7 @@ class VMPOTrainer:
         self.optimizer = (torch.optim.Adam(groups) if optimizer_type == "adam"
                           else torch.optim.SGD(groups, momentum=sgd_momentum))
         self._network_params = policy_params + value_params
+        self._policy_params, self._value_params = policy_params, value_params
 
         # the native ops and storage, or the pure-Python references (to measure the difference)
         self.ops = reference if reference_ops else ops
@@ -518,13 +522,19 @@ class VMPOTrainer:
 
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(self._network_params, cfg.max_grad_norm)
+            if cfg.clip_per_network:
+                grad_norm = nn.utils.clip_grad_norm_(self._policy_params, cfg.max_grad_norm)
+                value_grad_norm = nn.utils.clip_grad_norm_(self._value_params, cfg.max_grad_norm)
+            else:
+                grad_norm = nn.utils.clip_grad_norm_(self._network_params, cfg.max_grad_norm)
+                value_grad_norm = grad_norm
             self.optimizer.step()
             self.duals.project_()
 
             step_metrics = {"losses/policy_nll": nll, "losses/value": critic,
                             "losses/temperature": estep.temperature_loss,
-                            "losses/grad_norm": grad_norm}
+                            "losses/grad_norm": grad_norm,
+                            "losses/value_grad_norm": value_grad_norm}
             step_metrics.update({f"losses/{name}": p.kl for name, p in penalties.items()})
             for name, value in step_metrics.items():
                 history.setdefault(name, []).append(value.detach())
@@ -538,12 +548,37 @@ class VMPOTrainer:
         else:
             statistics["losses/alpha_mean"], statistics["losses/alpha_std"] = alphas
             statistics["charts/policy_std"] = std_old.mean()
+            # the mean hides a std that collapsed in some states; the minimum shows it
+            statistics["charts/policy_std_min"] = std_old.min()
         statistics["charts/topk_share"] = selected.sum() / valid.sum().clamp(min=1)
         statistics["charts/advantage_mean"] = batch.advantages[valid].mean()
         statistics["charts/advantage_std"] = batch.advantages[valid].std()
         statistics["charts/value_mean"] = batch.values[valid].mean()
         on_host = torch.stack([value.float() for value in statistics.values()]).tolist()
         return dict(zip(statistics, on_host))
+
+    # the adaptive schedule's bounds and factor
+    ADAPTIVE_LR_MIN, ADAPTIVE_LR_MAX, ADAPTIVE_LR_FACTOR = 1e-5, 1e-2, 1.5
+
+    def _schedule_policy_lr(self, metrics: Mapping[str, float], total_steps: int) -> float:
+        """Sets the policy learning rate for the next update (``lr_schedule``); returns it.
+
+        Adam moves every weight by about the learning rate per step whatever the gradient's
+        size, so a KL bound tighter than one update's steps can reach is infeasible: its
+        multiplier then grows without end and its gradient drowns the policy's. The adaptive
+        schedule keeps the step size matched to the bound instead, from the update's KL."""
+        cfg = self.config
+        group = self.optimizer.param_groups[0]  # the policy's
+        if cfg.lr_schedule == "linear":
+            group["lr"] = cfg.policy_lr * max(0.0, 1.0 - self.global_step / total_steps)
+        elif cfg.lr_schedule == "adaptive":
+            kl, bound = ((metrics["losses/kl"], cfg.epsilon_categorical) if self.agent.discrete
+                         else (metrics["losses/kl_mean"], cfg.epsilon_mu))
+            if kl > 2.0 * bound:
+                group["lr"] = max(group["lr"] / self.ADAPTIVE_LR_FACTOR, self.ADAPTIVE_LR_MIN)
+            elif kl < 0.5 * bound:
+                group["lr"] = min(group["lr"] * self.ADAPTIVE_LR_FACTOR, self.ADAPTIVE_LR_MAX)
+        return group["lr"]
 
     def _update_normalizers(self) -> None:
         # once per rollout, after the update, so the rollout's stored policy outputs and the
@@ -591,6 +626,7 @@ class VMPOTrainer:
                 with self.timer("update"):
                     metrics.update(self._update())
                     self._update_normalizers()
+                metrics["charts/policy_lr"] = self._schedule_policy_lr(metrics, total_steps)
                 self.iteration += 1
                 metrics["charts/steps_per_second"] = (
                     (self.global_step - steps_at_start) / max(logger.elapsed - time_at_start, 1e-9))
