@@ -71,18 +71,26 @@ def _load_library(library: Path) -> str | None:
     return None
 
 
-def _load_ops() -> bool:
-    if hasattr(torch.ops, "minerva") and hasattr(torch.ops.minerva, "gae"):
-        return True
-    library = _find_library("_C.so")
+def _load(name: str, what: str, missing: str | None) -> bool:
+    """Loads op library ``name``; falls back (see above) when it fails to load, or when it
+    is missing and ``missing`` says why that is a fault."""
+    library = _find_library(name)
     if library is None:
-        _fallback("ops", "minerva/_C.so not found; was the package built with `pip install .`?")
+        if missing is not None:
+            _fallback(what, missing)
         return False
     error = _load_library(library)
     if error is not None:
-        _fallback("ops", f"loading {library.name} failed: {error}")
+        _fallback(what, f"loading {library.name} failed: {error}")
         return False
     return True
+
+
+def _load_ops() -> bool:
+    if hasattr(torch.ops, "minerva") and hasattr(torch.ops.minerva, "gae"):
+        return True
+    return _load("_C.so", "ops",
+                 "minerva/_C.so not found; was the package built with `pip install .`?")
 
 
 OPS_LOADED = _load_ops()
@@ -90,20 +98,13 @@ OPS_LOADED = _load_ops()
 
 def _load_cuda_ops() -> bool:
     # The CUDA kernels need torch built with CUDA (a CPU-only torch lacks the symbols they
-    # link against) and the schemas from _C. A build without nvcc has no _C_cuda.so: CUDA
-    # tensors then get the dispatcher's "no CUDA kernel" error, which names the op.
+    # link against) and the schemas from _C. A build without nvcc has no _C_cuda.so, which
+    # is no fault: CUDA tensors then get the dispatcher's error, which names the op.
     if not OPS_LOADED or torch.version.cuda is None:
         return False
     if torch._C._dispatch_has_kernel_for_dispatch_key("minerva::gae", "CUDA"):
         return True
-    library = _find_library("_C_cuda.so")
-    if library is None:
-        return False
-    error = _load_library(library)
-    if error is not None:
-        _fallback("CUDA kernels", f"loading {library.name} failed: {error}")
-        return False
-    return True
+    return _load("_C_cuda.so", "CUDA kernels", missing=None)
 
 
 CUDA_OPS_LOADED = _load_cuda_ops()

@@ -158,29 +158,33 @@ __global__ void gae_one_thread_per_column(const scalar_t* __restrict__ rewards,
   }
 }
 
-struct GaeInputs {
-  Tensor rewards, values, next_values, terminated, done;
+// A call's checked, contiguous inputs, its outputs and where to launch.
+struct GaeCall {
+  Tensor rewards, values, next_values, terminated, done, advantages, returns;
+  int64_t T, N;
+  cudaStream_t stream;
 };
 
-GaeInputs checked_inputs(const char* op, Tensor rewards, Tensor values, Tensor next_values,
-                         Tensor terminated, Tensor done, double gamma, double lam) {
+GaeCall prepare(const char* op, Tensor rewards, Tensor values, Tensor next_values,
+                Tensor terminated, Tensor done, double gamma, double lam) {
   check_gae_args(rewards, values, next_values, terminated, done, gamma, lam);
   cuda::check_cuda_tensor(op, "rewards", rewards);
-  return {make_contiguous(rewards), make_contiguous(values), make_contiguous(next_values),
-          make_contiguous(terminated), make_contiguous(done)};
+  rewards = make_contiguous(rewards);
+  return {rewards, make_contiguous(values), make_contiguous(next_values),
+          make_contiguous(terminated), make_contiguous(done), torch::stable::empty_like(rewards),
+          torch::stable::empty_like(rewards), rewards.size(0), rewards.size(1),
+          cuda::current_stream(rewards)};
 }
 
 }  // namespace
 
 std::tuple<Tensor, Tensor> gae_cuda(Tensor rewards, Tensor values, Tensor next_values,
                                     Tensor terminated, Tensor done, double gamma, double lam) {
-  GaeInputs in = checked_inputs("gae", rewards, values, next_values, terminated, done, gamma, lam);
+  const GaeCall in = prepare("gae", rewards, values, next_values, terminated, done, gamma, lam);
   torch::stable::accelerator::DeviceGuard guard(in.rewards.get_device_index());
-  Tensor advantages = torch::stable::empty_like(in.rewards);
-  Tensor returns = torch::stable::empty_like(in.rewards);
-  const int64_t T = in.rewards.size(0), N = in.rewards.size(1);
-  if (T == 0 || N == 0) return {advantages, returns};
-  const cudaStream_t stream = cuda::current_stream(in.rewards);
+  const int64_t T = in.T, N = in.N;
+  const cudaStream_t stream = in.stream;
+  if (T == 0 || N == 0) return {in.advantages, in.returns};
 
   // Columns per block: a warp's worth for coalesced rows when N allows, fewer for narrow
   // batches so the block's threads go to time instead.
@@ -213,8 +217,8 @@ std::tuple<Tensor, Tensor> gae_cuda(Tensor rewards, Tensor values, Tensor next_v
     const scalar_t* nv = in.next_values.const_data_ptr<scalar_t>();
     const bool* term = in.terminated.const_data_ptr<bool>();
     const bool* dn = in.done.const_data_ptr<bool>();
-    scalar_t* adv = advantages.mutable_data_ptr<scalar_t>();
-    scalar_t* ret = returns.mutable_data_ptr<scalar_t>();
+    scalar_t* adv = in.advantages.mutable_data_ptr<scalar_t>();
+    scalar_t* ret = in.returns.mutable_data_ptr<scalar_t>();
     if (chunks == 1) {
       gae_tiles<scalar_t, Pass::kWrite><<<dim3(column_blocks, 1), block, shared, stream>>>(
           r, v, nv, term, dn, adv, ret, nullptr, nullptr, layout, g, gl);
@@ -235,32 +239,28 @@ std::tuple<Tensor, Tensor> gae_cuda(Tensor rewards, Tensor values, Tensor next_v
         r, v, nv, term, dn, adv, ret, nullptr, carries, layout, g, gl);
     cuda::check_launch("gae");
   });
-  return {advantages, returns};
+  return {in.advantages, in.returns};
 }
 
 std::tuple<Tensor, Tensor> gae_single_thread_cuda(Tensor rewards, Tensor values,
                                                   Tensor next_values, Tensor terminated,
                                                   Tensor done, double gamma, double lam) {
-  GaeInputs in = checked_inputs("_gae_single_thread", rewards, values, next_values, terminated,
-                                done, gamma, lam);
+  const GaeCall in = prepare("_gae_single_thread", rewards, values, next_values, terminated,
+                             done, gamma, lam);
   torch::stable::accelerator::DeviceGuard guard(in.rewards.get_device_index());
-  Tensor advantages = torch::stable::empty_like(in.rewards);
-  Tensor returns = torch::stable::empty_like(in.rewards);
-  const int64_t T = in.rewards.size(0), N = in.rewards.size(1);
-  if (T == 0 || N == 0) return {advantages, returns};
-  const cudaStream_t stream = cuda::current_stream(in.rewards);
+  if (in.T == 0 || in.N == 0) return {in.advantages, in.returns};
   dispatch_floating(in.rewards.scalar_type(), [&](auto zero) {
     using scalar_t = decltype(zero);
     gae_one_thread_per_column<scalar_t>
-        <<<(N + cuda::kThreads - 1) / cuda::kThreads, cuda::kThreads, 0, stream>>>(
+        <<<(in.N + cuda::kThreads - 1) / cuda::kThreads, cuda::kThreads, 0, in.stream>>>(
             in.rewards.const_data_ptr<scalar_t>(), in.values.const_data_ptr<scalar_t>(),
             in.next_values.const_data_ptr<scalar_t>(), in.terminated.const_data_ptr<bool>(),
-            in.done.const_data_ptr<bool>(), advantages.mutable_data_ptr<scalar_t>(),
-            returns.mutable_data_ptr<scalar_t>(), T, N, static_cast<scalar_t>(gamma),
+            in.done.const_data_ptr<bool>(), in.advantages.mutable_data_ptr<scalar_t>(),
+            in.returns.mutable_data_ptr<scalar_t>(), in.T, in.N, static_cast<scalar_t>(gamma),
             static_cast<scalar_t>(gamma * lam));
     cuda::check_launch("_gae_single_thread");
   });
-  return {advantages, returns};
+  return {in.advantages, in.returns};
 }
 
 }  // namespace minerva
