@@ -183,7 +183,8 @@ def _machine_text(env: dict[str, Any]) -> str:
         return "mixed"
     text = f"{machine.get('processor', '?')}, {machine.get('cpus', '?')} CPUs"
     if env["launch"]:
-        text += f", {env['launch']['parallel_runs']} runs at once"
+        runs = env["launch"]["parallel_runs"]
+        text += ", one run at a time" if runs == 1 else f", {runs} runs at once"
     return text
 
 

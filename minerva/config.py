@@ -56,6 +56,8 @@ class TrainConfig:
     activation: str = _option("tanh", "hidden activation", choices=ACTIVATIONS)
     shared_encoder: bool = _option(False, "the value head reads the policy's hidden layers")
     init_log_std: float = _option(0.0, "initial log-std of a Gaussian policy")
+    min_log_std: float = _option(
+        -5.0, "lower bound of a Gaussian policy's log-std (a floor on its exploration)")
     state_dependent_std: bool = _option(
         True, "a Gaussian policy's std depends on the state (else one vector for all states)")
     optimizer_type: str = _option("adam", "optimizer", choices=OPTIMIZERS)
@@ -114,6 +116,8 @@ class TrainConfig:
                 bad(name, "must be positive integers")
         if not self.env_id:
             bad("env_id", "must not be empty")
+        if not self.min_log_std < self.init_log_std < 1.0:
+            bad("init_log_std", f"must lie between min_log_std ({self.min_log_std}) and 1")
         try:
             device = torch.device(self.device)
         except RuntimeError:

@@ -21,7 +21,7 @@ from torch import nn
 from minerva.normalization import RunningMeanStd
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0  # the default bounds of a Gaussian policy's log-std
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -56,13 +56,17 @@ class GaussianPolicy(nn.Module):
     (state-dependent, the default) or one learned vector shared by all states."""
 
     def __init__(self, in_dim: int, space: gym.spaces.Box, init_log_std: float = 0.0,
-                 state_dependent_std: bool = True):
+                 state_dependent_std: bool = True, min_log_std: float = LOG_STD_MIN):
         super().__init__()
+        if not min_log_std < init_log_std < LOG_STD_MAX:
+            raise ValueError(f"init_log_std must lie between min_log_std ({min_log_std}) and "
+                             f"{LOG_STD_MAX}, got {init_log_std}")
+        self.min_log_std = min_log_std
         self.action_dim = int(np.prod(space.shape))
         self.action_shape = space.shape
         self.mean = _head(in_dim, self.action_dim, 0.01)
         # log_std = MIN + (MAX - MIN) * sigmoid(z): start z where log_std = init_log_std
-        fraction = (init_log_std - LOG_STD_MIN) / (LOG_STD_MAX - LOG_STD_MIN)
+        fraction = (init_log_std - min_log_std) / (LOG_STD_MAX - min_log_std)
         logit = math.log(fraction / (1 - fraction))
         self.state_dependent_std = state_dependent_std
         if state_dependent_std:
@@ -82,7 +86,7 @@ class GaussianPolicy(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         logit = (self.log_std(features) if self.state_dependent_std
                  else self.log_std_logit.expand(features.shape[0], -1))
-        log_std = LOG_STD_MIN + (LOG_STD_MAX - LOG_STD_MIN) * torch.sigmoid(logit)
+        log_std = self.min_log_std + (LOG_STD_MAX - self.min_log_std) * torch.sigmoid(logit)
         return torch.cat([self.mean(features), log_std], dim=-1)
 
     def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,6 +157,7 @@ class VMPOAgent(nn.Module):
         normalize_observations: bool = True,
         init_log_std: float = 0.0,
         state_dependent_std: bool = True,
+        min_log_std: float = LOG_STD_MIN,
     ):
         super().__init__()
         obs_dim = int(np.prod(observation_space.shape))
@@ -166,7 +171,7 @@ class VMPOAgent(nn.Module):
         self.value_head = _head(value_out, 1, 1.0)
         if isinstance(action_space, gym.spaces.Box):
             self.policy: GaussianPolicy | CategoricalPolicy = GaussianPolicy(
-                policy_out, action_space, init_log_std, state_dependent_std)
+                policy_out, action_space, init_log_std, state_dependent_std, min_log_std)
         elif isinstance(action_space, gym.spaces.Discrete):
             self.policy = CategoricalPolicy(policy_out, action_space)
         else:

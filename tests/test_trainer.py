@@ -92,7 +92,8 @@ def test_adaptive_schedule_follows_the_kl_of_each_update():
 
 
 @pytest.mark.parametrize("options", [dict(clip_per_network=True),
-                                     dict(state_dependent_std=False, init_log_std=-1.0)])
+                                     dict(state_dependent_std=False, init_log_std=-1.0),
+                                     dict(min_log_std=-2.0, init_log_std=-1.0)])
 def test_update_options_train(options):
     trainer = make_trainer("Pendulum-v1", **options)
     trainer._collect_rollout()
@@ -105,6 +106,12 @@ def test_update_options_train(options):
         log_std = params[:, trainer.agent.policy.action_dim:]
         assert torch.equal(log_std, log_std[:1].expand_as(log_std))
         assert trainer.agent.policy.log_std_logit.numel() == trainer.agent.policy.action_dim
+    if "min_log_std" in options:  # the floor holds however far the std head is pushed
+        with torch.no_grad():
+            trainer.agent.policy.log_std.bias.fill_(-1e3)
+        params = trainer.agent(torch.randn(5, 3))[0]
+        log_std = params[:, trainer.agent.policy.action_dim:]
+        torch.testing.assert_close(log_std, torch.full_like(log_std, -2.0))
     trainer.close()
 
 
@@ -194,6 +201,8 @@ def test_gymnasium_backend_uses_the_seed_env_factory():
     (dict(policy_lr=float("nan")), "policy_lr"),
     (dict(device="gpu"), "device: must be a torch device"),
     (dict(device="meta"), "device: must be a cpu or cuda device"),
+    (dict(min_log_std=-1.0, init_log_std=-2.0), "init_log_std: must lie between min_log_std"),
+    (dict(lr_schedule="cosine"), "lr_schedule"),
 ])
 def test_bad_hyperparameters_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -320,6 +320,7 @@ class VMPOTrainer:
         lr_schedule: str = "constant",
         clip_per_network: bool = False,
         state_dependent_std: bool = True,
+        min_log_std: float = -5.0,
     ):
         options = {k: v for k, v in locals().items() if k != "self"}
         options.update(device=str(device), policy_layer_sizes=tuple(policy_layer_sizes),
@@ -344,6 +345,7 @@ class VMPOTrainer:
             cfg.policy_layer_sizes, cfg.value_layer_sizes, shared_encoder=shared_encoder,
             activation=activation, normalize_observations=normalize_observations,
             init_log_std=init_log_std, state_dependent_std=state_dependent_std,
+            min_log_std=min_log_std,
         ).to(self.device)
         self.duals = Duals(temperature_init, alpha_init,
                            num_alphas=1 if self.agent.discrete else 2).to(self.device)
