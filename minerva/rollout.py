@@ -112,14 +112,16 @@ def flatten(tensors: dict[str, torch.Tensor]) -> RolloutBatch:
 class DeviceRollout:
     """Moves a storage's buffers to a CUDA device once per rollout without blocking the host:
     each buffer is copied into a page-locked twin (a host memcpy), and from there to the
-    device asynchronously, ordered on the current stream before the update's kernels.
+    device asynchronously, ordered on the current stream before the update's kernels. (For
+    another device the twins are ordinary memory and the copies synchronous.)
 
     A twin is rewritten only at the next rollout's transfer, after the update that read the
     previous copy has finished (its statistics reach the host), so no copy is in flight."""
 
     def __init__(self, storage: RolloutViews, device: torch.device) -> None:
         self.device = device
-        self._pinned = {name: torch.empty_like(tensor, pin_memory=True)
+        pin = torch.device(device).type == "cuda"
+        self._pinned = {name: torch.empty_like(tensor, pin_memory=pin)
                         for name, tensor in storage._tensors.items()}
 
     def transfer(self, storage: RolloutViews) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ import torch
 
 from minerva.config import TrainConfig
 from minerva.envs import make_vector_env
+from minerva.rollout import DeviceRollout
 from minerva.trainers.vmpo.trainer import VMPOTrainer, _evaluate_vectorized, _make_env
 
 pytest.importorskip("envpool")
@@ -215,12 +216,17 @@ def test_cuda_device_without_a_gpu_is_named():
         make_trainer(device="cuda")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA_ONLY)])
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-def test_training_on_the_gpu(env_id, tmp_path):
-    trainer = make_trainer(env_id, device="cuda")
+def test_training_with_the_rollout_on_the_device(env_id, device, tmp_path):
+    trainer = make_trainer(env_id, device=device)
+    if device == "cpu":  # the GPU path's transfer, advantages and update, run on the CPU
+        trainer._device_rollout = DeviceRollout(trainer.storage, torch.device("cpu"))
     trainer._collect_rollout()
-    # the advantages computed on the GPU are those of the rollout the host stored
+    # the advantages computed on the device are those of the rollout the host stored
     on_device = trainer._rollout_on_device
     storage = trainer.storage
     storage.compute_advantages(on_device["next_values"][-1].cpu(), trainer.config.gamma,

@@ -22,9 +22,11 @@ inline cudaStream_t current_stream(const Tensor& t) {
   return static_cast<cudaStream_t>(stream);
 }
 
+// CUDA failures read "minerva: CUDA error in <op>", not "minerva.<op>: ...", so the Python
+// wrappers keep them RuntimeErrors instead of reporting them as bad arguments.
 inline void check_launch(const char* op) {
   const cudaError_t error = cudaGetLastError();
-  check(error == cudaSuccess, "minerva.", op, ": CUDA error: ", cudaGetErrorString(error));
+  check(error == cudaSuccess, "minerva: CUDA error in ", op, ": ", cudaGetErrorString(error));
 }
 
 inline int multiprocessor_count(const Tensor& t) {
@@ -57,7 +59,7 @@ inline uint32_t read_status(const uint32_t* status, cudaStream_t stream, const c
   uint32_t host = 0;
   cudaError_t error = cudaMemcpyAsync(&host, status, sizeof(host), cudaMemcpyDeviceToHost, stream);
   if (error == cudaSuccess) error = cudaStreamSynchronize(stream);
-  check(error == cudaSuccess, "minerva.", op, ": CUDA error: ", cudaGetErrorString(error));
+  check(error == cudaSuccess, "minerva: CUDA error in ", op, ": ", cudaGetErrorString(error));
   return host;
 }
 

@@ -227,27 +227,31 @@ __global__ void __launch_bounds__(cuda::kThreads)
 
 // ---- weights --------------------------------------------------------------------------------
 
-// An online softmax accumulator over a / eta: max m and sum of exp(a / eta - m).
+// An online softmax accumulator: the max of a, and the sum of exp((a - max) / eta). Keeping
+// the max of a itself (not of a / eta) matches the CPU kernel, which subtracts in a's scale.
 struct SoftmaxPart {
   double max;
   double sum;
   unsigned long long count;
 };
 
-__device__ __forceinline__ SoftmaxPart merge(SoftmaxPart x, SoftmaxPart y) {
+__device__ __forceinline__ SoftmaxPart merge(SoftmaxPart x, SoftmaxPart y, double inv_eta) {
   if (y.sum == 0) return {fmax(x.max, y.max), x.sum, x.count + y.count};
   if (x.sum == 0) return {fmax(x.max, y.max), y.sum, x.count + y.count};
   const double top = fmax(x.max, y.max);
-  return {top, x.sum * exp(x.max - top) + y.sum * exp(y.max - top), x.count + y.count};
+  return {top, x.sum * exp((x.max - top) * inv_eta) + y.sum * exp((y.max - top) * inv_eta),
+          x.count + y.count};
 }
 
-// Block-wide merge in a fixed order (deterministic); the result is valid in thread 0.
-__device__ SoftmaxPart block_merge(SoftmaxPart part) {
+// Block-wide merge in a fixed order (deterministic); the result is valid in every thread.
+__device__ SoftmaxPart block_merge(SoftmaxPart part, double inv_eta) {
   __shared__ SoftmaxPart parts[cuda::kThreads];
   parts[threadIdx.x] = part;
   __syncthreads();
   for (int stride = cuda::kThreads / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) parts[threadIdx.x] = merge(parts[threadIdx.x], parts[threadIdx.x + stride]);
+    if (threadIdx.x < stride) {
+      parts[threadIdx.x] = merge(parts[threadIdx.x], parts[threadIdx.x + stride], inv_eta);
+    }
     __syncthreads();
   }
   return parts[0];
@@ -274,31 +278,33 @@ __global__ void __launch_bounds__(cuda::kThreads)
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < size;
        i += int64_t(gridDim.x) * blockDim.x) {
     if (!selected[i]) continue;
-    const scalar_t a = advantages[i];
+    const double a = advantages[i];
     nan |= isnan(a);
     ++part.count;
-    const double z = double(a) * inv_eta;
-    if (z > part.max) {
-      part.sum = part.sum * exp(part.max - z) + 1.0;
-      part.max = z;
-    } else if (z > -INFINITY) {
-      part.sum += exp(z - part.max);
+    if (a > part.max) {
+      part.sum = part.sum * exp((part.max - a) * inv_eta) + 1.0;
+      part.max = a;
+    } else if (a > -INFINITY) {
+      part.sum += exp((a - part.max) * inv_eta);
     }
   }
   if (nan) atomicOr(status, uint32_t(cuda::kNaN));
-  const SoftmaxPart block = block_merge(part);
+  const SoftmaxPart block = block_merge(part, inv_eta);
   if (threadIdx.x == 0) parts[blockIdx.x] = block;
 }
 
 // One block: the total over the blocks' parts; total[0] = max, total[1] = sum.
+// One block: the total over the blocks' parts; total[0] = max of a, total[1] = the sum.
 template <typename scalar_t>
 __global__ void __launch_bounds__(cuda::kThreads)
-    softmax_total(const SoftmaxPart* __restrict__ parts, int count, double* total,
-                  scalar_t* log_mean_exp, uint32_t* status) {
+    softmax_total(const SoftmaxPart* __restrict__ parts, int count,
+                  const scalar_t* __restrict__ eta_ptr, double* total, scalar_t* log_mean_exp,
+                  uint32_t* status) {
   if (*status & cuda::kBadEta) return;
+  const double inv_eta = 1.0 / double(*eta_ptr);
   SoftmaxPart part{-INFINITY, 0.0, 0};
-  for (int i = threadIdx.x; i < count; i += blockDim.x) part = merge(part, parts[i]);
-  const SoftmaxPart all = block_merge(part);
+  for (int i = threadIdx.x; i < count; i += blockDim.x) part = merge(part, parts[i], inv_eta);
+  const SoftmaxPart all = block_merge(part, inv_eta);
   if (threadIdx.x != 0) return;
   if (all.count == 0) {
     total[0] = 0;
@@ -309,9 +315,10 @@ __global__ void __launch_bounds__(cuda::kThreads)
   if (!isfinite(all.max)) atomicOr(status, uint32_t(cuda::kNonFinite));
   total[0] = all.max;
   total[1] = all.sum;
-  *log_mean_exp = static_cast<scalar_t>(all.max + log(all.sum / double(all.count)));
+  *log_mean_exp = static_cast<scalar_t>(all.max * inv_eta + log(all.sum / double(all.count)));
 }
 
+// w = exp((a - max) / eta) / sum on the selected entries, as the CPU kernel computes it.
 template <typename scalar_t>
 __global__ void __launch_bounds__(cuda::kThreads)
     write_weights(const scalar_t* __restrict__ advantages, const bool* __restrict__ selected,
@@ -325,7 +332,7 @@ __global__ void __launch_bounds__(cuda::kThreads)
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < size;
        i += int64_t(gridDim.x) * blockDim.x) {
     scalar_t w = 0;
-    if (ok && selected[i]) w = exp(advantages[i] * inv_eta - max) * inv_sum;
+    if (ok && selected[i]) w = exp((advantages[i] - max) * inv_eta) * inv_sum;
     weights[i] = w;
   }
 }
@@ -362,7 +369,8 @@ Tensor topk_mask_cuda(Tensor advantages, Tensor valid, double fraction) {
     auto* candidates = reinterpret_cast<K*>(base + state_bytes + histogram_bytes);
     const cudaError_t cleared =
         cudaMemsetAsync(base, 0, state_bytes + histogram_bytes, stream);
-    check(cleared == cudaSuccess, "minerva.topk_mask: CUDA error: ", cudaGetErrorString(cleared));
+    check(cleared == cudaSuccess, "minerva: CUDA error in topk_mask: ",
+          cudaGetErrorString(cleared));
 
     const scalar_t* a = advantages.const_data_ptr<scalar_t>();
     const bool* v = valid.const_data_ptr<bool>();
@@ -409,7 +417,7 @@ std::tuple<Tensor, Tensor> vmpo_weights_cuda(Tensor advantages, Tensor selected,
     auto* total = reinterpret_cast<double*>(base + 16);
     auto* parts = reinterpret_cast<SoftmaxPart*>(base + 64);
     const cudaError_t cleared = cudaMemsetAsync(base, 0, 64, stream);
-    check(cleared == cudaSuccess, "minerva.vmpo_weights: CUDA error: ",
+    check(cleared == cudaSuccess, "minerva: CUDA error in vmpo_weights: ",
           cudaGetErrorString(cleared));
 
     const scalar_t* a = advantages.const_data_ptr<scalar_t>();
@@ -418,15 +426,18 @@ std::tuple<Tensor, Tensor> vmpo_weights_cuda(Tensor advantages, Tensor selected,
     scalar_t* lme = log_mean_exp.mutable_data_ptr<scalar_t>();
     softmax_parts<scalar_t><<<grid, cuda::kThreads, 0, stream>>>(a, s, eta_ptr, size, parts,
                                                                  status);
-    softmax_total<scalar_t><<<1, cuda::kThreads, 0, stream>>>(parts, int(grid), total, lme,
-                                                              status);
+    softmax_total<scalar_t><<<1, cuda::kThreads, 0, stream>>>(parts, int(grid), eta_ptr, total,
+                                                              lme, status);
     write_weights<scalar_t><<<grid, cuda::kThreads, 0, stream>>>(
         a, s, eta_ptr, size, total, weights.mutable_data_ptr<scalar_t>());
     cuda::check_launch(op);
     const uint32_t status_bits = cuda::read_status(status, stream, op);
     if (status_bits & cuda::kBadEta) {
       scalar_t value = 0;
-      cudaMemcpy(&value, eta_ptr, sizeof(value), cudaMemcpyDeviceToHost);
+      const cudaError_t copied =
+          cudaMemcpyAsync(&value, eta_ptr, sizeof(value), cudaMemcpyDeviceToHost, stream);
+      check(copied == cudaSuccess && cudaStreamSynchronize(stream) == cudaSuccess,
+            "minerva: CUDA error in vmpo_weights: ", cudaGetErrorString(cudaGetLastError()));
       fail("minerva.vmpo_weights: eta must be positive and finite, got ", value);
     }
     check(!(status_bits & cuda::kNaN),

@@ -459,10 +459,12 @@ class VMPOTrainer:
             with timer("advantages"):
                 last_values = self.agent.value(
                     torch.as_tensor(self._observations, device=self.device))
-                if self._on_gpu:
-                    self._rollout_on_device = self._advantages_on_device(last_values)
-                else:
+                if self._device_rollout is None:
                     self.storage.compute_advantages(last_values, cfg.gamma, cfg.lam)
+        if self._device_rollout is not None:
+            # outside inference mode: the update's autograd saves some of these tensors
+            with timer("advantages"), torch.no_grad():
+                self._rollout_on_device = self._advantages_on_device(last_values)
         metrics = {"charts/valid_fraction": float(self.storage.valid.float().mean())}
         if finished_returns:
             metrics["charts/episode_return"] = float(np.mean(finished_returns))
@@ -487,8 +489,8 @@ class VMPOTrainer:
     def _update(self) -> dict[str, float]:
         """E-step once per rollout, then ``m_steps`` gradient steps (M-step, value, duals)."""
         cfg = self.config
-        batch = (flatten(self._rollout_on_device) if self._on_gpu
-                 else self.storage.batch(self.device))
+        batch = (self.storage.batch(self.device) if self._device_rollout is None
+                 else flatten(self._rollout_on_device))
         valid = batch.valid
         advantages = batch.advantages
         if cfg.normalize_advantages:
@@ -552,10 +554,15 @@ class VMPOTrainer:
             statistics["charts/policy_std"] = std_old.mean()
             # the mean hides a std that collapsed in some states; the minimum shows it
             statistics["charts/policy_std_min"] = std_old.min()
-        statistics["charts/topk_share"] = selected.sum() / valid.sum().clamp(min=1)
-        statistics["charts/advantage_mean"] = batch.advantages[valid].mean()
-        statistics["charts/advantage_std"] = batch.advantages[valid].std()
-        statistics["charts/value_mean"] = batch.values[valid].mean()
+        # masked statistics without boolean indexing, which would synchronise a GPU each
+        count = valid.sum().clamp(min=1)
+        advantage_mean = torch.where(valid, batch.advantages, 0).sum() / count
+        advantage_var = (torch.where(valid, batch.advantages - advantage_mean, 0).square().sum()
+                         / (count - 1).clamp(min=1))
+        statistics["charts/topk_share"] = selected.sum() / count
+        statistics["charts/advantage_mean"] = advantage_mean
+        statistics["charts/advantage_std"] = advantage_var.sqrt()
+        statistics["charts/value_mean"] = torch.where(valid, batch.values, 0).sum() / count
         on_host = torch.stack([value.float() for value in statistics.values()]).tolist()
         return dict(zip(statistics, on_host))
 
@@ -587,11 +594,11 @@ class VMPOTrainer:
         # update both saw the same statistics
         self.reward_scaler.update_statistics()
         if self.config.normalize_observations:
-            if self._on_gpu:
+            if self._device_rollout is None:
+                observations, valid = self.storage.observations, self.storage.valid
+            else:
                 observations = self._rollout_on_device["observations"]
                 valid = self._rollout_on_device["valid"]
-            else:
-                observations, valid = self.storage.observations, self.storage.valid
             self.agent.obs_normalizer.update(observations[valid].to(self.device))
 
     # --- training -----------------------------------------------------------------------------
