@@ -29,6 +29,12 @@ class KLPenalty(NamedTuple):
     kl: torch.Tensor  # the mean KL, detached, for logging
 
 
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` where ``mask`` holds (0 for an empty mask), without boolean indexing,
+    which would synchronise a GPU."""
+    return torch.where(mask, x, 0).sum() / mask.sum().clamp(min=1)
+
+
 def normalize_advantages(advantages: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     r"""Standardises advantages with the statistics of the valid samples.
 
@@ -37,9 +43,8 @@ def normalize_advantages(advantages: torch.Tensor, valid: torch.Tensor) -> torch
 
     Invalid samples are set to 0 (they are never selected downstream).
     """
-    count = valid.sum().clamp(min=1)
-    mean = torch.where(valid, advantages, 0).sum() / count
-    var = torch.where(valid, (advantages - mean) ** 2, 0).sum() / count
+    mean = masked_mean(advantages, valid)
+    var = masked_mean((advantages - mean) ** 2, valid)
     return torch.where(valid, (advantages - mean) / (var.sqrt() + 1e-8), 0)
 
 
@@ -78,10 +83,6 @@ def weighted_nll(log_probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     return -(weights * log_probs).sum()
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask, x, 0).sum() / mask.sum().clamp(min=1)
-
-
 def kl_penalty(kl_per_sample: torch.Tensor, valid: torch.Tensor, alpha: torch.Tensor,
                epsilon: float) -> KLPenalty:
     r"""A KL trust region enforced with a Lagrange multiplier :math:`\alpha`.
@@ -95,7 +96,7 @@ def kl_penalty(kl_per_sample: torch.Tensor, valid: torch.Tensor, alpha: torch.Te
     Minimising :math:`L_\alpha` raises :math:`\alpha` while the KL exceeds :math:`\epsilon`
     and lowers it otherwise; :math:`L^{\pi}_\alpha` pulls the policy back by that much.
     """
-    kl = _masked_mean(kl_per_sample, valid)
+    kl = masked_mean(kl_per_sample, valid)
     return KLPenalty(alpha.detach() * kl, alpha * (epsilon - kl.detach()), kl.detach())
 
 
@@ -132,4 +133,4 @@ def value_loss(values: torch.Tensor, returns: torch.Tensor, valid: torch.Tensor)
 
     .. math:: L_V = \frac{1}{|V|} \sum_{i \in V} \tfrac12 (V_\phi(s_i) - G_i)^2
     """
-    return _masked_mean(0.5 * (values - returns.detach()) ** 2, valid)
+    return masked_mean(0.5 * (values - returns.detach()) ** 2, valid)

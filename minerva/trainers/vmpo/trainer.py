@@ -360,7 +360,6 @@ class VMPOTrainer:
         ]
         self.optimizer = (torch.optim.Adam(groups) if optimizer_type == "adam"
                           else torch.optim.SGD(groups, momentum=sgd_momentum))
-        self._network_params = policy_params + value_params
         self._policy_params, self._value_params = policy_params, value_params
 
         # the native ops and storage, or the pure-Python references (to measure the difference)
@@ -530,7 +529,8 @@ class VMPOTrainer:
                 grad_norm = nn.utils.clip_grad_norm_(self._policy_params, cfg.max_grad_norm)
                 value_grad_norm = nn.utils.clip_grad_norm_(self._value_params, cfg.max_grad_norm)
             else:
-                grad_norm = nn.utils.clip_grad_norm_(self._network_params, cfg.max_grad_norm)
+                grad_norm = nn.utils.clip_grad_norm_(self._policy_params + self._value_params,
+                                                     cfg.max_grad_norm)
                 value_grad_norm = grad_norm
             self.optimizer.step()
             self.duals.project_()
@@ -554,15 +554,15 @@ class VMPOTrainer:
             statistics["charts/policy_std"] = std_old.mean()
             # the mean hides a std that collapsed in some states; the minimum shows it
             statistics["charts/policy_std_min"] = std_old.min()
-        # masked statistics without boolean indexing, which would synchronise a GPU each
+        # masked statistics (no boolean indexing, which would synchronise a GPU each)
         count = valid.sum().clamp(min=1)
-        advantage_mean = torch.where(valid, batch.advantages, 0).sum() / count
+        advantage_mean = losses.masked_mean(batch.advantages, valid)
         advantage_var = (torch.where(valid, batch.advantages - advantage_mean, 0).square().sum()
-                         / (count - 1).clamp(min=1))
+                         / (count - 1).clamp(min=1))  # sample variance, as Tensor.std
         statistics["charts/topk_share"] = selected.sum() / count
         statistics["charts/advantage_mean"] = advantage_mean
         statistics["charts/advantage_std"] = advantage_var.sqrt()
-        statistics["charts/value_mean"] = torch.where(valid, batch.values, 0).sum() / count
+        statistics["charts/value_mean"] = losses.masked_mean(batch.values, valid)
         on_host = torch.stack([value.float() for value in statistics.values()]).tolist()
         return dict(zip(statistics, on_host))
 
