@@ -42,6 +42,8 @@ from minerva.plot import DEFAULT_METRIC, Run, find_runs, group_by_env, plot_runs
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "learning"
 SETTINGS_FILE = "benchmark.json"  # per env folder: how its runs were launched
 LOG_TAIL_LINES = 15
+# CleanRL's metric: the mean return of the last 100 training episodes, at the end of a run
+LAST100_METRIC = "charts/episode_return_last100"
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ def _run_summary(run: Run, out: Path) -> dict[str, Any]:
             "path": str(path.relative_to(out.resolve()) if path.is_relative_to(out.resolve())
                         else path.name),
             "final_return": float(returns[-1]), "best_return": float(returns.max()),
+            "last100_train_return": run.last(LAST100_METRIC),
             "env_steps": run.final_step, "wall_clock_s": run.wall_clock_s,
             "steps_per_second": run.last("charts/steps_per_second")}
 
@@ -164,6 +167,9 @@ def summarize(runs: Sequence[Run], out: Path) -> dict[str, Any]:
             "seeds": len(per_run),
             "final_return": _mean_std([r["final_return"] for r in per_run]),
             "best_return": _mean_std([r["best_return"] for r in per_run]),
+            "last100_train_return": (
+                _mean_std([r["last100_train_return"] for r in per_run])
+                if all(r["last100_train_return"] is not None for r in per_run) else None),
             "env_steps_per_run": statistics.fmean(r["env_steps"] for r in per_run),
             "env_steps_total": sum(r["env_steps"] for r in per_run),
             "wall_clock_s_per_run": statistics.fmean(r["wall_clock_s"] for r in per_run),
@@ -190,20 +196,26 @@ def _machine_text(env: dict[str, Any]) -> str:
 
 def markdown(summary: dict[str, Any]) -> str:
     """The summary as a GitHub-markdown table with a note under it."""
-    lines = [("| env | seeds | final eval return | best eval return | env steps / run "
-              "| wall-clock / run | steps/s | machine |"),
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [("| env | seeds | final eval return | best eval return | last 100 training "
+              "episodes | env steps / run | wall-clock / run | steps/s | machine |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for env_id, env in summary["envs"].items():
-        final, best = env["final_return"], env["best_return"]
+        final, best, recent = env["final_return"], env["best_return"], env.get(
+            "last100_train_return")
         rate = f"{env['steps_per_second']:,.0f}" if env["steps_per_second"] else "–"
+        recent_text = f"{recent['mean']:.1f} ± {recent['std']:.1f}" if recent else "–"
         lines.append(
             f"| {env_id} | {env['seeds']} | {final['mean']:.1f} ± {final['std']:.1f} "
-            f"| {best['mean']:.1f} ± {best['std']:.1f} | {env['env_steps_per_run']:,.0f} "
+            f"| {best['mean']:.1f} ± {best['std']:.1f} | {recent_text} "
+            f"| {env['env_steps_per_run']:,.0f} "
             f"| {env['wall_clock_s_per_run']:,.1f} s | {rate} | {_machine_text(env)} |")
     episodes = {env["eval_episodes"] for env in summary["envs"].values()}
     note = ("Final: each run's last evaluation; best: each run's highest; both the mean ± "
             f"sample std over seeds of `{summary['metric']}` (the mean return of "
-            f"{'/'.join(str(e) for e in sorted(episodes, key=str))} evaluation episodes). "
+            f"{'/'.join(str(e) for e in sorted(episodes, key=str))} deterministic evaluation "
+            "episodes). Last 100 training episodes: CleanRL's metric, the mean return of each "
+            f"run's last 100 training episodes (`{LAST100_METRIC}` at its end), mean ± sample "
+            "std over seeds. "
             "Env steps, wall-clock and steps/s (a run's last `charts/steps_per_second`) are "
             "means over seeds; wall-clock is the training time logged in `metrics.jsonl` "
             "(without the process start-up); each run used one torch thread.")

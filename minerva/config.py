@@ -49,7 +49,11 @@ class TrainConfig:
     epsilon_sigma: float = _option(0.01, "KL bound on the Gaussian standard deviation")
     epsilon_categorical: float = _option(0.01, "KL bound of a categorical policy")
     alpha_init: float = _option(1.0, "initial KL Lagrange multipliers")
-    m_steps: int = _option(8, "gradient steps (M-steps) per rollout")
+    m_steps: int = _option(
+        8, "passes (epochs) over each rollout; each pass is num_minibatches gradient steps")
+    num_minibatches: int = _option(
+        1, "minibatches each pass splits the rollout into (1: full-batch steps); top-k and the "
+           "E-step's weights are the whole rollout's")
     # --- networks and optimisation ---------------------------------------------------------
     policy_layer_sizes: tuple[int, ...] = _option((64, 64), "policy hidden layer sizes")
     value_layer_sizes: tuple[int, ...] = _option((64, 64), "value hidden layer sizes")
@@ -67,12 +71,10 @@ class TrainConfig:
     temperature_lr: float = _option(1e-2, "temperature (eta) learning rate")
     alpha_lr: float = _option(1e-2, "KL multipliers (alpha) learning rate")
     max_grad_norm: float = _option(10.0, "gradient clipping norm for the networks")
-    clip_per_network: bool = _option(
-        False, "clip the policy's and the value function's gradients separately")
     lr_schedule: str = _option(
         "constant", "policy learning rate schedule: constant; linear (to 0 at total_steps); "
-        "adaptive (x1.5 while the policy's KL per update is under half its bound, /1.5 while "
-        "over twice it)", choices=LR_SCHEDULES)
+        "adaptive (x1.5 while the policy's KL after an update is under half its bound, /1.5 "
+        "while over twice it)", choices=LR_SCHEDULES)
     # --- normalisation ---------------------------------------------------------------------
     normalize_observations: bool = _option(True, "running mean/std observation normalisation")
     normalize_rewards: bool = _option(True, "scale rewards by the running return std")
@@ -92,8 +94,8 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 bad(f.name, f"must be one of {', '.join(choices)}")
-        for name in ("total_steps", "num_envs", "rollout_steps", "m_steps", "eval_every",
-                     "eval_episodes"):
+        for name in ("total_steps", "num_envs", "rollout_steps", "m_steps", "num_minibatches",
+                     "eval_every", "eval_episodes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad(name, "must be a positive integer")
         if self.torch_threads < 0:
@@ -114,6 +116,9 @@ class TrainConfig:
         for name in ("policy_layer_sizes", "value_layer_sizes"):
             if any(not isinstance(s, int) or s < 1 for s in getattr(self, name)):
                 bad(name, "must be positive integers")
+        if self.num_minibatches > self.num_envs * self.rollout_steps:
+            bad("num_minibatches", f"must be at most the rollout's size (num_envs x "
+                f"rollout_steps = {self.num_envs * self.rollout_steps})")
         if not self.env_id:
             bad("env_id", "must not be empty")
         if not self.min_log_std < self.init_log_std < 1.0:

@@ -72,6 +72,23 @@ def default_backend(env_id: str) -> str:
     return "envpool" if env_id in envpool_env_ids() else "gymnasium"
 
 
+@functools.cache
+def action_space(env_id: str) -> spaces.Space:
+    """The action space of ``env_id``, from envpool's spec when it has the id (no env is
+    made), else from one gymnasium env made and closed at once."""
+    if env_id in envpool_env_ids():
+        import envpool
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*precision lowered by casting")
+            return envpool.make_spec(env_id).action_space
+    env = gym.make(env_id)
+    try:
+        return env.action_space
+    finally:
+        env.close()
+
+
 def validate_actions(actions: Any, action_space: spaces.Space, num_envs: int) -> np.ndarray:
     """Checks a batch of actions and returns the array to send to the environments.
 

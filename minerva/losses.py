@@ -83,6 +83,18 @@ def weighted_nll(log_probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     return -(weights * log_probs).sum()
 
 
+def minibatch_weights(weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    r"""A minibatch's share of the rollout's E-step weights, scaled so that its weighted
+    likelihood is an unbiased estimate of the whole rollout's.
+
+    .. math:: \psi^{M}_i = \psi_i \, |B| / |M| \quad (i \in M \subset B)
+
+    Averaged over the minibatches of a partition into equal parts, the minibatch losses
+    :func:`weighted_nll` equal the rollout's.
+    """
+    return weights[indices] * (weights.shape[0] / indices.shape[0])
+
+
 def kl_penalty(kl_per_sample: torch.Tensor, valid: torch.Tensor, alpha: torch.Tensor,
                epsilon: float) -> KLPenalty:
     r"""A KL trust region enforced with a Lagrange multiplier :math:`\alpha`.
@@ -134,3 +146,28 @@ def value_loss(values: torch.Tensor, returns: torch.Tensor, valid: torch.Tensor)
     .. math:: L_V = \frac{1}{|V|} \sum_{i \in V} \tfrac12 (V_\phi(s_i) - G_i)^2
     """
     return masked_mean(0.5 * (values - returns.detach()) ** 2, valid)
+
+
+def explained_variance(predictions: torch.Tensor, targets: torch.Tensor,
+                       valid: torch.Tensor) -> torch.Tensor:
+    r"""How much of the targets' variance the predictions explain, over valid samples.
+
+    .. math:: EV = 1 - \mathrm{Var}_V[G - V_\phi] / \mathrm{Var}_V[G]
+
+    1 is a perfect critic, 0 one no better than a constant; negative is worse than a
+    constant. NaN when the targets do not vary.
+    """
+    def variance(x: torch.Tensor) -> torch.Tensor:
+        return masked_mean((x - masked_mean(x, valid)) ** 2, valid)
+
+    return 1.0 - variance(targets - predictions) / variance(targets)
+
+
+def effective_sample_size(weights: torch.Tensor) -> torch.Tensor:
+    r"""Kish's effective sample size of normalised weights.
+
+    .. math:: ESS = 1 / \sum_i \psi_i^2
+
+    It is :math:`|S|` for uniform weights over :math:`S` and 1 when one sample has them all.
+    """
+    return 1.0 / weights.square().sum()

@@ -202,35 +202,32 @@ class VMPOAgent(nn.Module):
         return self(observations)[1]
 
 
-def inverse_softplus(x: float) -> float:
-    """y such that softplus(y) = x (x > 0)."""
-    return x + math.log(-math.expm1(-x))
-
-
 class Duals(nn.Module):
-    """V-MPO's Lagrange multipliers, softplus-parameterised so they stay positive.
+    """V-MPO's Lagrange multipliers, parameterised by their logarithms so they stay positive.
 
     ``eta`` is the E-step temperature; ``alphas`` are the KL multipliers (mean and std for a
-    Gaussian policy, one for a categorical). :meth:`project_` keeps the raw parameters in a
-    bounded range after every optimiser step, so no multiplier can run away.
+    Gaussian policy, one for a categorical). In log space each optimiser step changes a
+    multiplier by a factor (about ``exp(lr)`` for Adam), so one that climbed far comes back
+    as fast as it went; a softplus is linear above ~2 and needs hundreds of updates to return.
+    :meth:`project_` keeps the logarithms in a bounded range after every optimiser step.
     """
 
-    RAW_MIN, RAW_MAX = -18.0, 1.0e3  # softplus(-18) ~ 1.5e-8
+    LOG_MIN, LOG_MAX = math.log(1e-8), math.log(1e4)
 
     def __init__(self, temperature_init: float, alpha_init: float, num_alphas: int):
         super().__init__()
-        self.eta_raw = nn.Parameter(torch.tensor(inverse_softplus(temperature_init)))
-        self.alpha_raw = nn.Parameter(torch.full((num_alphas,), inverse_softplus(alpha_init)))
+        self.log_eta = nn.Parameter(torch.tensor(math.log(temperature_init)))
+        self.log_alpha = nn.Parameter(torch.full((num_alphas,), math.log(alpha_init)))
 
     @property
     def eta(self) -> torch.Tensor:
-        return nn.functional.softplus(self.eta_raw)
+        return self.log_eta.exp()
 
     @property
     def alphas(self) -> torch.Tensor:
-        return nn.functional.softplus(self.alpha_raw)
+        return self.log_alpha.exp()
 
     @torch.no_grad()
     def project_(self) -> None:
-        self.eta_raw.clamp_(self.RAW_MIN, self.RAW_MAX)
-        self.alpha_raw.clamp_(self.RAW_MIN, self.RAW_MAX)
+        self.log_eta.clamp_(self.LOG_MIN, self.LOG_MAX)
+        self.log_alpha.clamp_(self.LOG_MIN, self.LOG_MAX)

@@ -1,4 +1,6 @@
-"""Per-environment presets, kept as data in ``presets.toml`` beside this file."""
+"""Training presets, kept as data in ``presets.toml`` beside this file: one configuration for
+every continuous-control task (any env with ``Box`` actions), and per-environment tables on
+top of it."""
 
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ from typing import Any
 from minerva.config import TrainConfig
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
+CONTINUOUS_CONTROL = "continuous-control"  # the table every Box-action env starts from
 
 
 @cache
-def all_presets() -> dict[str, dict[str, Any]]:
-    """env id -> option overrides, checked against TrainConfig's fields."""
+def _tables() -> dict[str, dict[str, Any]]:
+    """Every table of the file, checked against TrainConfig's fields."""
     presets = tomllib.loads(PRESETS_FILE.read_text())
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     for env_id, options in presets.items():
@@ -28,6 +31,17 @@ def all_presets() -> dict[str, dict[str, Any]]:
     return presets
 
 
-def preset(env_id: str) -> dict[str, Any]:
-    """The overrides for ``env_id`` ({} when it has no preset)."""
-    return dict(all_presets().get(env_id, {}))
+def all_presets() -> dict[str, dict[str, Any]]:
+    """env id -> that env's own option overrides."""
+    return {name: table for name, table in _tables().items() if name != CONTINUOUS_CONTROL}
+
+
+def continuous_control() -> dict[str, Any]:
+    """The configuration every continuous-control task trains with."""
+    return dict(_tables()[CONTINUOUS_CONTROL])
+
+
+def preset(env_id: str, continuous: bool = False) -> dict[str, Any]:
+    """The overrides for ``env_id``: the continuous-control configuration when its actions
+    are continuous, then the env's own table ({} for a discrete env without one)."""
+    return {**(continuous_control() if continuous else {}), **all_presets().get(env_id, {})}

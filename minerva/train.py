@@ -1,7 +1,8 @@
 """``python -m minerva.train``: train V-MPO from the command line.
 
-Every option is a field of :class:`minerva.config.TrainConfig`; an env's preset
-(``minerva/presets.toml``) overrides the defaults, and flags override the preset. With no
+Every option is a field of :class:`minerva.config.TrainConfig`; for an env with continuous
+actions the continuous-control configuration (``minerva/presets.toml``) overrides the
+defaults, the env's own preset overrides that, and flags override the preset. With no
 arguments it trains CartPole-v1 (envpool backend) until the evaluation return reaches 475.
 """
 
@@ -15,8 +16,11 @@ import types
 import typing
 from collections.abc import Sequence
 
+import gymnasium as gym
+
+from minerva import envs
 from minerva.config import TrainConfig
-from minerva.presets import all_presets, preset
+from minerva.presets import CONTINUOUS_CONTROL, all_presets, preset
 
 
 def _flag(name: str) -> str:
@@ -37,8 +41,10 @@ def _optional_float(text: str) -> float | _ExplicitNone:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m minerva.train",
-        description="Train a V-MPO agent. Defaults come from TrainConfig, then the env's "
-                    f"preset (presets exist for: {', '.join(all_presets())}), then these flags.",
+        description="Train a V-MPO agent. Defaults come from TrainConfig, then (for an env "
+                    f"with continuous actions) presets.toml's [{CONTINUOUS_CONTROL}] table, "
+                    f"then the env's preset (presets exist for: {', '.join(all_presets())}), "
+                    "then these flags.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     hints = typing.get_type_hints(TrainConfig)
@@ -74,7 +80,8 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         env_id = _resolve_env_id(explicit.get("env_id", TrainConfig.env_id))
     except ValueError as error:
         parser.error(f"--env-id: {error}")
-    options = {**preset(env_id), **explicit, "env_id": env_id}
+    continuous = isinstance(envs.action_space(env_id), gym.spaces.Box)
+    options = {**preset(env_id, continuous), **explicit, "env_id": env_id}
     if "out_dir" not in explicit:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         options["out_dir"] = f"runs/{env_id.replace('/', '_')}-seed{options.get('seed', 1)}-{stamp}"

@@ -80,3 +80,30 @@ def test_target_return_none_overrides_the_preset():
     default = config_from_args(parser, parser.parse_args([]))
     assert default.target_return == 475.0  # the CartPole-v1 preset
     assert isinstance(parser, argparse.ArgumentParser)
+
+
+def test_every_continuous_control_task_trains_with_one_configuration():
+    from minerva.presets import all_presets, continuous_control
+    from minerva.train import build_parser, config_from_args
+
+    parser = build_parser()
+
+    def config(*args):
+        return config_from_args(parser, parser.parse_args([*args, "--out-dir", "x"]))
+
+    shared = continuous_control()
+    assert shared  # the table exists and is not empty
+    run_only = {"total_steps", "eval_every"}
+    mujoco = ["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5", "Humanoid-v5"]
+    for env_id in mujoco:
+        assert set(all_presets()[env_id]) <= run_only, env_id
+    # a Box-action env with or without a table of its own gets the shared configuration
+    for env_id in [*mujoco, "InvertedPendulum-v5"]:
+        options = dataclasses.asdict(config("--env-id", env_id))
+        for name, value in shared.items():
+            assert options[name] == value, (env_id, name)
+    # flags still win over it, and a discrete env without a preset keeps TrainConfig's defaults
+    assert config("--env-id", "Hopper-v5", "--num-envs", "3").num_envs == 3
+    acrobot = config("--env-id", "Acrobot-v1")
+    assert acrobot.num_envs == TrainConfig.num_envs
+    assert acrobot.num_minibatches == TrainConfig.num_minibatches

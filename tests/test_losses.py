@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from minerva import losses
@@ -109,3 +110,53 @@ def test_reward_scaler_divides_by_the_return_std_and_skips_invalid_steps():
     restored.load_state_dict(scaler.state_dict())
     np.testing.assert_allclose(restored(np.array([2.0, 0.0]), never, np.ones(2, bool))[0],
                                2.0 / std, rtol=1e-6)
+
+
+def test_minibatch_weights_estimate_the_rollout_likelihood():
+    # weights [0.1, 0.2, 0.3, 0.4] over 4 samples; minibatch {1, 3}: [0.2, 0.4] * 4 / 2
+    weights, log_probs = t(0.1, 0.2, 0.3, 0.4), t(-1.0, -2.0, -3.0, -4.0)
+    torch.testing.assert_close(losses.minibatch_weights(weights, torch.tensor([1, 3])),
+                               t(0.4, 0.8))
+    # averaged over an equal partition, the minibatch losses are the rollout's (3.0)
+    parts = torch.tensor([3, 0, 2, 1]).chunk(2)
+    mean = sum(losses.weighted_nll(log_probs[p], losses.minibatch_weights(weights, p))
+               for p in parts) / len(parts)
+    torch.testing.assert_close(mean, losses.weighted_nll(log_probs, weights))
+    assert losses.weighted_nll(log_probs, weights).item() == 3.0
+
+
+def test_explained_variance_over_valid_samples():
+    valid = torch.tensor([True, True, True, True, False])
+    returns = t(1, 2, 3, 4, 100)  # variance over the valid ones: 1.25
+    assert losses.explained_variance(returns, returns, valid).item() == 1.0
+    # a constant prediction explains nothing
+    assert losses.explained_variance(t(7, 7, 7, 7, 0), returns, valid).item() == 0.0
+    # errors [1, -1, 1, -1]: variance 1 -> 1 - 1 / 1.25 = 0.2
+    predictions = returns - t(1, -1, 1, -1, 0)
+    torch.testing.assert_close(losses.explained_variance(predictions, returns, valid),
+                               torch.tensor(0.2, dtype=F))
+
+
+def test_effective_sample_size():
+    assert losses.effective_sample_size(t(0.25, 0.25, 0.25, 0.25, 0)).item() == 4.0
+    assert losses.effective_sample_size(t(1, 0, 0)).item() == 1.0
+    # [0.5, 0.25, 0.25]: 1 / (0.25 + 0.0625 + 0.0625) = 2.6667
+    torch.testing.assert_close(losses.effective_sample_size(t(0.5, 0.25, 0.25)),
+                               torch.tensor(8 / 3, dtype=F))
+
+
+def test_duals_are_log_parameterised():
+    from minerva.networks import Duals
+
+    duals = Duals(temperature_init=2.0, alpha_init=0.5, num_alphas=2)
+    torch.testing.assert_close(duals.eta, torch.tensor(2.0))
+    torch.testing.assert_close(duals.alphas, torch.tensor([0.5, 0.5]))
+    # a gradient step moves a multiplier by a factor, whatever its size
+    (duals.eta + duals.alphas.sum()).backward()
+    torch.testing.assert_close(duals.log_eta.grad, torch.tensor(2.0))  # d eta / d log eta = eta
+    with torch.no_grad():
+        duals.log_alpha.fill_(1e3)
+        duals.log_eta.fill_(-1e3)
+    duals.project_()
+    assert duals.alphas.max().item() == pytest.approx(1e4)
+    assert duals.eta.item() == pytest.approx(1e-8)

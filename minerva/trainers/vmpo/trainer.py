@@ -8,6 +8,7 @@ environment ids across gymnasium and envpool, and build single gymnasium environ
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import difflib
@@ -271,8 +272,9 @@ class VMPOTrainer:
 
     Each iteration collects ``rollout_steps`` steps from ``num_envs`` environments into the
     native :class:`~minerva.RolloutStorage`, computes advantages with the native ``gae``
-    kernel (``returns``: lambda = 1, ``dae``: lambda = 0), then runs ``m_steps`` full-batch
-    gradient steps on the V-MPO losses (:mod:`minerva.losses`). See
+    kernel (``returns``: lambda = 1, ``dae``: lambda = 0), selects the top-k of the whole
+    rollout with the native ``topk_mask``, then runs ``m_steps`` passes over the rollout, each
+    in ``num_minibatches`` gradient steps on the V-MPO losses (:mod:`minerva.losses`). See
     :class:`~minerva.config.TrainConfig` for what every argument means.
     """
 
@@ -318,7 +320,7 @@ class VMPOTrainer:
         progress: bool = True,
         reference_ops: bool = False,
         lr_schedule: str = "constant",
-        clip_per_network: bool = False,
+        num_minibatches: int = 1,
         state_dependent_std: bool = True,
         min_log_std: float = -5.0,
     ):
@@ -355,8 +357,8 @@ class VMPOTrainer:
         groups = [
             {"params": policy_params, "lr": policy_lr},
             {"params": value_params, "lr": value_lr},
-            {"params": [self.duals.eta_raw], "lr": temperature_lr},
-            {"params": [self.duals.alpha_raw], "lr": alpha_lr},
+            {"params": [self.duals.log_eta], "lr": temperature_lr},
+            {"params": [self.duals.log_alpha], "lr": alpha_lr},
         ]
         self.optimizer = (torch.optim.Adam(groups) if optimizer_type == "adam"
                           else torch.optim.SGD(groups, momentum=sgd_momentum))
@@ -395,6 +397,11 @@ class VMPOTrainer:
         self._previous_done = np.zeros(num_envs, dtype=bool)
         self._episode_return = np.zeros(num_envs, dtype=np.float64)
         self._episode_length = np.zeros(num_envs, dtype=np.int64)
+        # CleanRL's metric: the mean return of the last 100 training episodes
+        self._recent_returns: collections.deque[float] = collections.deque(
+            maxlen=self.RECENT_EPISODES)
+
+    RECENT_EPISODES = 100
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> "VMPOTrainer":
@@ -466,7 +473,9 @@ class VMPOTrainer:
                 self._rollout_on_device = self._advantages_on_device(last_values)
         metrics = {"charts/valid_fraction": float(self.storage.valid.float().mean())}
         if finished_returns:
+            self._recent_returns.extend(finished_returns)
             metrics["charts/episode_return"] = float(np.mean(finished_returns))
+            metrics["charts/episode_return_last100"] = float(np.mean(self._recent_returns))
             metrics["charts/episode_length"] = float(np.mean(finished_lengths))
             metrics["charts/episodes"] = float(len(finished_returns))
         return metrics
@@ -486,7 +495,9 @@ class VMPOTrainer:
     # --- update -------------------------------------------------------------------------------
 
     def _update(self) -> dict[str, float]:
-        """E-step once per rollout, then ``m_steps`` gradient steps (M-step, value, duals)."""
+        """The E-step's selection once per rollout, then ``m_steps`` passes over it, each in
+        ``num_minibatches`` gradient steps (M-step, value, duals); then the KL the update
+        moved the policy by and the critic's fit, measured on the whole rollout."""
         cfg = self.config
         batch = (self.storage.batch(self.device) if self._device_rollout is None
                  else flatten(self._rollout_on_device))
@@ -494,63 +505,39 @@ class VMPOTrainer:
         advantages = batch.advantages
         if cfg.normalize_advantages:
             advantages = losses.normalize_advantages(advantages, valid)
+        # top-k over the whole rollout: a minibatch's own top half would keep the best of
+        # that minibatch, not the best of what the policy did
         selected = self.ops.topk_mask(advantages, valid, cfg.topk_fraction)
-        old_params = batch.dist_params
-        policy = self.agent.policy
-        if not self.agent.discrete:  # the behaviour policy is fixed across the M-steps
-            mean_old, std_old = policy.split(old_params)
+        samples = {"observations": batch.observations, "actions": batch.actions,
+                   "behaviour": batch.dist_params, "returns": batch.returns, "valid": valid}
+        size = valid.shape[0]
         history: dict[str, list[torch.Tensor]] = {}
-
         for _ in range(cfg.m_steps):
-            params, values = self.agent(batch.observations)
-            estep = losses.e_step(advantages, selected, self.duals.eta, cfg.epsilon_eta,
-                                  vmpo_weights=self.ops.vmpo_weights)
-            nll = losses.weighted_nll(policy.log_prob(params, batch.actions), estep.weights)
-            alphas = self.duals.alphas
-            if self.agent.discrete:
-                penalties = {"kl": losses.kl_penalty(
-                    losses.categorical_kl(old_params, params), valid, alphas[0],
-                    cfg.epsilon_categorical)}
-            else:
-                mean, std = policy.split(params)
-                penalties = {
-                    "kl_mean": losses.kl_penalty(losses.gaussian_kl_mean(mean_old, std_old, mean),
-                                                 valid, alphas[0], cfg.epsilon_mu),
-                    "kl_std": losses.kl_penalty(losses.gaussian_kl_std(std_old, std), valid,
-                                                alphas[1], cfg.epsilon_sigma),
-                }
-            critic = losses.value_loss(values, batch.returns, valid)
-            loss = (nll + critic + estep.temperature_loss
-                    + sum(p.policy_loss + p.alpha_loss for p in penalties.values()))
-
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_per_network:
-                grad_norm = nn.utils.clip_grad_norm_(self._policy_params, cfg.max_grad_norm)
-                value_grad_norm = nn.utils.clip_grad_norm_(self._value_params, cfg.max_grad_norm)
-            else:
-                grad_norm = nn.utils.clip_grad_norm_(self._policy_params + self._value_params,
-                                                     cfg.max_grad_norm)
-                value_grad_norm = grad_norm
-            self.optimizer.step()
-            self.duals.project_()
-
-            step_metrics = {"losses/policy_nll": nll, "losses/value": critic,
-                            "losses/temperature": estep.temperature_loss,
-                            "losses/grad_norm": grad_norm,
-                            "losses/value_grad_norm": value_grad_norm}
-            step_metrics.update({f"losses/{name}": p.kl for name, p in penalties.items()})
-            for name, value in step_metrics.items():
-                history.setdefault(name, []).append(value.detach())
+            order = torch.randperm(size, device=self.device) if cfg.num_minibatches > 1 else None
+            for indices in ([None] if order is None else order.chunk(cfg.num_minibatches)):
+                minibatch = (samples if indices is None
+                             else {name: t[indices] for name, t in samples.items()})
+                step_metrics = self._m_step(minibatch, advantages, selected, indices)
+                for name, value in step_metrics.items():
+                    history.setdefault(name, []).append(value.detach())
 
         # every statistic of the update reaches the host in one transfer
         statistics = {name: torch.stack(values).mean() for name, values in history.items()}
+        with torch.no_grad():
+            params, values = self.agent(batch.observations)
+            statistics.update({f"losses/{name}_after": p.kl for name, p in self._kl_penalties(
+                batch.dist_params, params, valid).items()})
+        statistics["charts/explained_variance_before"] = losses.explained_variance(
+            batch.values, batch.returns, valid)
+        statistics["charts/explained_variance"] = losses.explained_variance(
+            values, batch.returns, valid)
         statistics["losses/eta"] = self.duals.eta.detach()
         alphas = self.duals.alphas.detach()
         if self.agent.discrete:
             statistics["losses/alpha"] = alphas[0]
         else:
             statistics["losses/alpha_mean"], statistics["losses/alpha_std"] = alphas
+            _, std_old = self.agent.policy.split(batch.dist_params)
             statistics["charts/policy_std"] = std_old.mean()
             # the mean hides a std that collapsed in some states; the minimum shows it
             statistics["charts/policy_std_min"] = std_old.min()
@@ -566,6 +553,61 @@ class VMPOTrainer:
         on_host = torch.stack([value.float() for value in statistics.values()]).tolist()
         return dict(zip(statistics, on_host))
 
+    def _kl_penalties(self, behaviour: torch.Tensor, params: torch.Tensor,
+                      valid: torch.Tensor) -> dict[str, losses.KLPenalty]:
+        """The trust region's terms: one categorical KL, or the decoupled mean and std KLs."""
+        cfg = self.config
+        alphas = self.duals.alphas
+        if self.agent.discrete:
+            return {"kl": losses.kl_penalty(losses.categorical_kl(behaviour, params), valid,
+                                            alphas[0], cfg.epsilon_categorical)}
+        mean_old, std_old = self.agent.policy.split(behaviour)
+        mean, std = self.agent.policy.split(params)
+        return {
+            "kl_mean": losses.kl_penalty(losses.gaussian_kl_mean(mean_old, std_old, mean),
+                                         valid, alphas[0], cfg.epsilon_mu),
+            "kl_std": losses.kl_penalty(losses.gaussian_kl_std(std_old, std), valid,
+                                        alphas[1], cfg.epsilon_sigma),
+        }
+
+    def _m_step(self, minibatch: dict[str, torch.Tensor], advantages: torch.Tensor,
+                selected: torch.Tensor, indices: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """One gradient step on a minibatch (``indices`` of the rollout; None: all of it).
+
+        The E-step's weights are normalised over the whole rollout's selected samples with
+        the current temperature (the temperature's loss is the whole rollout's too); the
+        minibatch takes its share of them (:func:`~minerva.losses.minibatch_weights`)."""
+        cfg = self.config
+        estep = losses.e_step(advantages, selected, self.duals.eta, cfg.epsilon_eta,
+                              vmpo_weights=self.ops.vmpo_weights)
+        weights = (estep.weights if indices is None
+                   else losses.minibatch_weights(estep.weights, indices))
+        params, values = self.agent(minibatch["observations"])
+        nll = losses.weighted_nll(self.agent.policy.log_prob(params, minibatch["actions"]),
+                                  weights)
+        penalties = self._kl_penalties(minibatch["behaviour"], params, minibatch["valid"])
+        critic = losses.value_loss(values, minibatch["returns"], minibatch["valid"])
+        loss = (nll + critic + estep.temperature_loss
+                + sum(p.policy_loss + p.alpha_loss for p in penalties.values()))
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # each network clipped on its own: the critic's gradient, often far larger, would
+        # otherwise shrink the policy's step
+        policy_grad_norm = nn.utils.clip_grad_norm_(self._policy_params, cfg.max_grad_norm)
+        value_grad_norm = nn.utils.clip_grad_norm_(self._value_params, cfg.max_grad_norm)
+        self.optimizer.step()
+        self.duals.project_()
+
+        metrics = {"losses/policy_nll": nll, "losses/value": critic,
+                   "losses/temperature": estep.temperature_loss,
+                   "losses/policy_grad_norm": policy_grad_norm,
+                   "losses/value_grad_norm": value_grad_norm,
+                   "charts/weights_ess": losses.effective_sample_size(estep.weights)
+                   / selected.sum().clamp(min=1)}
+        metrics.update({f"losses/{name}": p.kl for name, p in penalties.items()})
+        return metrics
+
     # the adaptive schedule's bounds and factor
     ADAPTIVE_LR_MIN, ADAPTIVE_LR_MAX, ADAPTIVE_LR_FACTOR = 1e-5, 1e-2, 1.5
 
@@ -575,14 +617,17 @@ class VMPOTrainer:
         Adam moves every weight by about the learning rate per step whatever the gradient's
         size, so a KL bound tighter than one update's steps can reach is infeasible: its
         multiplier then grows without end and its gradient drowns the policy's. The adaptive
-        schedule keeps the step size matched to the bound instead, from the update's KL."""
+        schedule keeps the step size matched to the bound instead, from the KL between the
+        behaviour policy and the updated one (the KL at the M-steps is measured before each
+        step, so it never sees the last one)."""
         cfg = self.config
         group = self.optimizer.param_groups[0]  # the policy's
         if cfg.lr_schedule == "linear":
             group["lr"] = cfg.policy_lr * max(0.0, 1.0 - self.global_step / total_steps)
         elif cfg.lr_schedule == "adaptive":
-            kl, bound = ((metrics["losses/kl"], cfg.epsilon_categorical) if self.agent.discrete
-                         else (metrics["losses/kl_mean"], cfg.epsilon_mu))
+            kl, bound = ((metrics["losses/kl_after"], cfg.epsilon_categorical)
+                         if self.agent.discrete
+                         else (metrics["losses/kl_mean_after"], cfg.epsilon_mu))
             if kl > 2.0 * bound:
                 group["lr"] = max(group["lr"] / self.ADAPTIVE_LR_FACTOR, self.ADAPTIVE_LR_MIN)
             elif kl < 0.5 * bound:
@@ -691,6 +736,7 @@ class VMPOTrainer:
             "global_step": self.global_step,
             "iteration": self.iteration,
             "best_return": self.best_return,
+            "recent_returns": list(self._recent_returns),
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                     "torch": torch.get_rng_state()},
         }
@@ -704,6 +750,8 @@ class VMPOTrainer:
         self.global_step = state["global_step"]
         self.iteration = state["iteration"]
         self.best_return = state["best_return"]
+        self._recent_returns.clear()
+        self._recent_returns.extend(state.get("recent_returns", []))
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
