@@ -3,7 +3,8 @@
     python benchmarks/learning.py --envs CartPole-v1 Pendulum-v1 --seeds 3 --steps 200000
     python benchmarks/learning.py --summarize-only [--out DIR] [--envs ...]
 
-Seeds 1..K of each env run as separate processes, at most ``--jobs`` at once (default: the
+Seeds 1..K (``--first-seed F``: F..F+K-1) of each env run as separate processes, at most
+``--jobs`` at once (default: the
 number of CPUs), each with ``--torch-threads 1 --no-progress --out-dir OUT/<env>/seed<k>``
 and its output in ``OUT/<env>/seed<k>.log``. A run folder that already exists is replaced.
 Without ``--steps`` each env trains for its preset's ``total_steps``. Every run trains for
@@ -67,11 +68,11 @@ def env_folder(out: Path, env_id: str) -> Path:
 
 
 def plan(envs: Sequence[str], seeds: int, out: Path, steps: int | None = None,
-         extra_args: Sequence[str] = ()) -> list[Job]:
-    """One job per (env, seed), seeds 1..``seeds``."""
+         extra_args: Sequence[str] = (), first_seed: int = 1) -> list[Job]:
+    """One job per (env, seed), seeds ``first_seed`` .. ``first_seed + seeds - 1``."""
     jobs = []
     for env_id in envs:
-        for seed in range(1, seeds + 1):
+        for seed in range(first_seed, first_seed + seeds):
             run_dir = env_folder(out, env_id) / f"seed{seed}"
             # -P: the working directory stays off sys.path, so a source checkout there (with
             # no compiled modules) cannot shadow the installed minerva
@@ -244,7 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--envs", nargs="+", metavar="ENV_ID",
                         help="env ids to train (required unless --summarize-only, where it "
                              "limits the summary to these envs)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 1..K (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="how many seeds (default: %(default)s)")
+    parser.add_argument("--first-seed", type=int, default=1,
+                        help="the first seed; runs use first..first+K-1 (default: %(default)s), "
+                             "so that a confirmation can avoid the seeds a configuration was "
+                             "tuned on")
     parser.add_argument("--steps", type=int, default=None,
                         help="environment steps per run (default: each env's preset)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
@@ -264,15 +270,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.summarize_only:
         if not args.envs:
             parser.error("--envs is required unless --summarize-only")
-        for name in ("seeds", "jobs", "steps"):
+        for name in ("seeds", "jobs", "steps", "first_seed"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
-                parser.error(f"--{name} must be a positive integer")
-        jobs = plan(args.envs, args.seeds, args.out, args.steps, shlex.split(args.extra_args))
+                parser.error(f"--{name.replace('_', '-')} must be a positive integer")
+        jobs = plan(args.envs, args.seeds, args.out, args.steps, shlex.split(args.extra_args),
+                    args.first_seed)
         parallel = min(args.jobs, len(jobs))
         for env_id in args.envs:
             folder = env_folder(args.out, env_id)
             folder.mkdir(parents=True, exist_ok=True)
-            settings = {"seeds": args.seeds, "steps": args.steps, "parallel_runs": parallel,
+            settings = {"seeds": args.seeds, "first_seed": args.first_seed,
+                        "steps": args.steps, "parallel_runs": parallel,
                         "extra_args": args.extra_args}
             (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         print(f"training {len(jobs)} runs ({len(args.envs)} env(s) x {args.seeds} seed(s)), "

@@ -35,7 +35,8 @@ def write_run(folder: Path, evals, env_id=None, seed=None, steps_per_second=1000
     events = []
     for step, elapsed, value in evals:
         events.append({"global_step": step, "time/elapsed_s": elapsed - 0.1,
-                       "charts/episode_return": value / 2, "charts/steps_per_second":
+                       "charts/episode_return": value / 2,
+                       "charts/episode_return_last100": value / 4, "charts/steps_per_second":
                        steps_per_second + step / 100})
         events.append({"global_step": step, "time/elapsed_s": elapsed,
                        "eval/return_mean": value, "eval/return_std": 1.0,
@@ -184,6 +185,8 @@ def test_learning_summary(learning, runs_root):
     assert cartpole["seeds"] == 3
     assert cartpole["final_return"] == pytest.approx({"mean": 400.0, "std": 100.0})
     assert cartpole["best_return"]["mean"] == pytest.approx(400.0)
+    # CleanRL's metric: each run's last mean of its last 100 training episodes (75, 125, 100)
+    assert cartpole["last100_train_return"] == pytest.approx({"mean": 100.0, "std": 25.0})
     assert cartpole["env_steps_per_run"] == 3000 and cartpole["env_steps_total"] == 9000
     assert cartpole["wall_clock_s_per_run"] == pytest.approx((3.0 + 4.5 + 6.0) / 3)
     assert cartpole["steps_per_second"] == pytest.approx(1030.0)
@@ -194,7 +197,8 @@ def test_learning_summary(learning, runs_root):
     assert pendulum["final_return"]["mean"] == pytest.approx(-600.0)
 
     table = learning.markdown(summary)
-    assert "| CartPole-v1 | 3 | 400.0 ± 100.0 | 400.0 ± 100.0 | 3,000 | 4.5 s | 1,030 |" in table
+    assert ("| CartPole-v1 | 3 | 400.0 ± 100.0 | 400.0 ± 100.0 | 100.0 ± 25.0 | 3,000 | 4.5 s "
+            "| 1,030 |") in table
     assert "| Pendulum-v1 | 2 | -600.0 ± 282.8 |" in table
 
 
@@ -206,3 +210,12 @@ def test_learning_summarize_only_writes_table_json_and_curves(learning, runs_roo
     assert list(json.loads((runs_root / "summary.json").read_text())["envs"]) == [
         "Pendulum-v1"]
     assert (runs_root / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_learning_plan_can_start_at_another_seed(learning, tmp_path):
+    jobs = learning.plan(["Hopper-v5"], 2, tmp_path, steps=1000, first_seed=4)
+    assert [job.seed for job in jobs] == [4, 5]
+    assert [job.out_dir.name for job in jobs] == ["seed4", "seed5"]
+    command = jobs[0].command
+    assert command[command.index("--seed") + 1] == "4"
+    assert command[command.index("--total-steps") + 1] == "1000"

@@ -105,7 +105,8 @@ def test_update_options_train(options):
     trainer._collect_rollout()
     metrics = trainer._update()
     assert all(math.isfinite(value) for value in metrics.values())
-    assert {"losses/policy_grad_norm", "losses/value_grad_norm", "charts/policy_std_min"} <= set(metrics)
+    assert {"losses/policy_grad_norm", "losses/value_grad_norm",
+            "charts/policy_std_min"} <= set(metrics)
     if not options.get("state_dependent_std", True):
         # one std for every state, starting at exp(init_log_std)
         params = trainer.agent(torch.randn(5, 3))[0]
