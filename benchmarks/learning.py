@@ -4,20 +4,22 @@
     python benchmarks/learning.py --summarize-only [--out DIR] [--envs ...]
 
 Seeds 1..K (``--first-seed F``: F..F+K-1) of each env run as separate processes, at most
-``--jobs`` at once (default: the
-number of CPUs), each with ``--torch-threads 1 --no-progress --out-dir OUT/<env>/seed<k>``
-and its output in ``OUT/<env>/seed<k>.log``. A run folder that already exists is replaced.
-Without ``--steps`` each env trains for its preset's ``total_steps``. Every run trains for
-its whole budget (``--target-return none``: seeds that stopped on reaching a preset's target
-at different steps would leave curves of different lengths and make "final" mean "when
-solved"). ``--extra-args`` passes further flags to every run, after these, so it can
-override them: e.g. ``"--eval-every 2000"`` for more points on short curves.
+``--jobs`` at once (default: the number of CPUs), each with ``--torch-threads 1
+--no-progress --out-dir OUT/<env>/seed<k>`` and its output in ``OUT/<env>/seed<k>.log``. A
+run folder that already exists is replaced. Without ``--steps`` each env trains for its
+preset's ``total_steps``. Every run trains for its whole budget (``--target-return none``:
+seeds that stopped on reaching a preset's target at different steps would leave curves of
+different lengths and make "final" mean "when solved"). ``--extra-args`` passes further
+flags to every run, after these, so it can override them: e.g. ``"--eval-every 2000"`` for
+more points on short curves.
 
 The summary, printed as a GitHub-markdown table and saved as ``OUT/summary.md`` and
 ``OUT/summary.json``, gives per env: the final evaluation return (each run's last
-evaluation) and the best one (each run's highest), as mean +- sample std over seeds; the
-environment steps, wall-clock seconds and steps/s (the run's last ``charts/steps_per_second``)
-per run, averaged over seeds; and the machine (from the runs' ``run.json``).
+evaluation) and the best one (each run's highest), and CleanRL's metric, the mean return
+of the run's last 100 training episodes (fewer early in a run), each as mean +- sample std
+over seeds; the environment steps, wall-clock seconds and steps/s (the run's last
+``charts/steps_per_second``) per run, averaged over seeds; and the machine (from the runs'
+``run.json``).
 ``OUT/curves.png`` plots all envs' learning curves (:mod:`minerva.plot`).
 """
 
@@ -154,9 +156,10 @@ def find_benchmark_runs(out: Path, envs: Sequence[str] | None = None) -> list[Ru
 
 
 def summarize(runs: Sequence[Run], out: Path) -> dict[str, Any]:
-    """Per env: final and best evaluation return (mean and sample std over seeds), env steps,
-    wall-clock and steps/s per run (means), the machine, how the runs were launched (when
-    this script launched them), and each run's numbers, with paths relative to ``out``.
+    """Per env: final and best evaluation return and the last-100-training-episode return
+    (mean and sample std over seeds), env steps, wall-clock and steps/s per run (means), the
+    machine, how the runs were launched (when this script launched them), and each run's
+    numbers, with paths relative to ``out``.
     Raises SystemExit naming a run that has no evaluation."""
     out = Path(out)
     summary: dict[str, Any] = {"metric": DEFAULT_METRIC, "envs": {}}
@@ -270,9 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.summarize_only:
         if not args.envs:
             parser.error("--envs is required unless --summarize-only")
-        for name in ("seeds", "jobs", "steps", "first_seed"):
+        for name in ("seeds", "jobs", "steps"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
-                parser.error(f"--{name.replace('_', '-')} must be a positive integer")
+                parser.error(f"--{name} must be a positive integer")
+        if args.first_seed < 0:
+            parser.error("--first-seed must be >= 0")
         jobs = plan(args.envs, args.seeds, args.out, args.steps, shlex.split(args.extra_args),
                     args.first_seed)
         parallel = min(args.jobs, len(jobs))

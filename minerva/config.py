@@ -68,9 +68,13 @@ class TrainConfig:
     sgd_momentum: float = _option(0.9, "momentum when optimizer_type is sgd")
     policy_lr: float = _option(5e-4, "policy learning rate")
     value_lr: float = _option(1e-3, "value function learning rate")
-    temperature_lr: float = _option(1e-2, "temperature (eta) learning rate")
-    alpha_lr: float = _option(1e-2, "KL multipliers (alpha) learning rate")
-    max_grad_norm: float = _option(10.0, "gradient clipping norm for the networks")
+    temperature_lr: float = _option(
+        1e-2, "temperature (eta) learning rate, on log(eta): each gradient step (m_steps x "
+              "num_minibatches per rollout) changes eta by a factor of about exp(lr)")
+    alpha_lr: float = _option(
+        1e-2, "KL multipliers (alpha) learning rate, on log(alpha), likewise per gradient step")
+    max_grad_norm: float = _option(
+        10.0, "gradient clipping norm, applied to the policy and the value network separately")
     lr_schedule: str = _option(
         "constant", "policy learning rate schedule: constant; linear (to 0 at total_steps); "
         "adaptive (x1.5 while the policy's KL after an update is under half its bound, /1.5 "

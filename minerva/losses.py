@@ -35,6 +35,11 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, x, 0).sum() / mask.sum().clamp(min=1)
 
 
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The (population) variance of ``x`` where ``mask`` holds."""
+    return masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+
+
 def normalize_advantages(advantages: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     r"""Standardises advantages with the statistics of the valid samples.
 
@@ -44,8 +49,8 @@ def normalize_advantages(advantages: torch.Tensor, valid: torch.Tensor) -> torch
     Invalid samples are set to 0 (they are never selected downstream).
     """
     mean = masked_mean(advantages, valid)
-    var = masked_mean((advantages - mean) ** 2, valid)
-    return torch.where(valid, (advantages - mean) / (var.sqrt() + 1e-8), 0)
+    return torch.where(valid, (advantages - mean) / (masked_var(advantages, valid).sqrt() + 1e-8),
+                       0)
 
 
 def e_step(
@@ -157,10 +162,7 @@ def explained_variance(predictions: torch.Tensor, targets: torch.Tensor,
     1 is a perfect critic, 0 one no better than a constant; negative is worse than a
     constant. NaN when the targets do not vary.
     """
-    def variance(x: torch.Tensor) -> torch.Tensor:
-        return masked_mean((x - masked_mean(x, valid)) ** 2, valid)
-
-    return 1.0 - variance(targets - predictions) / variance(targets)
+    return 1.0 - masked_var(targets - predictions, valid) / masked_var(targets, valid)
 
 
 def effective_sample_size(weights: torch.Tensor) -> torch.Tensor:

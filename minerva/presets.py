@@ -10,6 +10,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+
+from minerva import envs
 from minerva.config import TrainConfig
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
@@ -41,7 +44,9 @@ def continuous_control() -> dict[str, Any]:
     return dict(_tables()[CONTINUOUS_CONTROL])
 
 
-def preset(env_id: str, continuous: bool = False) -> dict[str, Any]:
-    """The overrides for ``env_id``: the continuous-control configuration when its actions
-    are continuous, then the env's own table ({} for a discrete env without one)."""
+def preset(env_id: str) -> dict[str, Any]:
+    """The overrides for ``env_id`` (a resolved id): the continuous-control configuration
+    when its actions are continuous (``Box``), then the env's own table ({} for a discrete
+    env without one)."""
+    continuous = isinstance(envs.action_space(env_id), gym.spaces.Box)
     return {**(continuous_control() if continuous else {}), **all_presets().get(env_id, {})}

@@ -16,9 +16,6 @@ import types
 import typing
 from collections.abc import Sequence
 
-import gymnasium as gym
-
-from minerva import envs
 from minerva.config import TrainConfig
 from minerva.presets import CONTINUOUS_CONTROL, all_presets, preset
 
@@ -50,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         kind = hints[f.name]
-        kwargs: dict = {"default": None, "help": f"{f.metadata['help']} (default: {f.default})"}
+        kwargs: dict = {"default": None,
+                        "help": f"{f.metadata['help']} (default: {f.default}; a preset may "
+                                "set another)"}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if kind is bool:
@@ -80,8 +79,11 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         env_id = _resolve_env_id(explicit.get("env_id", TrainConfig.env_id))
     except ValueError as error:
         parser.error(f"--env-id: {error}")
-    continuous = isinstance(envs.action_space(env_id), gym.spaces.Box)
-    options = {**preset(env_id, continuous), **explicit, "env_id": env_id}
+    try:
+        env_preset = preset(env_id)
+    except Exception as error:  # e.g. gymnasium's DependencyNotInstalled for MuJoCo
+        parser.error(f"--env-id: cannot make {env_id!r} to read its action space: {error}")
+    options = {**env_preset, **explicit, "env_id": env_id}
     if "out_dir" not in explicit:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         options["out_dir"] = f"runs/{env_id.replace('/', '_')}-seed{options.get('seed', 1)}-{stamp}"

@@ -46,7 +46,7 @@ def test_short_training_run_writes_every_output(tmp_path, env_id, backend):
     kl_keys = ({"losses/kl", "losses/kl_after"} if env_id == "CartPole-v1" else
                {"losses/kl_mean", "losses/kl_std", "losses/kl_mean_after", "losses/kl_std_after"})
     for key in {"losses/policy_nll", "losses/value", "losses/temperature",
-                "charts/steps_per_second", "charts/topk_share", "charts/weights_ess",
+                "charts/steps_per_second", "charts/topk_share", "charts/weights_ess_fraction",
                 "charts/explained_variance", "charts/explained_variance_before"} | kl_keys:
         assert key in update and math.isfinite(update[key]), key
     assert set(result) >= {"eval/return_mean", "eval/return_std", "eval/return_min",
@@ -158,7 +158,6 @@ def test_checkpoint_round_trip(tmp_path):
     # observation statistics travel with the weights
     assert loaded.agent.obs_normalizer.count.item() > 0
     assert torch.equal(loaded.duals.log_eta, trainer.duals.log_eta)
-    assert list(loaded._recent_returns) == list(trainer._recent_returns)
     assert np.array_equal(loaded.reward_scaler.discounted_return,
                           trainer.reward_scaler.discounted_return)
     # the reloaded policy evaluates exactly like the original
@@ -170,6 +169,68 @@ def test_checkpoint_round_trip(tmp_path):
     loaded.train(256, str(tmp_path / "resumed"))
     assert loaded.global_step == 256
     loaded.close()
+
+
+def test_last_100_training_episodes_are_logged_and_checkpointed(tmp_path):
+    trainer = make_trainer("CartPole-v1", eval_every=10_000)  # early CartPole: short episodes
+    trainer.train(4096, str(tmp_path))
+    trainer.close()
+    recent = list(trainer._recent_returns)
+    events = read_events(tmp_path)
+    episodes = sum(e.get("charts/episodes", 0) for e in events)
+    assert episodes > VMPOTrainer.RECENT_EPISODES
+    assert len(recent) == VMPOTrainer.RECENT_EPISODES  # the window is full, and bounded
+    last = [e for e in events if "charts/episode_return_last100" in e][-1]
+    assert last["charts/episode_return_last100"] == pytest.approx(np.mean(recent))
+    loaded = VMPOTrainer.from_checkpoint(tmp_path / "vmpo_last.pt")
+    assert list(loaded._recent_returns) == recent
+    loaded.close()
+
+
+def test_minibatches_split_each_pass(monkeypatch):
+    trainer = make_trainer("Pendulum-v1", m_steps=3, num_minibatches=5)  # 64 samples
+    sizes = []
+    original = VMPOTrainer._m_step
+
+    def counting(self, minibatch, advantages, selected, indices):
+        sizes.append(indices.numel())
+        return original(self, minibatch, advantages, selected, indices)
+
+    monkeypatch.setattr(VMPOTrainer, "_m_step", counting)
+    trainer._collect_rollout()
+    trainer._update()
+    assert sizes == [13, 13, 13, 13, 12] * 3  # every pass covers the rollout once
+    policy_weight = trainer.agent.policy.mean.weight
+    assert trainer.optimizer.state[policy_weight]["step"].item() == 15
+    trainer.close()
+
+
+def test_format_1_checkpoints_are_upgraded(tmp_path):
+    import torch.nn.functional as F
+
+    trainer = make_trainer("Pendulum-v1", eval_every=10_000)
+    trainer.train(64, str(tmp_path))
+    trainer.close()
+    state = torch.load(tmp_path / "vmpo_last.pt", weights_only=False)
+    # what format 1 saved: softplus-parameterised multipliers and the clip_per_network option
+    eta, alphas = trainer.duals.eta.detach(), trainer.duals.alphas.detach()
+    state.update(format=1, config={**state["config"], "clip_per_network": True},
+                 duals={"eta_raw": eta + torch.log(-torch.expm1(-eta)),
+                        "alpha_raw": alphas + torch.log(-torch.expm1(-alphas))})
+    old = tmp_path / "format1.pt"
+    torch.save(state, old)
+    loaded = VMPOTrainer.from_checkpoint(old)
+    torch.testing.assert_close(loaded.duals.eta, eta)
+    torch.testing.assert_close(loaded.duals.alphas, alphas)
+    torch.testing.assert_close(F.softplus(state["duals"]["eta_raw"]), eta)
+    loaded.train(128, str(tmp_path / "resumed"))  # and it trains on
+    loaded.close()
+    torch.save({**state, "format": 7}, old)
+    with pytest.raises(ValueError, match="format: 7"):
+        VMPOTrainer.from_checkpoint(old)
+    torch.save({**state, "format": 2, "config": {**state["config"], "warp": 9}}, old)
+    with pytest.raises(ValueError, match=r"does not know: \['clip_per_network', 'warp'\]"):
+        VMPOTrainer.from_checkpoint(old)
 
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):

@@ -514,7 +514,8 @@ class VMPOTrainer:
         history: dict[str, list[torch.Tensor]] = {}
         for _ in range(cfg.m_steps):
             order = torch.randperm(size, device=self.device) if cfg.num_minibatches > 1 else None
-            for indices in ([None] if order is None else order.chunk(cfg.num_minibatches)):
+            for indices in ([None] if order is None
+                            else order.tensor_split(cfg.num_minibatches)):
                 minibatch = (samples if indices is None
                              else {name: t[indices] for name, t in samples.items()})
                 step_metrics = self._m_step(minibatch, advantages, selected, indices)
@@ -603,7 +604,7 @@ class VMPOTrainer:
                    "losses/temperature": estep.temperature_loss,
                    "losses/policy_grad_norm": policy_grad_norm,
                    "losses/value_grad_norm": value_grad_norm,
-                   "charts/weights_ess": losses.effective_sample_size(estep.weights)
+                   "charts/weights_ess_fraction": losses.effective_sample_size(estep.weights)
                    / selected.sum().clamp(min=1)}
         metrics.update({f"losses/{name}": p.kl for name, p in penalties.items()})
         return metrics
@@ -724,7 +725,7 @@ class VMPOTrainer:
     def state_dict(self) -> dict:
         """Everything needed to resume training or evaluate the policy."""
         return {
-            "format": 1,
+            "format": CHECKPOINT_FORMAT,
             "config": dataclasses.asdict(self.config),
             "env_id": self.env_id,
             "backend": self.backend,
@@ -738,7 +739,10 @@ class VMPOTrainer:
             "best_return": self.best_return,
             "recent_returns": list(self._recent_returns),
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                    "torch": torch.get_rng_state()},
+                    "torch": torch.get_rng_state(),
+                    # the minibatches' permutations on a GPU draw from its generator
+                    "torch_cuda": (torch.cuda.get_rng_state(self.device) if self._on_gpu
+                                   else None)},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -755,6 +759,8 @@ class VMPOTrainer:
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
+        if self._on_gpu and state["rng"].get("torch_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["torch_cuda"], self.device)
 
     def save_checkpoint(self, path: str | Path) -> None:
         _save_atomically(self.state_dict(), Path(path))
@@ -762,7 +768,8 @@ class VMPOTrainer:
     @classmethod
     def from_checkpoint(cls, path: str | Path, **overrides) -> "VMPOTrainer":
         """Rebuilds the trainer saved at ``path`` (config overrides allowed, e.g. device)."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = _upgrade_checkpoint(torch.load(path, map_location="cpu", weights_only=False),
+                                    path)
         config = TrainConfig(**{**state["config"], **overrides})
         trainer = cls.from_config(config)
         trainer.load_state_dict(state)
@@ -771,6 +778,37 @@ class VMPOTrainer:
     def close(self) -> None:
         self.envs.close()
         self.eval_envs.close()
+
+
+CHECKPOINT_FORMAT = 2  # 2: log-space multipliers; 1: softplus ones and clip_per_network
+
+
+def _upgrade_checkpoint(state: dict, path: str | Path) -> dict:
+    """A checkpoint of an earlier format in today's: format 1 kept the multipliers behind a
+    softplus (``eta_raw``, ``alpha_raw``) and had a ``clip_per_network`` option. Their values
+    carry over exactly; the optimiser's moments of the multipliers, in the old units, are
+    dropped. Raises ValueError naming the file for an unknown format or option."""
+    version = state.get("format") if isinstance(state, dict) else None
+    if version not in (1, CHECKPOINT_FORMAT):
+        raise ValueError(f"resume: {path} is not a minerva checkpoint of format 1 or "
+                         f"{CHECKPOINT_FORMAT} (format: {version!r})")
+    if version == 1:
+        state = {**state, "format": CHECKPOINT_FORMAT}
+        state["config"] = {k: v for k, v in state["config"].items() if k != "clip_per_network"}
+        duals = state["duals"]
+        state["duals"] = {"log_eta": torch.log(nn.functional.softplus(duals["eta_raw"])),
+                          "log_alpha": torch.log(nn.functional.softplus(duals["alpha_raw"]))}
+        optimizer = state["optimizer"]
+        dual_params = {index for group in optimizer["param_groups"][2:]
+                       for index in group["params"]}
+        state["optimizer"] = {**optimizer, "state": {
+            index: moments for index, moments in optimizer["state"].items()
+            if index not in dual_params}}
+    unknown = set(state["config"]) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"resume: {path} has options this minerva does not know: "
+                         f"{sorted(unknown)}")
+    return state
 
 
 def _console_subset(metrics: Mapping[str, float]) -> dict[str, float]:
