@@ -78,7 +78,7 @@ class TrainConfig:
     lr_schedule: str = _option(
         "constant", "policy learning rate schedule: constant; linear (to 0 at total_steps); "
         "adaptive (x1.5 while the policy's KL after an update is under half its bound, /1.5 "
-        "while over twice it)", choices=LR_SCHEDULES)
+        "while over twice it; between 1e-5 and 10 x policy_lr)", choices=LR_SCHEDULES)
     # --- normalisation ---------------------------------------------------------------------
     normalize_observations: bool = _option(True, "running mean/std observation normalisation")
     normalize_rewards: bool = _option(True, "scale rewards by the running return std")

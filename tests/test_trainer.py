@@ -90,10 +90,15 @@ def test_adaptive_schedule_follows_the_kl_after_each_update():
     for _ in range(100):  # bounded
         step(1.0)
     assert trainer.optimizer.param_groups[0]["lr"] == VMPOTrainer.ADAPTIVE_LR_MIN
+
     trainer.close()
-    discrete = make_trainer("CartPole-v1", lr_schedule="adaptive", policy_lr=1e-3)
+    discrete = make_trainer("CartPole-v1", lr_schedule="adaptive", policy_lr=2e-4)
     assert discrete._schedule_policy_lr({"losses/kl_after": 1.0}, 1000) == pytest.approx(
-        1e-3 / factor)
+        2e-4 / factor)
+    for _ in range(100):  # bounded above by a multiple of policy_lr
+        discrete._schedule_policy_lr({"losses/kl_after": 0.0}, 1000)
+    assert discrete.optimizer.param_groups[0]["lr"] == pytest.approx(
+        VMPOTrainer.ADAPTIVE_LR_MAX_FACTOR * 2e-4)
     discrete.close()
 
 
