@@ -16,6 +16,7 @@ import types
 import typing
 from collections.abc import Sequence
 
+from minerva import envs
 from minerva.config import TrainConfig
 from minerva.presets import CONTINUOUS_CONTROL, all_presets, preset
 
@@ -79,11 +80,11 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         env_id = _resolve_env_id(explicit.get("env_id", TrainConfig.env_id))
     except ValueError as error:
         parser.error(f"--env-id: {error}")
-    try:
-        env_preset = preset(env_id)
+    try:  # the preset depends on the action space; a broken env install fails here
+        envs.action_space(env_id)  # cached: preset() reads it again for free
     except Exception as error:  # e.g. gymnasium's DependencyNotInstalled for MuJoCo
         parser.error(f"--env-id: cannot make {env_id!r} to read its action space: {error}")
-    options = {**env_preset, **explicit, "env_id": env_id}
+    options = {**preset(env_id), **explicit, "env_id": env_id}
     if "out_dir" not in explicit:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         options["out_dir"] = f"runs/{env_id.replace('/', '_')}-seed{options.get('seed', 1)}-{stamp}"
