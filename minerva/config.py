@@ -15,6 +15,7 @@ OPTIMIZERS = ("adam", "sgd")
 BACKENDS = ("auto", "envpool", "gymnasium")
 ACTIVATIONS = ("tanh", "relu", "elu", "silu")
 LR_SCHEDULES = ("constant", "linear", "adaptive")
+PRECISIONS = ("float32", "bfloat16")
 
 
 def _option(default, help: str, **extra):
@@ -34,6 +35,9 @@ class TrainConfig:
     num_envs: int = _option(8, "environments stepped together")
     rollout_steps: int = _option(64, "steps per environment in each rollout")
     torch_threads: int = _option(0, "torch intra-op threads (0: torch's default)")
+    pipelined_rollout: bool = _option(
+        True, "envpool: step half the envs while the policy acts on the other half (the "
+              "same transitions as stepping all at once)")
     reference_ops: bool = _option(
         False, "use the pure-Python reference ops and storage instead of the native ones "
                "(to measure what the native core buys)")
@@ -79,6 +83,13 @@ class TrainConfig:
         "constant", "policy learning rate schedule: constant; linear (to 0 at total_steps); "
         "adaptive (x1.5 while the policy's KL after an update is under half its bound, /1.5 "
         "while over twice it; between 1e-5 and 10 x policy_lr)", choices=LR_SCHEDULES)
+    precision: str = _option(
+        "float32", "the networks' precision in the update: bfloat16 runs their layers under "
+                   "autocast (log-probs, KLs, losses and duals stay float32)",
+        choices=PRECISIONS)
+    compile_update: bool = _option(
+        False, "torch.compile the update's losses, forward and backward (the compile time is "
+               "logged as time/compile_s; if compiling fails the update runs eagerly)")
     # --- normalisation ---------------------------------------------------------------------
     normalize_observations: bool = _option(True, "running mean/std observation normalisation")
     normalize_rewards: bool = _option(True, "scale rewards by the running return std")

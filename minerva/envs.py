@@ -182,6 +182,7 @@ class VectorEnv(abc.ABC):
         self.env_id = env_id
         self.num_envs = num_envs
         self._needs_reset = True
+        self._in_flight = False
         self._closed = False
         # Read once: envpool rebuilds its spaces on every access.
         self._raw_observation_space = env.single_observation_space
@@ -219,17 +220,35 @@ class VectorEnv(abc.ABC):
         reseed: its envs keep the seeds they were made with and continue their streams.
         """
         self._check_open()
+        if self._in_flight:  # a step was started and never received: finish it first
+            self.recv()
         observations = self._reset(seed)
         self._needs_reset = False
         return _flatten_observations(self._raw_observation_space, observations, self.num_envs)
 
     def step(self, actions: Any) -> StepResult:
         """Validates ``actions`` (see :func:`validate_actions`) and steps every environment."""
+        self.send(actions)
+        return self.recv()
+
+    def send(self, actions: Any) -> None:
+        """Validates ``actions`` and starts the step; :meth:`recv` returns its result. On
+        envpool the environments step in envpool's threads meanwhile; on gymnasium the step
+        runs in :meth:`recv`."""
         self._check_open()
         if self._needs_reset:
             raise RuntimeError(f"{self!r}: call reset() before step()")
-        actions = validate_actions(actions, self.single_action_space, self.num_envs)
-        observations, rewards, terminated, truncated, infos = self._env.step(actions)
+        if self._in_flight:
+            raise RuntimeError(f"{self!r}: send() twice without recv()")
+        self._send(validate_actions(actions, self.single_action_space, self.num_envs))
+        self._in_flight = True
+
+    def recv(self) -> StepResult:
+        """The result of the step :meth:`send` started."""
+        if not self._in_flight:
+            raise RuntimeError(f"{self!r}: recv() without send()")
+        self._in_flight = False
+        observations, rewards, terminated, truncated, infos = self._recv()
         return StepResult(
             _flatten_observations(self._raw_observation_space, observations, self.num_envs),
             np.asarray(rewards, dtype=np.float32),
@@ -237,6 +256,14 @@ class VectorEnv(abc.ABC):
             np.asarray(truncated, dtype=bool),
             infos,
         )
+
+    @abc.abstractmethod
+    def _send(self, actions: np.ndarray) -> None:
+        """Starts a step with validated actions."""
+
+    @abc.abstractmethod
+    def _recv(self) -> tuple:
+        """The started step's ``(observations, rewards, terminated, truncated, infos)``."""
 
     def close(self) -> None:
         """Closes the environments (idempotent)."""
@@ -278,6 +305,12 @@ class EnvpoolVectorEnv(VectorEnv):
         observations, _ = self._env.reset()
         return observations
 
+    def _send(self, actions: np.ndarray) -> None:
+        self._env.send(actions)
+
+    def _recv(self) -> tuple:
+        return self._env.recv()
+
 
 class GymnasiumVectorEnv(VectorEnv):
     """gymnasium's ``SyncVectorEnv`` in next-step autoreset mode; env ``i`` is seeded
@@ -301,6 +334,63 @@ class GymnasiumVectorEnv(VectorEnv):
         self._first_reset_seeds = None
         return observations
 
+    def _send(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def _recv(self) -> tuple:
+        return self._env.step(self._actions)
+
+
+class SplitVectorEnv:
+    """``num_envs`` environments as two vector envs, the first ``num_envs - num_envs // 2``
+    and the rest, seeded as one (env ``i`` gets ``seed + i``), so that a collector can step
+    one half while the policy acts on the other (:attr:`halves`). As a whole it behaves as
+    one :class:`VectorEnv` whose step starts both halves before waiting for either."""
+
+    def __init__(self, halves: tuple[VectorEnv, VectorEnv]) -> None:
+        first, second = halves
+        self.halves = halves
+        self.backend, self.env_id = first.backend, first.env_id
+        self.num_envs = first.num_envs + second.num_envs
+        self.single_observation_space = first.single_observation_space
+        self.single_action_space = first.single_action_space
+        self._split = first.num_envs
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        first, second = self.halves
+        observations = [first.reset(seed),
+                        second.reset(None if seed is None else seed + self._split)]
+        return np.concatenate(observations)
+
+    def step(self, actions: Any) -> StepResult:
+        actions = np.asarray(actions)
+        if actions.shape[:1] != (self.num_envs,):
+            raise ValueError(f"actions must have {self.num_envs} rows, got shape "
+                             f"{actions.shape}")
+        for half, part in zip(self.halves, (actions[:self._split], actions[self._split:])):
+            half.send(part)
+        return concatenate_steps([half.recv() for half in self.halves])
+
+    def close(self) -> None:
+        for half in self.halves:
+            half.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.env_id!r}, num_envs={self.num_envs})"
+
+
+def concatenate_steps(results: list[StepResult]) -> StepResult:
+    """Step results of consecutive env ranges as one (the infos are the first's: envpool's
+    carry nothing the trainer reads)."""
+    return StepResult(*(np.concatenate(fields) for fields in zip(*(r[:4] for r in results))),
+                      results[0].infos)
+
 
 def _plain_env_factory(env_id: str, seed: int) -> Callable[[], gym.Env]:
     """``gym.make`` with no wrappers; seeding happens at the vector env's first reset."""
@@ -314,7 +404,8 @@ def make_vector_env(
     seed: int,
     backend: str | None = None,
     make_env: EnvFactory | None = None,
-) -> VectorEnv:
+    split: bool = False,
+) -> VectorEnv | SplitVectorEnv:
     """Makes ``num_envs`` copies of ``env_id`` on ``backend``.
 
     Args:
@@ -325,6 +416,8 @@ def make_vector_env(
         backend: ``"envpool"``, ``"gymnasium"`` or None for :func:`default_backend`.
         make_env: gymnasium backend only: ``make_env(env_id, seed) -> thunk`` for one env
             (default: plain ``gym.make``). envpool makes its own environments.
+        split: two halves (:class:`SplitVectorEnv`, for a pipelined rollout) when
+            ``num_envs >= 2``.
     """
     if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
         raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
@@ -332,6 +425,11 @@ def make_vector_env(
         raise ValueError(f"seed must be an integer, got {seed!r}")
     num_envs, seed = int(num_envs), int(seed)
     backend = default_backend(env_id) if backend is None else backend
+    if split and num_envs >= 2:
+        first = num_envs - num_envs // 2
+        halves = (make_vector_env(env_id, first, seed, backend, make_env),
+                  make_vector_env(env_id, num_envs - first, seed + first, backend, make_env))
+        return SplitVectorEnv(halves)
     if backend == "envpool":
         if env_id not in envpool_env_ids():
             reason = "envpool has no such id" if envpool_env_ids() else "envpool is not installed"

@@ -48,7 +48,7 @@ class Action(NamedTuple):
     raw: torch.Tensor  # what the storage keeps: pre-squash u, or the action index
     log_prob: torch.Tensor  # [B], of raw
     dist_params: torch.Tensor  # [B, P]
-    value: torch.Tensor  # [B]
+    value: torch.Tensor | None  # [B]; None when acting without the value network
 
 
 class GaussianPolicy(nn.Module):
@@ -186,20 +186,35 @@ class VMPOAgent(nn.Module):
 
     def forward(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(dist_params [B, P], values [B])``."""
-        x = observations.flatten(1).float()
-        if self.normalize_observations:
-            x = self.obs_normalizer.normalize(x.reshape(-1, *self.observation_shape)).flatten(1)
+        x = self._inputs(observations)
         features = self.policy_trunk(x)
         value_features = self.value_trunk(features if self.shared_encoder else x)
         return self.policy(features), self.value_head(value_features).squeeze(-1)
 
-    def act(self, observations: torch.Tensor, deterministic: bool = False) -> Action:
-        params, values = self(observations)
+    def act(self, observations: torch.Tensor, deterministic: bool = False,
+            with_value: bool = True) -> Action:
+        """Samples an action (the mean or argmax if ``deterministic``). Without
+        ``with_value`` only the policy runs and ``Action.value`` is None: a collector that
+        scores the whole rollout's observations afterwards in one batch saves the value
+        network's per-step cost."""
+        if with_value:
+            params, values = self(observations)
+        else:
+            params, values = self.policy(self.policy_trunk(self._inputs(observations))), None
         raw = self.policy.sample(params, deterministic)
         return Action(raw, self.policy.log_prob(params, raw), params, values)
 
     def value(self, observations: torch.Tensor) -> torch.Tensor:
-        return self(observations)[1]
+        if self.shared_encoder:
+            return self(observations)[1]
+        return self.value_head(self.value_trunk(self._inputs(observations))).squeeze(-1)
+
+    def _inputs(self, observations: torch.Tensor) -> torch.Tensor:
+        """``[B, obs_dim]`` float32, normalised when ``normalize_observations``."""
+        x = observations.flatten(1).float()
+        if self.normalize_observations:
+            x = self.obs_normalizer.normalize(x.reshape(-1, *self.observation_shape)).flatten(1)
+        return x
 
 
 class Duals(nn.Module):

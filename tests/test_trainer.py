@@ -107,8 +107,7 @@ def test_adaptive_schedule_follows_the_kl_after_each_update():
                                      dict(min_log_std=-2.0, init_log_std=-1.0)])
 def test_update_options_train(options):
     trainer = make_trainer("Pendulum-v1", **options)
-    trainer._collect_rollout()
-    metrics = trainer._update()
+    metrics = trainer._update(trainer._collect_rollout().batch)
     assert all(math.isfinite(value) for value in metrics.values())
     assert {"losses/policy_grad_norm", "losses/value_grad_norm",
             "charts/policy_std_min"} <= set(metrics)
@@ -202,8 +201,7 @@ def test_minibatches_split_each_pass(monkeypatch):
         return original(self, minibatch, advantages, selected, indices)
 
     monkeypatch.setattr(VMPOTrainer, "_m_step", counting)
-    trainer._collect_rollout()
-    trainer._update()
+    trainer._update(trainer._collect_rollout().batch)
     assert sizes == [13, 13, 13, 13, 12] * 3  # every pass covers the rollout once
     policy_weight = trainer.agent.policy.mean.weight
     assert trainer.optimizer.state[policy_weight]["step"].item() == 15
@@ -297,16 +295,24 @@ CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 def test_training_with_the_rollout_on_the_device(env_id, device, tmp_path):
     trainer = make_trainer(env_id, device=device)
     if device == "cpu":  # the GPU path's transfer, advantages and update, run on the CPU
-        trainer._device_rollout = DeviceRollout(trainer.storage, torch.device("cpu"))
-    trainer._collect_rollout()
-    # the advantages computed on the device are those of the rollout the host stored
-    on_device = trainer._rollout_on_device
+        trainer.collector.device_rollout = DeviceRollout(trainer.storage, torch.device("cpu"))
+    batch = trainer._collect_rollout().batch
+    # the values and advantages computed on the device are those of the rollout the host
+    # stored, scored step by step
     storage = trainer.storage
-    storage.compute_advantages(on_device["next_values"][-1].cpu(), trainer.config.gamma,
-                               trainer.config.lam)
-    torch.testing.assert_close(on_device["advantages"].cpu(), storage.advantages)
-    torch.testing.assert_close(on_device["observations"].cpu(), storage.observations)
-    assert all(math.isfinite(value) for value in trainer._update().values())
+    assert batch.observations.data_ptr() != storage.observations.data_ptr()  # a copy
+    torch.testing.assert_close(batch.observations.cpu(), storage.observations.flatten(0, 1))
+    with torch.no_grad():
+        values = torch.stack([trainer.agent.value(o) for o in storage.observations])
+        last_values = trainer.agent.value(
+            torch.as_tensor(trainer.collector.observations, dtype=torch.float32))
+    storage.values.copy_(values)
+    storage.next_values[:-1].copy_(values[1:])
+    storage.compute_advantages(last_values, trainer.config.gamma, trainer.config.lam)
+    torch.testing.assert_close(batch.values.cpu(), storage.values.flatten(0, 1))
+    torch.testing.assert_close(batch.advantages.cpu(), storage.advantages.flatten(0, 1))
+    torch.testing.assert_close(batch.returns.cpu(), storage.returns.flatten(0, 1))
+    assert all(math.isfinite(value) for value in trainer._update(batch).values())
     trainer.train(3 * SMALL["num_envs"] * SMALL["rollout_steps"], str(tmp_path))
     assert (tmp_path / "vmpo_last.pt").exists()
     trainer.close()

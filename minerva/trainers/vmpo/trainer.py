@@ -16,6 +16,7 @@ import math
 import os
 import random
 import tempfile
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,8 +33,8 @@ from minerva.envs import VectorEnv, default_backend, make_vector_env
 from minerva.logging import PhaseTimer, RunLogger
 from minerva.networks import Action, Duals, VMPOAgent
 from minerva.normalization import RewardScaler
-from minerva.rollout import DeviceRollout, flatten
-from minerva.storage import RolloutStorage
+from minerva.collector import Rollout, RolloutCollector
+from minerva.storage import RolloutBatch, RolloutStorage
 
 
 def _format_metrics(metrics: Mapping[str, float]) -> str:
@@ -241,17 +242,6 @@ def _evaluate_vectorized(
 # Trainer
 # --------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _threads(count: int):
-    """torch's intra-op thread count set to ``count`` inside the block."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _save_atomically(state: dict, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
     a crash mid-write leaves the previous checkpoint intact."""
@@ -323,6 +313,9 @@ class VMPOTrainer:
         num_minibatches: int = 1,
         state_dependent_std: bool = True,
         min_log_std: float = -5.0,
+        precision: str = "float32",
+        compile_update: bool = False,
+        pipelined_rollout: bool = True,
     ):
         options = {k: v for k, v in locals().items() if k != "self"}
         options.update(device=str(device), policy_layer_sizes=tuple(policy_layer_sizes),
@@ -338,7 +331,10 @@ class VMPOTrainer:
 
         self.env_id = _resolve_env_id(env_id)
         self.backend = default_backend(self.env_id) if backend == "auto" else backend
-        self.envs = make_vector_env(self.env_id, num_envs, seed, self.backend, make_env=_make_env)
+        # on envpool half the envs step while the policy acts on the other half (gymnasium
+        # steps in this thread: nothing would overlap)
+        self.envs = make_vector_env(self.env_id, num_envs, seed, self.backend, make_env=_make_env,
+                                    split=pipelined_rollout and self.backend == "envpool")
         self.eval_envs = make_vector_env(self.env_id, eval_episodes, seed + 1000, self.backend,
                                          make_env=_make_env)
 
@@ -360,9 +356,15 @@ class VMPOTrainer:
             {"params": [self.duals.log_eta], "lr": temperature_lr},
             {"params": [self.duals.log_alpha], "lr": alpha_lr},
         ]
-        self.optimizer = (torch.optim.Adam(groups) if optimizer_type == "adam"
+        # fused: one kernel per parameter instead of a dozen, which is most of a small
+        # minibatch's optimiser time
+        self.optimizer = (torch.optim.Adam(groups, fused=True) if optimizer_type == "adam"
                           else torch.optim.SGD(groups, momentum=sgd_momentum))
         self._policy_params, self._value_params = policy_params, value_params
+        self._compiled_losses = (torch.compile(self._losses, dynamic=False) if compile_update
+                                 else None)
+        self._compiled_sizes: set[int] = set()
+        self.compile_seconds = 0.0
 
         # the native ops and storage, or the pure-Python references (to measure the difference)
         self.ops = reference if reference_ops else ops
@@ -374,11 +376,7 @@ class VMPOTrainer:
             discrete_actions=self.agent.discrete, dist_params_dim=self.agent.policy.params_dim,
         )
         self.reward_scaler = RewardScaler(num_envs, gamma)
-        # On a GPU the networks act there, the environments step on the host, and each
-        # rollout moves to the GPU once, where advantages, top-k and the update run.
         self._on_gpu = self.device.type == "cuda"
-        self._device_rollout = DeviceRollout(self.storage, self.device) if self._on_gpu else None
-        self._rollout_on_device: dict[str, torch.Tensor] | None = None
         if self._on_gpu and not reference_ops and not ops.cuda_kernels_available():
             warnings.warn("minerva: the native ops have no CUDA kernels in this build (was nvcc "
                           "found?); the GPU update uses the pure-torch reference ops",
@@ -387,16 +385,15 @@ class VMPOTrainer:
 
         self.timer = PhaseTimer()
         # Acting on a few envs per step is too small to split across threads, and waiting
-        # threads cost a lot when another process holds a core: act on one thread (the
-        # update, a large batch, keeps them all).
-        self._rollout_threads = 1 if num_envs <= 256 else torch.get_num_threads()
+        # threads cost a lot when another process holds a core: act on one thread.
+        self.collector = RolloutCollector(
+            self.envs, self.storage, self.agent, self.device,
+            self.reward_scaler if normalize_rewards else None, self.ops.gae, cfg.gamma, cfg.lam,
+            self.timer, acting_threads=1 if num_envs <= 256 else torch.get_num_threads(),
+            value_precision=self._autocast)
         self.global_step = 0
         self.iteration = 0
         self.best_return = -math.inf
-        self._observations: np.ndarray | None = None
-        self._previous_done = np.zeros(num_envs, dtype=bool)
-        self._episode_return = np.zeros(num_envs, dtype=np.float64)
-        self._episode_length = np.zeros(num_envs, dtype=np.int64)
         # CleanRL's metric: the mean return of the last 100 training episodes
         self._recent_returns: collections.deque[float] = collections.deque(
             maxlen=self.RECENT_EPISODES)
@@ -420,87 +417,24 @@ class VMPOTrainer:
     def _rollout_full(self) -> bool:
         return self.storage.full
 
-    def _collect_rollout(self) -> dict[str, float]:
-        """Fills the storage; returns episode statistics of the episodes that ended."""
-        cfg = self.config
-        self._reset_rollout()
-        finished_returns: list[float] = []
-        finished_lengths: list[int] = []
-        timer = self.timer
-        if self._observations is None:
-            self._observations = self.envs.reset()
-        with torch.inference_mode(), _threads(self._rollout_threads):
-            while not self._rollout_full():
-                with timer("inference"):
-                    observations = torch.as_tensor(self._observations, device=self.device)
-                    action = self.agent.act(observations)
-                    env_actions = self.agent.policy.to_env(action.raw)
-                    if self._on_gpu:  # all outputs to the host with one synchronisation
-                        action = Action(*(t.to("cpu", non_blocking=True) for t in action))
-                        env_actions = env_actions.to("cpu", non_blocking=True)
-                        torch.cuda.current_stream(self.device).synchronize()
-                    env_actions = env_actions.numpy()
-                with timer("env_step"):
-                    result = self.envs.step(env_actions)
-                with timer("storage"):
-                    # the step after an episode ended is envpool's (and gymnasium's)
-                    # autoreset: its action was ignored, so it is not experience
-                    valid = ~self._previous_done
-                    done = result.terminated | result.truncated
-                    rewards = (self.reward_scaler(result.rewards, done, valid)
-                               if cfg.normalize_rewards else result.rewards)
-                    self.storage.insert(self._observations, action.raw, action.log_prob,
-                                        action.dist_params, action.value, rewards,
-                                        result.terminated, result.truncated, valid)
-                    self._episode_return += np.where(valid, result.rewards, 0.0)
-                    self._episode_length += valid
-                    for i in np.flatnonzero(done & valid):
-                        finished_returns.append(float(self._episode_return[i]))
-                        finished_lengths.append(int(self._episode_length[i]))
-                    self._episode_return[done] = 0.0
-                    self._episode_length[done] = 0
-                    self._previous_done = done
-                    self._observations = result.observations
-                    self.global_step += self.envs.num_envs
-            with timer("advantages"):
-                last_values = self.agent.value(
-                    torch.as_tensor(self._observations, device=self.device))
-                if self._device_rollout is None:
-                    self.storage.compute_advantages(last_values, cfg.gamma, cfg.lam)
-        if self._device_rollout is not None:
-            # outside inference mode: the update's autograd saves some of these tensors
-            with timer("advantages"), torch.no_grad():
-                self._rollout_on_device = self._advantages_on_device(last_values)
-        metrics = {"charts/valid_fraction": float(self.storage.valid.float().mean())}
-        if finished_returns:
-            self._recent_returns.extend(finished_returns)
-            metrics["charts/episode_return"] = float(np.mean(finished_returns))
-            metrics["charts/episode_return_last100"] = float(np.mean(self._recent_returns))
-            metrics["charts/episode_length"] = float(np.mean(finished_lengths))
-            metrics["charts/episodes"] = float(len(finished_returns))
-        return metrics
-
-    def _advantages_on_device(self, last_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The rollout on the GPU with its advantages and returns, computed there."""
-        cfg = self.config
-        rollout = self._device_rollout.transfer(self.storage)
-        rollout["next_values"][-1] = last_values
-        advantages, returns = self.ops.gae(
-            rollout["rewards"], rollout["values"], rollout["next_values"],
-            rollout["terminated"], rollout["terminated"] | rollout["truncated"],
-            cfg.gamma, cfg.lam)
-        rollout["advantages"], rollout["returns"] = advantages, returns
+    def _collect_rollout(self) -> Rollout:
+        """One rollout (:class:`~minerva.collector.RolloutCollector`): the batch on the
+        update's device and the statistics of the episodes that ended."""
+        rollout = self.collector.collect()
+        self.global_step += self.storage.num_steps * self.storage.num_envs
+        if rollout.finished_returns:
+            self._recent_returns.extend(rollout.finished_returns)
+            rollout.metrics["charts/episode_return_last100"] = float(
+                np.mean(self._recent_returns))
         return rollout
 
     # --- update -------------------------------------------------------------------------------
 
-    def _update(self) -> dict[str, float]:
+    def _update(self, batch: RolloutBatch) -> dict[str, float]:
         """The E-step's selection once per rollout, then ``m_steps`` passes over it, each in
         ``num_minibatches`` gradient steps (M-step, value, duals); then the KL the update
         moved the policy by and the critic's fit, measured on the whole rollout."""
         cfg = self.config
-        batch = (self.storage.batch(self.device) if self._device_rollout is None
-                 else flatten(self._rollout_on_device))
         valid = batch.valid
         advantages = batch.advantages
         if cfg.normalize_advantages:
@@ -524,8 +458,10 @@ class VMPOTrainer:
 
         # every statistic of the update reaches the host in one transfer
         statistics = {name: torch.stack(values).mean() for name, values in history.items()}
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             params, values = self.agent(batch.observations)
+        params, values = params.float(), values.float()
+        with torch.no_grad():
             statistics.update({f"losses/{name}_after": p.kl for name, p in self._kl_penalties(
                 batch.dist_params, params, valid).items()})
         statistics["charts/explained_variance_before"] = losses.explained_variance(
@@ -583,31 +519,70 @@ class VMPOTrainer:
                               vmpo_weights=self.ops.vmpo_weights)
         weights = (estep.weights if indices is None
                    else losses.minibatch_weights(estep.weights, indices))
-        params, values = self.agent(minibatch["observations"])
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = self._losses_backward(minibatch, weights, estep.temperature_loss)
+        # each network clipped on its own: the critic's gradient, often far larger, would
+        # otherwise shrink the policy's step
+        metrics["losses/policy_grad_norm"] = nn.utils.clip_grad_norm_(
+            self._policy_params, cfg.max_grad_norm)
+        metrics["losses/value_grad_norm"] = nn.utils.clip_grad_norm_(
+            self._value_params, cfg.max_grad_norm)
+        self.optimizer.step()
+        self.duals.project_()
+        metrics["losses/temperature"] = estep.temperature_loss
+        metrics["charts/weights_ess_fraction"] = (losses.effective_sample_size(estep.weights)
+                                                  / selected.sum().clamp(min=1))
+        return metrics
+
+    def _losses(self, minibatch: dict[str, torch.Tensor],
+                weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The M-step's and the critic's losses on a minibatch, and their terms (what
+        ``compile_update`` compiles). The networks run in the update's precision; the
+        log-probs, KLs, losses and duals in float32."""
+        with self._autocast():
+            params, values = self.agent(minibatch["observations"])
+        params, values = params.float(), values.float()
         nll = losses.weighted_nll(self.agent.policy.log_prob(params, minibatch["actions"]),
                                   weights)
         penalties = self._kl_penalties(minibatch["behaviour"], params, minibatch["valid"])
         critic = losses.value_loss(values, minibatch["returns"], minibatch["valid"])
-        loss = (nll + critic + estep.temperature_loss
-                + sum(p.policy_loss + p.alpha_loss for p in penalties.values()))
+        loss = nll + critic + sum(p.policy_loss + p.alpha_loss for p in penalties.values())
+        terms = {"losses/policy_nll": nll, "losses/value": critic}
+        terms.update({f"losses/{name}": p.kl for name, p in penalties.items()})
+        return loss, terms
 
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # each network clipped on its own: the critic's gradient, often far larger, would
-        # otherwise shrink the policy's step
-        policy_grad_norm = nn.utils.clip_grad_norm_(self._policy_params, cfg.max_grad_norm)
-        value_grad_norm = nn.utils.clip_grad_norm_(self._value_params, cfg.max_grad_norm)
-        self.optimizer.step()
-        self.duals.project_()
+    def _losses_backward(self, minibatch: dict[str, torch.Tensor], weights: torch.Tensor,
+                         temperature_loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Backpropagates the losses; returns their terms. With ``compile_update`` the
+        first step of each minibatch size compiles (its time goes to ``time/compile_s``);
+        if compiling fails, a warning names the error and the update runs eagerly."""
+        size = minibatch["valid"].shape[0]
+        if self._compiled_losses is None or size in self._compiled_sizes:
+            losses_fn = self._losses if self._compiled_losses is None else self._compiled_losses
+            loss, terms = losses_fn(minibatch, weights)
+            (loss + temperature_loss).backward()
+            return terms
+        start = time.perf_counter()
+        try:
+            loss, terms = self._compiled_losses(minibatch, weights)
+            (loss + temperature_loss).backward()
+        except Exception as error:  # noqa: BLE001  (any compiler failure: fall back)
+            warnings.warn(f"minerva: torch.compile of the update failed ({type(error).__name__}: "
+                          f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); "
+                          "the update runs eagerly", RuntimeWarning, stacklevel=2)
+            self._compiled_losses = None
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, terms = self._losses(minibatch, weights)
+            (loss + temperature_loss).backward()
+        self._compiled_sizes.add(size)
+        self.compile_seconds += time.perf_counter() - start
+        return terms
 
-        metrics = {"losses/policy_nll": nll, "losses/value": critic,
-                   "losses/temperature": estep.temperature_loss,
-                   "losses/policy_grad_norm": policy_grad_norm,
-                   "losses/value_grad_norm": value_grad_norm,
-                   "charts/weights_ess_fraction": losses.effective_sample_size(estep.weights)
-                   / selected.sum().clamp(min=1)}
-        metrics.update({f"losses/{name}": p.kl for name, p in penalties.items()})
-        return metrics
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The networks' precision (``precision``): bfloat16 autocast, or float32 as is."""
+        if self.config.precision == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     # the adaptive schedule's bounds (the upper one a multiple of policy_lr: at 1e-2 a
     # solved InvertedPendulum-v5, whose updates barely move the policy, was pushed into
@@ -638,17 +613,12 @@ class VMPOTrainer:
                                   self.ADAPTIVE_LR_MAX_FACTOR * cfg.policy_lr)
         return group["lr"]
 
-    def _update_normalizers(self) -> None:
+    def _update_normalizers(self, batch: RolloutBatch) -> None:
         # once per rollout, after the update, so the rollout's stored policy outputs and the
         # update both saw the same statistics
         self.reward_scaler.update_statistics()
         if self.config.normalize_observations:
-            if self._device_rollout is None:
-                observations, valid = self.storage.observations, self.storage.valid
-            else:
-                observations = self._rollout_on_device["observations"]
-                valid = self._rollout_on_device["valid"]
-            self.agent.obs_normalizer.update(observations[valid].to(self.device))
+            self.agent.obs_normalizer.update(batch.observations[batch.valid])
 
     # --- training -----------------------------------------------------------------------------
 
@@ -680,16 +650,19 @@ class VMPOTrainer:
         steps_at_start, time_at_start = self.global_step, logger.elapsed
         try:
             while self.global_step < total_steps:
-                metrics = self._collect_rollout()
+                rollout = self._collect_rollout()
+                metrics = rollout.metrics
                 with self.timer("update"):
-                    metrics.update(self._update())
-                    self._update_normalizers()
+                    metrics.update(self._update(rollout.batch))
+                    self._update_normalizers(rollout.batch)
                 metrics["charts/policy_lr"] = self._schedule_policy_lr(metrics, total_steps)
                 self.iteration += 1
                 metrics["charts/steps_per_second"] = (
                     (self.global_step - steps_at_start) / max(logger.elapsed - time_at_start, 1e-9))
                 metrics["charts/iteration"] = self.iteration
                 metrics.update(self.timer.metrics())
+                if self._compiled_sizes:
+                    metrics["time/compile_s"] = self.compile_seconds
                 logger.log(self.global_step, metrics)
                 logger.advance(self.global_step)
 

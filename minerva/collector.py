@@ -1,0 +1,205 @@
+"""Rollout collection: the agent acts in a vector env, the storage fills, and the update gets
+the rollout as one batch on its device with values, advantages and returns.
+
+This is the one home of the CPU/GPU split. The environments step on the host and the
+storage lives there; on a GPU the policy acts there, each rollout moves there once
+(:class:`~minerva.rollout.DeviceRollout`), and its values and advantages are computed there.
+On the CPU the batch is a view of the storage.
+
+Acting runs only the policy. The value network scores the whole rollout's observations (and
+the observation after it) afterwards in one batch: it does not change during a rollout, so
+this gives the same values as scoring each step, at a fraction of the per-step cost.
+
+With a :class:`~minerva.envs.SplitVectorEnv` the rollout is pipelined: one half of the envs
+steps (in envpool's threads) while the policy acts on the other half. Each step's
+transitions are stored for all envs together, in env order, exactly as stepping all envs at
+once would store them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from minerva.envs import SplitVectorEnv, StepResult, VectorEnv, concatenate_steps
+from minerva.logging import PhaseTimer
+from minerva.networks import Action, VMPOAgent
+from minerva.normalization import RewardScaler
+from minerva.rollout import DeviceRollout, RolloutBatch, RolloutViews, flatten
+
+
+class Rollout(NamedTuple):
+    batch: RolloutBatch  # [T * N, ...] on the update's device, advantages and returns filled
+    metrics: dict[str, float]  # valid fraction and the statistics of the episodes that ended
+    finished_returns: list[float]  # raw returns of the episodes that ended, in order
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch's intra-op thread count set to ``count`` inside the block."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class RolloutCollector:
+    """Fills ``storage`` from ``envs`` with ``agent`` and hands over the batch.
+
+    Args:
+        envs: the training envs; a :class:`~minerva.envs.SplitVectorEnv` pipelines.
+        storage: ``[T, N]`` rollout storage (native or reference).
+        agent: the policy and value networks, on ``device``.
+        device: where the agent acts and the update runs.
+        reward_scaler: scales rewards by the running return std (None: raw rewards).
+        gae: the advantages op, ``ops.gae`` or ``reference.gae``.
+        gamma, lam: the discount and the GAE lambda.
+        timer: accumulates the time per phase (``inference``, ``env_step``, ``storage``,
+            ``advantages``).
+        acting_threads: torch threads while acting (small batches gain nothing from more).
+        value_precision: a context manager factory for the batched value pass (the update's
+            autocast).
+    """
+
+    def __init__(self, envs: VectorEnv | SplitVectorEnv, storage: RolloutViews, agent: VMPOAgent,
+                 device: torch.device, reward_scaler: RewardScaler | None, gae: Callable,
+                 gamma: float, lam: float, timer: PhaseTimer, acting_threads: int = 1,
+                 value_precision: Callable[[], contextlib.AbstractContextManager] =
+                 contextlib.nullcontext) -> None:
+        self.envs, self.storage, self.agent, self.device = envs, storage, agent, device
+        self.reward_scaler, self.gae, self.gamma, self.lam = reward_scaler, gae, gamma, lam
+        self.timer, self.acting_threads = timer, acting_threads
+        self.value_precision = value_precision
+        self.on_gpu = device.type == "cuda"
+        self.device_rollout = DeviceRollout(storage, device) if self.on_gpu else None
+        num_envs = envs.num_envs
+        self.observations: np.ndarray | None = None
+        self.previous_done = np.zeros(num_envs, dtype=bool)
+        self.episode_return = np.zeros(num_envs, dtype=np.float64)
+        self.episode_length = np.zeros(num_envs, dtype=np.int64)
+        # the storage's value slot while acting; the batched pass fills the values after
+        self._values_later = np.zeros(num_envs, dtype=np.float32)
+        self._finished_returns: list[float] = []
+        self._finished_lengths: list[int] = []
+
+    @property
+    def pipelined(self) -> bool:
+        return isinstance(self.envs, SplitVectorEnv)
+
+    def collect(self) -> Rollout:
+        """One rollout: ``T`` steps of every env, then values and advantages."""
+        self.storage.reset()
+        self._finished_returns, self._finished_lengths = [], []
+        if self.observations is None:
+            self.observations = self.envs.reset()
+        with torch.inference_mode(), torch_threads(self.acting_threads):
+            if self.pipelined:
+                self._fill_pipelined()
+            else:
+                while not self.storage.full:
+                    action, env_actions = self._act(self.observations)
+                    with self.timer("env_step"):
+                        result = self.envs.step(env_actions)
+                    self._record(action, result)
+        # outside inference mode: the update's autograd saves some of the batch's tensors
+        with self.timer("advantages"), torch.no_grad():
+            batch = self._batch_with_advantages()
+        metrics = {"charts/valid_fraction": float(self.storage.valid.float().mean())}
+        if self._finished_returns:
+            metrics["charts/episode_return"] = float(np.mean(self._finished_returns))
+            metrics["charts/episode_length"] = float(np.mean(self._finished_lengths))
+            metrics["charts/episodes"] = float(len(self._finished_returns))
+        return Rollout(batch, metrics, self._finished_returns)
+
+    def _fill_pipelined(self) -> None:
+        """Each half is sent its next actions as soon as its step is received, so it steps
+        while the policy acts on the other half and while the step is stored."""
+        halves = self.envs.halves
+        split = halves[0].num_envs
+        pending = []
+        for half, observations in zip(halves, (self.observations[:split],
+                                               self.observations[split:])):
+            pending.append(self._send(half, observations)[:3])
+        while not self.storage.full:
+            last_step = self.storage.step == self.storage.num_steps - 1
+            results, following = [], []
+            for half in halves:
+                with self.timer("env_step"):
+                    results.append(half.recv())
+                if not last_step:  # the next rollout acts with the updated policy
+                    following.append(self._send(half, results[-1].observations)[:3])
+            raw, log_prob, dist_params = (torch.cat(fields) for fields in zip(*pending))
+            self._record(Action(raw, log_prob, dist_params, None), concatenate_steps(results))
+            pending = following
+
+    def _send(self, half: VectorEnv, observations: np.ndarray) -> Action:
+        action, env_actions = self._act(observations)
+        with self.timer("env_step"):
+            half.send(env_actions)
+        return action
+
+    def _act(self, observations: np.ndarray) -> tuple[Action, np.ndarray]:
+        """The policy's action for ``observations``, on the host; and the env's actions."""
+        with self.timer("inference"):
+            action = self.agent.act(torch.as_tensor(observations, device=self.device),
+                                    with_value=False)
+            env_actions = self.agent.policy.to_env(action.raw)
+            if self.on_gpu:  # all outputs to the host with one synchronisation
+                action = Action(*(t.to("cpu", non_blocking=True) for t in action[:3]), None)
+                env_actions = env_actions.to("cpu", non_blocking=True)
+                torch.cuda.current_stream(self.device).synchronize()
+            return action, env_actions.numpy()
+
+    def _record(self, action: Action, result: StepResult) -> None:
+        """Stores one step of every env and keeps the episode statistics."""
+        with self.timer("storage"):
+            # the step after an episode ended is envpool's (and gymnasium's) autoreset: its
+            # action was ignored, so it is not experience
+            valid = ~self.previous_done
+            done = result.terminated | result.truncated
+            rewards = (result.rewards if self.reward_scaler is None
+                       else self.reward_scaler(result.rewards, done, valid))
+            self.storage.insert(self.observations, action.raw, action.log_prob,
+                                action.dist_params, self._values_later, rewards,
+                                result.terminated, result.truncated, valid)
+            self.episode_return += np.where(valid, result.rewards, 0.0)
+            self.episode_length += valid
+            for i in np.flatnonzero(done & valid):
+                self._finished_returns.append(float(self.episode_return[i]))
+                self._finished_lengths.append(int(self.episode_length[i]))
+            self.episode_return[done] = 0.0
+            self.episode_length[done] = 0
+            self.previous_done = done
+            self.observations = result.observations
+
+    def _batch_with_advantages(self) -> RolloutBatch:
+        """The rollout where the update runs, its values scored in one batch (the step
+        after the rollout's last included) and its advantages and returns computed there.
+        On the CPU the tensors are the storage's, which is filled in place."""
+        storage = self.storage
+        rollout = (dict(storage._tensors) if self.device_rollout is None
+                   else self.device_rollout.transfer(storage))
+        num_steps, num_envs = rollout["values"].shape
+        stored = rollout["observations"]
+        last = torch.as_tensor(self.observations, device=self.device).to(stored.dtype)
+        observations = torch.cat([stored.flatten(0, 1), last])
+        with self.value_precision():
+            values = self.agent.value(observations).float()
+        rollout["values"].copy_(values[:-num_envs].view(num_steps, num_envs))
+        # next_values[t] = V(the observation that followed step t): with next-step autoreset
+        # the true final one when step t ended an episode
+        rollout["next_values"][:-1].copy_(rollout["values"][1:])
+        rollout["next_values"][-1].copy_(values[-num_envs:])
+        advantages, returns = self.gae(
+            rollout["rewards"], rollout["values"], rollout["next_values"],
+            rollout["terminated"], rollout["terminated"] | rollout["truncated"],
+            self.gamma, self.lam)
+        rollout["advantages"].copy_(advantages)
+        rollout["returns"].copy_(returns)
+        return flatten(rollout)
