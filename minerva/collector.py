@@ -30,23 +30,13 @@ from minerva.logging import PhaseTimer
 from minerva.networks import Action, VMPOAgent
 from minerva.normalization import RewardScaler
 from minerva.rollout import DeviceRollout, RolloutBatch, RolloutViews, flatten
+from minerva.threads import threads_for, torch_threads
 
 
 class Rollout(NamedTuple):
     batch: RolloutBatch  # [T * N, ...] on the update's device, advantages and returns filled
     metrics: dict[str, float]  # valid fraction and the statistics of the episodes that ended
     finished_returns: list[float]  # raw returns of the episodes that ended, in order
-
-
-@contextlib.contextmanager
-def torch_threads(count: int):
-    """torch's intra-op thread count set to ``count`` inside the block."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class RolloutCollector:
@@ -62,19 +52,20 @@ class RolloutCollector:
         gamma, lam: the discount and the GAE lambda.
         timer: accumulates the time per phase (``inference``, ``env_step``, ``storage``,
             ``advantages``).
-        acting_threads: torch threads while acting (small batches gain nothing from more).
+        threads: torch threads available; acting takes one (:mod:`minerva.threads`), the
+            batched value pass as many as its size warrants.
         value_precision: a context manager factory for the batched value pass (the update's
             autocast).
     """
 
     def __init__(self, envs: VectorEnv | SplitVectorEnv, storage: RolloutViews, agent: VMPOAgent,
                  device: torch.device, reward_scaler: RewardScaler | None, gae: Callable,
-                 gamma: float, lam: float, timer: PhaseTimer, acting_threads: int = 1,
+                 gamma: float, lam: float, timer: PhaseTimer, threads: int = 1,
                  value_precision: Callable[[], contextlib.AbstractContextManager] =
                  contextlib.nullcontext) -> None:
         self.envs, self.storage, self.agent, self.device = envs, storage, agent, device
         self.reward_scaler, self.gae, self.gamma, self.lam = reward_scaler, gae, gamma, lam
-        self.timer, self.acting_threads = timer, acting_threads
+        self.timer, self.threads = timer, threads
         self.value_precision = value_precision
         self.on_gpu = device.type == "cuda"
         self.device_rollout = DeviceRollout(storage, device) if self.on_gpu else None
@@ -98,7 +89,7 @@ class RolloutCollector:
         self._finished_returns, self._finished_lengths = [], []
         if self.observations is None:
             self.observations = self.envs.reset()
-        with torch.inference_mode(), torch_threads(self.acting_threads):
+        with torch.inference_mode(), torch_threads(threads_for(self.envs.num_envs, self.threads)):
             if self.pipelined:
                 self._fill_pipelined()
             else:
@@ -108,7 +99,9 @@ class RolloutCollector:
                         result = self.envs.step(env_actions)
                     self._record(action, result)
         # outside inference mode: the update's autograd saves some of the batch's tensors
-        with self.timer("advantages"), torch.no_grad():
+        rows = self.storage.num_steps * self.envs.num_envs
+        with self.timer("advantages"), torch.no_grad(), torch_threads(
+                threads_for(rows, self.threads)):
             batch = self._batch_with_advantages()
         metrics = {"charts/valid_fraction": float(self.storage.valid.float().mean())}
         if self._finished_returns:

@@ -1,6 +1,7 @@
 """VMPOTrainer end to end: short runs on both backends, outputs, checkpoints, resume, and a
 CartPole learning test."""
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -11,7 +12,9 @@ import torch
 
 from minerva.config import TrainConfig
 from minerva.envs import make_vector_env
-from minerva.rollout import DeviceRollout
+from minerva.networks import VMPOAgent
+from minerva.rollout import DeviceRollout, RolloutBatch
+from minerva.threads import PARALLEL_MIN_ROWS, threads_for
 from minerva.trainers.vmpo.trainer import VMPOTrainer, _evaluate_vectorized, _make_env
 
 pytest.importorskip("envpool")
@@ -138,6 +141,102 @@ def test_reset_transitions_are_masked_out_of_the_rollout():
     assert valid[1:][~done[:-1]].all()
     # next_values[t] = V(the observation that followed step t), the true final one if done
     assert torch.equal(storage.next_values[:-1], storage.values[1:])
+    trainer.close()
+
+
+def deterministic(trainer):
+    """Makes the trainer's policy act with its mean (argmax) action."""
+    trainer.agent.act = functools.partial(VMPOAgent.act, trainer.agent, deterministic=True)
+    return trainer
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_pipelined_rollout_stores_the_synchronous_transitions(env_id):
+    """Stepping half the envs while the policy acts on the other half changes nothing in
+    the rollout: the same transitions, per env and in order, through autoresets and
+    (Pendulum, 200 steps) truncations, with the same values and advantages. (The networks'
+    outputs agree to float rounding: a matmul over 3 rows may round unlike one over 5.)"""
+    options = dict(num_envs=5, rollout_steps=64)
+    pipelined = deterministic(make_trainer(env_id, pipelined_rollout=True, **options))
+    synchronous = deterministic(make_trainer(env_id, pipelined_rollout=False, **options))
+    assert pipelined.collector.pipelined and not synchronous.collector.pipelined
+    ended = 0
+    for _ in range(4):
+        got, want = pipelined._collect_rollout(), synchronous._collect_rollout()
+        for name in RolloutBatch._fields:
+            torch.testing.assert_close(getattr(got.batch, name), getattr(want.batch, name),
+                                       rtol=1e-5, atol=1e-5, msg=name)
+        for name in ("terminated", "truncated", "valid"):  # exactly the same episodes
+            assert torch.equal(getattr(pipelined.storage, name),
+                               getattr(synchronous.storage, name)), name
+        assert got.finished_returns == pytest.approx(want.finished_returns, rel=1e-6)
+        ended += int((pipelined.storage.terminated | pipelined.storage.truncated).sum())
+    assert ended > 0
+    assert pipelined.global_step == synchronous.global_step == 4 * 5 * 64
+    pipelined.close()
+    synchronous.close()
+
+
+def test_values_are_scored_as_each_step_would_be():
+    trainer = make_trainer("Pendulum-v1", rollout_steps=32)
+    batch = trainer._collect_rollout().batch
+    storage = trainer.storage
+    with torch.no_grad():
+        per_step = torch.stack([trainer.agent.value(o) for o in storage.observations])
+        last = trainer.agent.value(torch.as_tensor(trainer.collector.observations,
+                                                   dtype=torch.float32))
+    torch.testing.assert_close(storage.values, per_step)
+    torch.testing.assert_close(storage.next_values[-1], last)
+    assert batch.values.data_ptr() == storage.values.data_ptr()  # on the CPU, a view
+    trainer.close()
+
+
+def test_the_rollout_acts_on_one_thread_and_the_update_on_what_its_size_warrants(monkeypatch):
+    seen = []
+    original = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), original(n)))
+    trainer = make_trainer("Pendulum-v1", torch_threads=2)  # 4 envs x 16 steps = 64 samples
+    seen.clear()
+    trainer._update(trainer._collect_rollout().batch)
+    assert set(seen) == {1, 2}  # one while acting, scoring and updating; then restored
+    assert threads_for(PARALLEL_MIN_ROWS, 8) == 8 and threads_for(PARALLEL_MIN_ROWS - 1, 8) == 1
+    trainer.close()
+
+
+@pytest.mark.parametrize("options", [dict(precision="bfloat16"),
+                                     dict(compile_update=True),
+                                     dict(precision="bfloat16", compile_update=True)])
+def test_update_precision_and_compile_options(options):
+    trainer = make_trainer("Pendulum-v1", num_minibatches=3, **options)  # sizes 22, 21
+    batch = trainer._collect_rollout().batch
+    with torch.no_grad():
+        loss, terms = trainer._losses({"observations": batch.observations,
+                                       "actions": batch.actions,
+                                       "behaviour": batch.dist_params,
+                                       "returns": batch.returns, "valid": batch.valid},
+                                      torch.ones(batch.valid.shape[0]))
+    assert loss.dtype == torch.float32  # the losses stay in float32 under autocast
+    assert all(term.dtype == torch.float32 for term in terms.values())
+    for _ in range(2):
+        metrics = trainer._update(trainer._collect_rollout().batch)
+        assert all(math.isfinite(value) for value in metrics.values())
+    if options.get("compile_update"):
+        assert trainer._compiled_sizes == {21, 22} and trainer.compile_seconds > 0
+    trainer.close()
+
+
+def test_a_failing_compile_falls_back_to_eager_with_a_warning():
+    trainer = make_trainer("Pendulum-v1", compile_update=True)
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler\nmore detail")
+
+    trainer._compiled_losses = broken
+    with pytest.warns(RuntimeWarning, match=r"torch.compile of the update failed "
+                                            r"\(RuntimeError: no C\+\+ compiler\)"):
+        metrics = trainer._update(trainer._collect_rollout().batch)
+    assert trainer._compiled_losses is None
+    assert all(math.isfinite(value) for value in metrics.values())
     trainer.close()
 
 

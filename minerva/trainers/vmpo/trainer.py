@@ -35,6 +35,7 @@ from minerva.networks import Action, Duals, VMPOAgent
 from minerva.normalization import RewardScaler
 from minerva.collector import Rollout, RolloutCollector
 from minerva.storage import RolloutBatch, RolloutStorage
+from minerva.threads import threads_for, torch_threads
 
 
 def _format_metrics(metrics: Mapping[str, float]) -> str:
@@ -384,13 +385,11 @@ class VMPOTrainer:
             self.ops = reference
 
         self.timer = PhaseTimer()
-        # Acting on a few envs per step is too small to split across threads, and waiting
-        # threads cost a lot when another process holds a core: act on one thread.
+        self._threads = torch.get_num_threads()  # each phase takes what it can use
         self.collector = RolloutCollector(
             self.envs, self.storage, self.agent, self.device,
             self.reward_scaler if normalize_rewards else None, self.ops.gae, cfg.gamma, cfg.lam,
-            self.timer, acting_threads=1 if num_envs <= 256 else torch.get_num_threads(),
-            value_precision=self._autocast)
+            self.timer, threads=self._threads, value_precision=self._autocast)
         self.global_step = 0
         self.iteration = 0
         self.best_return = -math.inf
@@ -446,21 +445,14 @@ class VMPOTrainer:
                    "behaviour": batch.dist_params, "returns": batch.returns, "valid": valid}
         size = valid.shape[0]
         history: dict[str, list[torch.Tensor]] = {}
-        for _ in range(cfg.m_steps):
-            order = torch.randperm(size, device=self.device) if cfg.num_minibatches > 1 else None
-            for indices in ([None] if order is None
-                            else order.tensor_split(cfg.num_minibatches)):
-                minibatch = (samples if indices is None
-                             else {name: t[indices] for name, t in samples.items()})
-                step_metrics = self._m_step(minibatch, advantages, selected, indices)
-                for name, value in step_metrics.items():
-                    history.setdefault(name, []).append(value.detach())
-
+        with torch_threads(threads_for(size // cfg.num_minibatches, self._threads)):
+            self._m_steps(samples, advantages, selected, history)
         # every statistic of the update reaches the host in one transfer
         statistics = {name: torch.stack(values).mean() for name, values in history.items()}
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self._autocast(), torch_threads(threads_for(size, self._threads)):
             params, values = self.agent(batch.observations)
         params, values = params.float(), values.float()
+
         with torch.no_grad():
             statistics.update({f"losses/{name}_after": p.kl for name, p in self._kl_penalties(
                 batch.dist_params, params, valid).items()})
@@ -489,6 +481,22 @@ class VMPOTrainer:
         statistics["charts/value_mean"] = losses.masked_mean(batch.values, valid)
         on_host = torch.stack([value.float() for value in statistics.values()]).tolist()
         return dict(zip(statistics, on_host))
+
+    def _m_steps(self, samples: dict[str, torch.Tensor], advantages: torch.Tensor,
+                 selected: torch.Tensor, history: dict[str, list[torch.Tensor]]) -> None:
+        """``m_steps`` passes over the rollout, each in ``num_minibatches`` random
+        minibatches; appends each step's metrics to ``history``."""
+        cfg = self.config
+        size = selected.shape[0]
+        for _ in range(cfg.m_steps):
+            order = torch.randperm(size, device=self.device) if cfg.num_minibatches > 1 else None
+            for indices in ([None] if order is None
+                            else order.tensor_split(cfg.num_minibatches)):
+                minibatch = (samples if indices is None
+                             else {name: t[indices] for name, t in samples.items()})
+                step_metrics = self._m_step(minibatch, advantages, selected, indices)
+                for name, value in step_metrics.items():
+                    history.setdefault(name, []).append(value.detach())
 
     def _kl_penalties(self, behaviour: torch.Tensor, params: torch.Tensor,
                       valid: torch.Tensor) -> dict[str, losses.KLPenalty]:
