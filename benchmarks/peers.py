@@ -1,19 +1,25 @@
-"""minerva against the tools users know, each pair measured in one run on one machine.
+"""minerva against the tools users know and against an earlier minerva, each comparison
+measured in one run on one machine.
 
-    python benchmarks/peers.py cartpole [--seeds 3]        # wall-clock to eval return 475
-    python benchmarks/peers.py throughput [--steps 50000]  # HalfCheetah-v5 steps/s
+    python benchmarks/peers.py cartpole [--seeds 5]
+    python benchmarks/peers.py throughput --baseline-python OLD/bin/python [--iterations 5]
 
-``cartpole``: minerva's V-MPO (the CartPole-v1 preset, envpool) against Stable-Baselines3's
-PPO with the RL Baselines3 Zoo hyperparameters for CartPole-v1 (8 envs, n_steps 32, batch
-256, 20 epochs, gamma 0.98, gae_lambda 0.8, linearly decayed lr 1e-3 and clip 0.2). Both
-evaluate every 10k environment steps on 10 deterministic episodes and stop at a mean of 475;
-the clock covers training and evaluation, not imports. Needs the ``bench`` extra.
+``cartpole``: wall clock to an evaluation return of 475 on CartPole-v1: minerva's V-MPO (the
+CartPole-v1 preset, envpool) against Stable-Baselines3's PPO with the RL Baselines3 Zoo
+hyperparameters for CartPole-v1 (8 envs, n_steps 32, batch 256, 20 epochs, gamma 0.98,
+gae_lambda 0.8, linearly decayed lr 1e-3 and clip 0.2). Both evaluate every 2,048
+environment steps on 10 deterministic episodes and stop at a mean of 475 or at 100k steps;
+each clock covers training only: imports, construction and the evaluations are left out.
+Needs the ``bench`` extra.
 
-``throughput``: end-to-end environment steps/s on HalfCheetah-v5 with 8 envs (otherwise the
-preset),
-minerva as it is (envpool, native ops and storage) against the same algorithm run the way
-the original trainer did: gymnasium's ``SyncVectorEnv`` and the pure-Python reference ops and
-storage (``--backend gymnasium --reference-ops``).
+``throughput``: end-to-end environment steps/s and the time per phase, at the original V-MPO
+trainer's hyperparameters on HalfCheetah-v5 (8 envs, 4,096 steps per env per rollout, 16
+full-batch M-steps, (512, 256) tanh networks) and at the HalfCheetah-v5 preset, for:
+another installation of minerva (``--baseline-python``: the interpreter of an environment
+where it is installed, e.g. a ``git worktree`` of an earlier commit), this one in float32
+eager, and this one with ``--precision bfloat16 --compile-update``. Every run is its own
+process (:mod:`timed_run`), one after another; evaluation and compile time are left out of
+the clock (the compile time is reported).
 
 Results print as GitHub-markdown tables and go to ``benchmarks/results/peers_<name>.json``.
 """
@@ -23,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,24 +41,29 @@ from minerva.presets import preset
 from minerva.trainers.vmpo.trainer import VMPOTrainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TIMED_RUN = Path(__file__).resolve().parent / "timed_run.py"
 TARGET = 475.0
-EVAL_EVERY = 10_000
+EVAL_EVERY = 2_048
+EVAL_EPISODES = 10
 BUDGET = 100_000
 
 
+# --- CartPole race ----------------------------------------------------------------------------
+
 def minerva_cartpole(seed: int) -> dict:
     options = {**preset("CartPole-v1"), "env_id": "CartPole-v1", "seed": seed,
-               "total_steps": BUDGET, "eval_every": EVAL_EVERY, "eval_episodes": 10,
-               "target_return": TARGET, "progress": False}
+               "total_steps": BUDGET, "eval_every": EVAL_EVERY,
+               "eval_episodes": EVAL_EPISODES, "target_return": TARGET, "progress": False}
     trainer = VMPOTrainer.from_config(TrainConfig(**options))
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         result = trainer.train(BUDGET, out)
         seconds = time.perf_counter() - start
     trainer.close()
-    solved = result.get("eval/return_mean", 0.0) >= TARGET
-    return {"seed": seed, "solved": solved, "steps": trainer.global_step, "seconds": seconds,
-            "eval_return": result.get("eval/return_mean")}
+    evaluation = trainer.timer.seconds["evaluation"]
+    return {"seed": seed, "solved": result.get("eval/return_mean", 0.0) >= TARGET,
+            "steps": trainer.global_step, "seconds": seconds - evaluation,
+            "evaluation_seconds": evaluation, "eval_return": result.get("eval/return_mean")}
 
 
 def sb3_cartpole(seed: int) -> dict:
@@ -58,75 +71,126 @@ def sb3_cartpole(seed: int) -> dict:
     from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
     from stable_baselines3.common.env_util import make_vec_env
 
+    class TimedEvalCallback(EvalCallback):
+        """EvalCallback that keeps the seconds its evaluations take."""
+
+        evaluation_seconds = 0.0
+
+        def _on_step(self) -> bool:
+            start = time.perf_counter()
+            keep_going = super()._on_step()
+            if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
+                self.evaluation_seconds += time.perf_counter() - start
+            return keep_going
+
     def linear(initial: float):
         return lambda progress_remaining: progress_remaining * initial
 
-    env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
+    num_envs = 8
+    env = make_vec_env("CartPole-v1", n_envs=num_envs, seed=seed)
     eval_env = make_vec_env("CartPole-v1", n_envs=1, seed=seed + 1000)
     model = PPO("MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98,
                 n_epochs=20, ent_coef=0.0, learning_rate=linear(1e-3), clip_range=linear(0.2),
                 seed=seed, device="cpu", verbose=0)
     stop = StopTrainingOnRewardThreshold(reward_threshold=TARGET, verbose=0)
-    callback = EvalCallback(eval_env, callback_on_new_best=stop, n_eval_episodes=10,
-                            eval_freq=EVAL_EVERY // 8, deterministic=True, verbose=0)
+    # eval_freq counts vector-env steps, each of num_envs environment steps
+    callback = TimedEvalCallback(eval_env, callback_on_new_best=stop,
+                                 n_eval_episodes=EVAL_EPISODES,
+                                 eval_freq=EVAL_EVERY // num_envs, deterministic=True, verbose=0)
     start = time.perf_counter()
     model.learn(total_timesteps=BUDGET, callback=callback)
     seconds = time.perf_counter() - start
-    solved = callback.best_mean_reward >= TARGET
-    return {"seed": seed, "solved": solved, "steps": model.num_timesteps, "seconds": seconds,
+    return {"seed": seed, "solved": callback.best_mean_reward >= TARGET,
+            "steps": model.num_timesteps, "seconds": seconds - callback.evaluation_seconds,
+            "evaluation_seconds": callback.evaluation_seconds,
             "eval_return": float(callback.last_mean_reward)}
 
 
 def cartpole(seeds: int) -> dict:
-    rows = {"minerva V-MPO (envpool)": [minerva_cartpole(s) for s in range(1, seeds + 1)],
-            "SB3 PPO (zoo)": [sb3_cartpole(s) for s in range(1, seeds + 1)]}
-    print(f"CartPole-v1: wall-clock to an evaluation return of {TARGET:g} "
-          f"(budget {BUDGET:,} steps, evaluation every {EVAL_EVERY:,})\n")
-    print("| trainer | seeds solved | steps to solve (per seed) | wall-clock (per seed) | "
-          "mean wall-clock |")
+    rows = {"minerva V-MPO (envpool)": [], "SB3 PPO (zoo)": []}
+    for seed in range(1, seeds + 1):  # interleaved, so drifts in machine speed hit both
+        rows["minerva V-MPO (envpool)"].append(minerva_cartpole(seed))
+        rows["SB3 PPO (zoo)"].append(sb3_cartpole(seed))
+    print(f"CartPole-v1: wall clock to an evaluation return of {TARGET:g} (both evaluated "
+          f"every {EVAL_EVERY:,} steps on {EVAL_EPISODES} deterministic episodes, evaluation "
+          f"time excluded; budget {BUDGET:,} steps; seeds 1-{seeds})\n")
+    print("| trainer | seeds solved | steps to solve (per seed) | training seconds (per seed) "
+          "| median seconds |")
     print("| --- | ---: | --- | --- | ---: |")
+    medians = {}
     for name, runs in rows.items():
         solved = [r for r in runs if r["solved"]]
-        mean = statistics.mean(r["seconds"] for r in solved) if solved else float("nan")
+        medians[name] = (statistics.median(r["seconds"] for r in solved) if solved
+                         else float("nan"))
         steps = ", ".join(f"{r['steps']:,}" for r in runs)
-        seconds = ", ".join(f"{r['seconds']:.1f} s" for r in runs)
-        print(f"| {name} | {len(solved)}/{len(runs)} | {steps} | {seconds} | {mean:.1f} s |")
-    return rows
+        seconds = ", ".join(f"{r['seconds']:.1f}" for r in runs)
+        print(f"| {name} | {len(solved)}/{len(runs)} | {steps} | {seconds} | "
+              f"{medians[name]:.2f} s |")
+    ours, theirs = medians.values()
+    print(f"\nmedian speed-up: {theirs / ours:.2f}x")
+    return {"runs": rows, "median_seconds": medians, "speedup": theirs / ours}
 
 
-def steps_per_second(**overrides) -> float:
-    steps = overrides.pop("steps")
-    options = {**preset("HalfCheetah-v5"), "env_id": "HalfCheetah-v5", "seed": 1,
-               "num_envs": 8, "total_steps": steps, "eval_every": 10 * steps,
-               "eval_episodes": 1, "progress": False, **overrides}
-    trainer = VMPOTrainer.from_config(TrainConfig(**options))
-    with tempfile.TemporaryDirectory() as out:
-        trainer.train(steps, out)
-        events = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
-    trainer.close()
-    # the last update event: all steps, no evaluation yet
-    return [e for e in events if "charts/steps_per_second" in e][-1]["charts/steps_per_second"]
+# --- throughput -------------------------------------------------------------------------------
+
+ORIGINAL = {"num_envs": 8, "rollout_steps": 4096, "m_steps": 16, "num_minibatches": 1,
+            "policy_layer_sizes": [512, 256], "value_layer_sizes": [512, 256]}
+FAST = {"precision": "bfloat16", "compile_update": True}
+PHASES = ("inference", "env_step", "storage", "advantages", "update")
 
 
-def throughput(steps: int) -> dict:
-    ours = steps_per_second(steps=steps)
-    original = steps_per_second(steps=steps, backend="gymnasium", reference_ops=True)
-    print(f"HalfCheetah-v5, 8 envs, {steps:,} steps, updates included\n")
-    print("| setup | steps/s |")
-    print("| --- | ---: |")
-    print(f"| minerva: envpool + native ops and storage | {ours:,.0f} |")
-    print(f"| gymnasium SyncVectorEnv + reference ops and storage | {original:,.0f} |")
-    print(f"| ratio | {ours / original:.2f}x |")
-    return {"minerva": ours, "gymnasium_reference": original, "ratio": ours / original}
+def timed_run(python: str, options: dict) -> dict:
+    """One run of :mod:`timed_run` with ``python``; its JSON result."""
+    completed = subprocess.run([python, "-P", str(TIMED_RUN), json.dumps(options)],
+                               capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{python} {TIMED_RUN.name} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def throughput(baseline_python: str, iterations: int) -> dict:
+    setups = {
+        "original trainer's hyperparameters": {**ORIGINAL, "steps": iterations * 8 * 4096},
+        "HalfCheetah-v5 preset": {"steps": iterations * 8 * 2048},
+    }
+    sides = {"baseline (float32 eager)": (baseline_python, {}),
+             "this (float32 eager)": (sys.executable, {}),
+             "this (bfloat16, compiled)": (sys.executable, FAST)}
+    results: dict[str, dict] = {}
+    for setup, options in setups.items():
+        results[setup] = {}
+        for side, (python, extra) in sides.items():
+            results[setup][side] = timed_run(python, {"env_id": "HalfCheetah-v5", "seed": 1,
+                                                      **options, **extra})
+    print("HalfCheetah-v5, end to end (evaluation and compile time excluded); seconds per "
+          "1,000 steps in each phase\n")
+    print("| setup | code | steps/s | vs baseline | " + " | ".join(PHASES) + " | compile s |")
+    print("| --- | --- | ---: | ---: |" + " ---: |" * (len(PHASES) + 1))
+    for setup, by_side in results.items():
+        baseline = by_side["baseline (float32 eager)"]["steps_per_second"]
+        for side, run in by_side.items():
+            per_k = [1000 * run["phases"].get(p, 0.0) / run["steps"] for p in PHASES]
+            print(f"| {setup} | {side} | {run['steps_per_second']:,.0f} | "
+                  f"{run['steps_per_second'] / baseline:.2f}x | "
+                  + " | ".join(f"{s:.3f}" for s in per_k)
+                  + f" | {run['compile_seconds']:.1f} |")
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("cartpole").add_argument("--seeds", type=int, default=3)
-    commands.add_parser("throughput").add_argument("--steps", type=int, default=50_000)
+    commands.add_parser("cartpole").add_argument("--seeds", type=int, default=5)
+    throughput_parser = commands.add_parser("throughput")
+    throughput_parser.add_argument("--baseline-python", required=True,
+                                   help="python of an environment with the minerva to compare")
+    throughput_parser.add_argument("--iterations", type=int, default=5,
+                                   help="rollouts + updates per run")
     args = parser.parse_args()
-    results = cartpole(args.seeds) if args.command == "cartpole" else throughput(args.steps)
+    if args.command == "cartpole":
+        results = cartpole(args.seeds)
+    else:
+        results = throughput(args.baseline_python, args.iterations)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"peers_{args.command}.json"
     path.write_text(json.dumps({"machine": cpu_model(), "results": results}, indent=2) + "\n")

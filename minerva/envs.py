@@ -168,7 +168,26 @@ def _flatten_observations(space: spaces.Space, observations: Any, num_envs: int)
     return np.concatenate([p.reshape(num_envs, -1) for p in parts], axis=1)
 
 
-class VectorEnv(abc.ABC):
+class _Environments:
+    """A context manager that closes the environments; named by id and count."""
+
+    env_id: str
+    num_envs: int
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.env_id!r}, num_envs={self.num_envs})"
+
+
+class VectorEnv(_Environments, abc.ABC):
     """``num_envs`` environments stepped together, with next-step autoreset.
 
     A context manager; :meth:`close` releases the backend's environments.
@@ -275,15 +294,6 @@ class VectorEnv(abc.ABC):
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.env_id!r}, num_envs={self.num_envs})"
-
 
 class EnvpoolVectorEnv(VectorEnv):
     """envpool, synchronous (``batch_size == num_envs``); env ``i`` is seeded ``seed + i``."""
@@ -341,7 +351,7 @@ class GymnasiumVectorEnv(VectorEnv):
         return self._env.step(self._actions)
 
 
-class SplitVectorEnv:
+class SplitVectorEnv(_Environments):
     """``num_envs`` environments as two vector envs, the first ``num_envs - num_envs // 2``
     and the rest, seeded as one (env ``i`` gets ``seed + i``), so that a collector can step
     one half while the policy acts on the other (:attr:`halves`). As a whole it behaves as
@@ -374,15 +384,6 @@ class SplitVectorEnv:
     def close(self) -> None:
         for half in self.halves:
             half.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.env_id!r}, num_envs={self.num_envs})"
 
 
 def concatenate_steps(results: list[StepResult]) -> StepResult:
@@ -427,9 +428,14 @@ def make_vector_env(
     backend = default_backend(env_id) if backend is None else backend
     if split and num_envs >= 2:
         first = num_envs - num_envs // 2
-        halves = (make_vector_env(env_id, first, seed, backend, make_env),
-                  make_vector_env(env_id, num_envs - first, seed + first, backend, make_env))
-        return SplitVectorEnv(halves)
+        first_half = make_vector_env(env_id, first, seed, backend, make_env)
+        try:
+            second_half = make_vector_env(env_id, num_envs - first, seed + first, backend,
+                                          make_env)
+        except BaseException:
+            first_half.close()
+            raise
+        return SplitVectorEnv((first_half, second_half))
     if backend == "envpool":
         if env_id not in envpool_env_ids():
             reason = "envpool has no such id" if envpool_env_ids() else "envpool is not installed"

@@ -28,12 +28,12 @@ import torch
 from torch import nn
 
 from minerva import envs, losses, ops, reference
+from minerva.collector import Rollout, RolloutCollector
 from minerva.config import TrainConfig
 from minerva.envs import VectorEnv, default_backend, make_vector_env
 from minerva.logging import PhaseTimer, RunLogger
-from minerva.networks import Action, Duals, VMPOAgent
+from minerva.networks import Duals, VMPOAgent
 from minerva.normalization import RewardScaler
-from minerva.collector import Rollout, RolloutCollector
 from minerva.storage import RolloutBatch, RolloutStorage
 from minerva.threads import threads_for, torch_threads
 
