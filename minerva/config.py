@@ -36,8 +36,9 @@ class TrainConfig:
     rollout_steps: int = _option(64, "steps per environment in each rollout")
     torch_threads: int = _option(0, "torch intra-op threads (0: torch's default)")
     pipelined_rollout: bool = _option(
-        True, "envpool: step half the envs while the policy acts on the other half (the "
-              "same transitions as stepping all at once)")
+        False, "envpool: step half the envs while the policy acts on the other half (the "
+               "same transitions as stepping all at once; it acts twice per step, which costs "
+               "more than it overlaps on a 2-core machine)")
     reference_ops: bool = _option(
         False, "use the pure-Python reference ops and storage instead of the native ones "
                "(to measure what the native core buys)")

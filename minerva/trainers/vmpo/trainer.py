@@ -219,9 +219,10 @@ def _evaluate_vectorized(
     finished = np.zeros(num_envs, dtype=bool)
     was_training = agent.training
     agent.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(threads_for(num_envs, torch.get_num_threads())):
         while not finished.all():
-            action = agent.act(torch.as_tensor(observations, device=device), deterministic=True)
+            action = agent.act(torch.as_tensor(observations, device=device), deterministic=True,
+                               with_value=False)
             result = eval_envs.step(agent.policy.to_env(action.raw).cpu().numpy())
             running = ~finished
             returns += np.where(running, result.rewards, 0.0)
@@ -262,8 +263,9 @@ class VMPOTrainer:
     """V-MPO (Song et al. 2019) on a vectorised environment.
 
     Each iteration collects ``rollout_steps`` steps from ``num_envs`` environments into the
-    native :class:`~minerva.RolloutStorage`, computes advantages with the native ``gae``
-    kernel (``returns``: lambda = 1, ``dae``: lambda = 0), selects the top-k of the whole
+    native :class:`~minerva.RolloutStorage` (:class:`~minerva.collector.RolloutCollector`,
+    which hands the update the rollout on its device), computes advantages with the native
+    ``gae`` kernel (``returns``: lambda = 1, ``dae``: lambda = 0), selects the top-k of the whole
     rollout with the native ``topk_mask``, then runs ``m_steps`` passes over the rollout, each
     in ``num_minibatches`` gradient steps on the V-MPO losses (:mod:`minerva.losses`). See
     :class:`~minerva.config.TrainConfig` for what every argument means.
@@ -316,7 +318,7 @@ class VMPOTrainer:
         min_log_std: float = -5.0,
         precision: str = "float32",
         compile_update: bool = False,
-        pipelined_rollout: bool = True,
+        pipelined_rollout: bool = False,
     ):
         options = {k: v for k, v in locals().items() if k != "self"}
         options.update(device=str(device), policy_layer_sizes=tuple(policy_layer_sizes),
