@@ -20,8 +20,9 @@ full-batch M-steps, (512, 256) tanh networks) and at the HalfCheetah-v5 preset, 
 another installation of minerva (``--baseline-python``: the interpreter of an environment
 where it is installed, e.g. a ``git worktree`` of an earlier commit), this one in float32
 eager, and this one with ``--precision bfloat16 --compile-update``. Every run is its own
-process (:mod:`timed_run`), one after another; evaluation and compile time are left out of
-the clock (the compile time is reported).
+process (:mod:`timed_run`), one after another, ``--repeats`` times interleaved; each side's
+median run is reported (this machine's speed drifts by 10-20% from run to run). Evaluation
+and compile time are left out of the clock (the compile time is reported).
 
 Results print as GitHub-markdown tables and go to ``benchmarks/results/peers_<name>.json``.
 """
@@ -164,7 +165,7 @@ def timed_run(python: str, options: dict) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def throughput(baseline_python: str, iterations: int) -> dict:
+def throughput(baseline_python: str, iterations: int, repeats: int) -> dict:
     setups = {
         "original trainer's hyperparameters": {**ORIGINAL, "steps": iterations * 8 * 4096},
         "HalfCheetah-v5 preset": {"steps": iterations * 8 * 2048},
@@ -172,14 +173,20 @@ def throughput(baseline_python: str, iterations: int) -> dict:
     sides = {"baseline (float32 eager)": (baseline_python, {}),
              "this (float32 eager)": (sys.executable, {}),
              "this (bfloat16, compiled)": (sys.executable, FAST)}
-    results: dict[str, dict] = {}
-    for setup, options in setups.items():
-        results[setup] = {}
-        for side, (python, extra) in sides.items():
-            results[setup][side] = timed_run(python, {"env_id": "HalfCheetah-v5", "seed": 1,
-                                                      **options, **extra})
-    print("HalfCheetah-v5, end to end (evaluation and compile time excluded); seconds per "
-          "1,000 steps in each phase\n")
+    runs: dict[str, dict[str, list[dict]]] = {setup: {side: [] for side in sides}
+                                              for setup in setups}
+    for _ in range(repeats):  # interleaved, so drifts in machine speed hit every side
+        for setup, options in setups.items():
+            for side, (python, extra) in sides.items():
+                runs[setup][side].append(timed_run(python, {"env_id": "HalfCheetah-v5",
+                                                            "seed": 1, **options, **extra}))
+    # each side's median run by steps/s
+    results = {setup: {side: sorted(side_runs, key=lambda r: r["steps_per_second"])[
+        len(side_runs) // 2] | {"steps_per_second_all": [r["steps_per_second"]
+                                                          for r in side_runs]}
+        for side, side_runs in by_side.items()} for setup, by_side in runs.items()}
+    print(f"HalfCheetah-v5, end to end (evaluation and compile time excluded); each side's "
+          f"median of {repeats} runs, and its seconds per 1,000 steps in each phase\n")
     print("| setup | code | steps/s | vs baseline | " + " | ".join(PHASES) + " | compile s |")
     print("| --- | --- | ---: | ---: |" + " ---: |" * (len(PHASES) + 1))
     for setup, by_side in results.items():
@@ -202,11 +209,13 @@ def main() -> None:
                                    help="python of an environment with the minerva to compare")
     throughput_parser.add_argument("--iterations", type=int, default=5,
                                    help="rollouts + updates per run")
+    throughput_parser.add_argument("--repeats", type=int, default=3,
+                                   help="runs per side (the median is reported)")
     args = parser.parse_args()
     if args.command == "cartpole":
         results = cartpole(args.seeds)
     else:
-        results = throughput(args.baseline_python, args.iterations)
+        results = throughput(args.baseline_python, args.iterations, args.repeats)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"peers_{args.command}.json"
     path.write_text(json.dumps({"machine": cpu_model(), "results": results}, indent=2) + "\n")
