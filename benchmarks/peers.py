@@ -30,6 +30,8 @@ Results print as GitHub-markdown tables and go to ``benchmarks/results/peers_<na
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import statistics
 import subprocess
@@ -58,7 +60,8 @@ def minerva_cartpole(seed: int) -> dict:
                "total_steps": BUDGET, "eval_every": EVAL_EVERY,
                "eval_episodes": EVAL_EPISODES, "target_return": TARGET, "progress": False}
     trainer = VMPOTrainer.from_config(TrainConfig(**options))
-    with tempfile.TemporaryDirectory() as out:
+    # the trainer's console lines would bury the table (and printing them is not training)
+    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
         start = time.perf_counter()
         result = trainer.train(BUDGET, out)
         seconds = time.perf_counter() - start
