@@ -114,11 +114,8 @@ class RolloutCollector:
         """Each half is sent its next actions as soon as its step is received, so it steps
         while the policy acts on the other half and while the step is stored."""
         halves = self.envs.halves
-        split = halves[0].num_envs
-        pending = []
-        for half, observations in zip(halves, (self.observations[:split],
-                                               self.observations[split:])):
-            pending.append(self._send(half, observations)[:3])
+        pending = [self._send(half, observations)
+                   for half, observations in zip(halves, self.envs.split(self.observations))]
         while not self.storage.full:
             last_step = self.storage.step == self.storage.num_steps - 1
             results, following = [], []
@@ -126,8 +123,9 @@ class RolloutCollector:
                 with self.timer("env_step"):
                     results.append(half.recv())
                 if not last_step:  # the next rollout acts with the updated policy
-                    following.append(self._send(half, results[-1].observations)[:3])
-            raw, log_prob, dist_params = (torch.cat(fields) for fields in zip(*pending))
+                    following.append(self._send(half, results[-1].observations))
+            raw, log_prob, dist_params = (torch.cat(fields)
+                                          for fields in zip(*(action[:3] for action in pending)))
             self._record(Action(raw, log_prob, dist_params, None), concatenate_steps(results))
             pending = following
 

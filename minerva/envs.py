@@ -377,9 +377,13 @@ class SplitVectorEnv(_Environments):
         if actions.shape[:1] != (self.num_envs,):
             raise ValueError(f"actions must have {self.num_envs} rows, got shape "
                              f"{actions.shape}")
-        for half, part in zip(self.halves, (actions[:self._split], actions[self._split:])):
+        for half, part in zip(self.halves, self.split(actions)):
             half.send(part)
         return concatenate_steps([half.recv() for half in self.halves])
+
+    def split(self, rows: Any) -> tuple[Any, Any]:
+        """``rows`` (one per env, in env order) as the two halves' parts."""
+        return rows[:self._split], rows[self._split:]
 
     def close(self) -> None:
         for half in self.halves:

@@ -334,8 +334,8 @@ class VMPOTrainer:
 
         self.env_id = _resolve_env_id(env_id)
         self.backend = default_backend(self.env_id) if backend == "auto" else backend
-        # on envpool half the envs step while the policy acts on the other half (gymnasium
-        # steps in this thread: nothing would overlap)
+        # pipelined_rollout: on envpool half the envs step while the policy acts on the other
+        # half (gymnasium steps in this thread: nothing would overlap, so it is never split)
         self.envs = make_vector_env(self.env_id, num_envs, seed, self.backend, make_env=_make_env,
                                     split=pipelined_rollout and self.backend == "envpool")
         self.eval_envs = make_vector_env(self.env_id, eval_episodes, seed + 1000, self.backend,
@@ -451,11 +451,9 @@ class VMPOTrainer:
             self._m_steps(samples, advantages, selected, history)
         # every statistic of the update reaches the host in one transfer
         statistics = {name: torch.stack(values).mean() for name, values in history.items()}
-        with torch.no_grad(), self._autocast(), torch_threads(threads_for(size, self._threads)):
-            params, values = self.agent(batch.observations)
-        params, values = params.float(), values.float()
-
         with torch.no_grad():
+            with torch_threads(threads_for(size, self._threads)):
+                params, values = self._forward(batch.observations)
             statistics.update({f"losses/{name}_after": p.kl for name, p in self._kl_penalties(
                 batch.dist_params, params, valid).items()})
         statistics["charts/explained_variance_before"] = losses.explained_variance(
@@ -549,9 +547,7 @@ class VMPOTrainer:
         """The M-step's and the critic's losses on a minibatch, and their terms (what
         ``compile_update`` compiles). The networks run in the update's precision; the
         log-probs, KLs, losses and duals in float32."""
-        with self._autocast():
-            params, values = self.agent(minibatch["observations"])
-        params, values = params.float(), values.float()
+        params, values = self._forward(minibatch["observations"])
         nll = losses.weighted_nll(self.agent.policy.log_prob(params, minibatch["actions"]),
                                   weights)
         penalties = self._kl_penalties(minibatch["behaviour"], params, minibatch["valid"])
@@ -566,27 +562,34 @@ class VMPOTrainer:
         """Backpropagates the losses; returns their terms. With ``compile_update`` the
         first step of each minibatch size compiles (its time goes to ``time/compile_s``);
         if compiling fails, a warning names the error and the update runs eagerly."""
-        size = minibatch["valid"].shape[0]
-        if self._compiled_losses is None or size in self._compiled_sizes:
-            losses_fn = self._losses if self._compiled_losses is None else self._compiled_losses
+        def backward(losses_fn) -> dict[str, torch.Tensor]:
             loss, terms = losses_fn(minibatch, weights)
             (loss + temperature_loss).backward()
             return terms
+
+        compiled, size = self._compiled_losses, minibatch["valid"].shape[0]
+        if compiled is None or size in self._compiled_sizes:
+            return backward(self._losses if compiled is None else compiled)
         start = time.perf_counter()
         try:
-            loss, terms = self._compiled_losses(minibatch, weights)
-            (loss + temperature_loss).backward()
+            terms = backward(compiled)
         except Exception as error:  # noqa: BLE001  (any compiler failure: fall back)
+            first_line = (str(error).strip().splitlines() or [""])[0]
             warnings.warn(f"minerva: torch.compile of the update failed ({type(error).__name__}: "
-                          f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); "
-                          "the update runs eagerly", RuntimeWarning, stacklevel=2)
+                          f"{first_line}); the update runs eagerly", RuntimeWarning, stacklevel=2)
             self._compiled_losses = None
             self.optimizer.zero_grad(set_to_none=True)
-            loss, terms = self._losses(minibatch, weights)
-            (loss + temperature_loss).backward()
+            terms = backward(self._losses)
         self._compiled_sizes.add(size)
         self.compile_seconds += time.perf_counter() - start
         return terms
+
+    def _forward(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The agent's ``(dist_params, values)`` computed in the update's precision, returned
+        in float32 (what the log-probs, KLs and losses are computed in)."""
+        with self._autocast():
+            params, values = self.agent(observations)
+        return params.float(), values.float()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """The networks' precision (``precision``): bfloat16 autocast, or float32 as is."""
