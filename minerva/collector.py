@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from minerva.envs import SplitVectorEnv, StepResult, VectorEnv, concatenate_steps
+from minerva.errors import NonFiniteError
 from minerva.logging import PhaseTimer
 from minerva.networks import Action, VMPOAgent
 from minerva.normalization import RewardScaler
@@ -114,29 +115,33 @@ class RolloutCollector:
         """Each half is sent its next actions as soon as its step is received, so it steps
         while the policy acts on the other half and while the step is stored."""
         halves = self.envs.halves
-        pending = [self._send(half, observations)
-                   for half, observations in zip(halves, self.envs.split(self.observations))]
+        offsets = (0, halves[0].num_envs)  # each half's first env
+        pending = [self._send(half, observations, first_env)
+                   for half, observations, first_env in zip(
+                       halves, self.envs.split(self.observations), offsets)]
         while not self.storage.full:
             last_step = self.storage.step == self.storage.num_steps - 1
             results, following = [], []
-            for half in halves:
+            for half, first_env in zip(halves, offsets):
                 with self.timer("env_step"):
                     results.append(half.recv())
                 if not last_step:  # the next rollout acts with the updated policy
-                    following.append(self._send(half, results[-1].observations))
+                    following.append(self._send(half, results[-1].observations, first_env))
             raw, log_prob, dist_params = (torch.cat(fields)
                                           for fields in zip(*(action[:3] for action in pending)))
             self._record(Action(raw, log_prob, dist_params, None), concatenate_steps(results))
             pending = following
 
-    def _send(self, half: VectorEnv, observations: np.ndarray) -> Action:
-        action, env_actions = self._act(observations)
+    def _send(self, half: VectorEnv, observations: np.ndarray, first_env: int) -> Action:
+        action, env_actions = self._act(observations, first_env)
         with self.timer("env_step"):
             half.send(env_actions)
         return action
 
-    def _act(self, observations: np.ndarray) -> tuple[Action, np.ndarray]:
-        """The policy's action for ``observations``, on the host; and the env's actions."""
+    def _act(self, observations: np.ndarray, first_env: int = 0) -> tuple[Action, np.ndarray]:
+        """The policy's action for ``observations`` (of the envs from ``first_env`` on), on
+        the host; and the env's actions."""
+        self._check_finite("observation", observations, "to act on at", first_env)
         with self.timer("inference"):
             action = self.agent.act(torch.as_tensor(observations, device=self.device),
                                     with_value=False)
@@ -153,6 +158,7 @@ class RolloutCollector:
             # the step after an episode ended is envpool's (and gymnasium's) autoreset: its
             # action was ignored, so it is not experience
             valid = ~self.previous_done
+            self._check_finite("reward", np.where(valid, result.rewards, 0.0), "at")
             done = result.terminated | result.truncated
             rewards = (result.rewards if self.reward_scaler is None
                        else self.reward_scaler(result.rewards, done, valid))
@@ -168,6 +174,20 @@ class RolloutCollector:
             self.episode_length[done] = 0
             self.previous_done = done
             self.observations = result.observations
+
+    def _check_finite(self, quantity: str, values: np.ndarray, when: str,
+                      first_env: int = 0) -> None:
+        """Raises NonFiniteError naming the env and the rollout step that gave a NaN or an
+        infinity, before it reaches the policy, the storage or a running statistic."""
+        if values.dtype.kind != "f" or np.isfinite(values).all():
+            return
+        per_env = values.reshape(len(values), -1)
+        env = int(np.flatnonzero(~np.isfinite(per_env).all(axis=1))[0])
+        features = np.flatnonzero(~np.isfinite(per_env[env]))
+        where = f" in feature {int(features[0])}" if per_env.shape[1] > 1 else ""
+        raise NonFiniteError(
+            f"{self.envs.env_id}: env {first_env + env} gave a non-finite {quantity} "
+            f"({per_env[env, features[0]]}{where}) {when} step {self.storage.step} of the rollout")
 
     def _batch_with_advantages(self) -> RolloutBatch:
         """The rollout where the update runs, its values scored in one batch (the step

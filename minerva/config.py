@@ -16,6 +16,9 @@ BACKENDS = ("auto", "envpool", "gymnasium")
 ACTIVATIONS = ("tanh", "relu", "elu", "silu")
 LR_SCHEDULES = ("constant", "linear", "adaptive")
 PRECISIONS = ("float32", "bfloat16")
+MAX_SEED = 2_000_000_000  # envpool seeds are int32, and env i gets seed + i
+MAX_ENVS = 65_536
+MAX_M_STEPS = 1_000
 
 
 def _option(default, help: str, **extra):
@@ -29,6 +32,12 @@ class TrainConfig:
     seed: int = _option(1, "random seed (env i is seeded with seed + i)")
     total_steps: int = _option(200_000, "environment steps to train for")
     out_dir: str = _option("runs", "output folder (metrics.jsonl, TensorBoard, checkpoints)")
+    overwrite: bool = _option(
+        False, "a fresh run into an out_dir that holds a run deletes that run's files (without "
+               "it, such a run is refused)")
+    checkpoint_every_s: float = _option(
+        300.0, "write vmpo_last.pt at least this often, in wall-clock seconds, besides at every "
+               "evaluation (0: only at evaluations)")
     device: str = _option("cpu", "torch device for the networks and the update, e.g. cpu, cuda")
     backend: str = _option("auto", "environment backend; auto = envpool when it has the id",
                            choices=BACKENDS)
@@ -97,6 +106,9 @@ class TrainConfig:
     # --- evaluation and logging ------------------------------------------------------------
     eval_every: int = _option(10_000, "evaluate every this many environment steps")
     eval_episodes: int = _option(10, "evaluation episodes (one per evaluation env)")
+    eval_max_steps: int = _option(
+        100_000, "evaluation episodes still running after this many steps are cut there (an "
+                 "env without a time limit would never end them)")
     target_return: float | None = _option(
         None, "stop once the evaluation return mean reaches this (none: never)")
     progress: bool = _option(True, "show a progress bar")
@@ -111,11 +123,25 @@ class TrainConfig:
             if choices and getattr(self, f.name) not in choices:
                 bad(f.name, f"must be one of {', '.join(choices)}")
         for name in ("total_steps", "num_envs", "rollout_steps", "m_steps", "num_minibatches",
-                     "eval_every", "eval_episodes"):
+                     "eval_every", "eval_episodes", "eval_max_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad(name, "must be a positive integer")
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            bad("seed", f"must be an integer in [0, {MAX_SEED:_}] (env i is seeded with "
+                "seed + i, and envpool's seeds are 32-bit)")
+        for name in ("num_envs", "eval_episodes"):
+            if getattr(self, name) > MAX_ENVS:
+                bad(name, f"must be at most {MAX_ENVS:_} (each is an environment in this "
+                    "process)")
+        if self.m_steps > MAX_M_STEPS:
+            bad("m_steps", f"must be at most {MAX_M_STEPS:_} (passes over one rollout; more "
+                "would only overfit it, and an update must end)")
         if self.torch_threads < 0:
             bad("torch_threads", "must be >= 0")
+        if not (math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0):
+            bad("checkpoint_every_s", "must be a number >= 0")
+        if self.target_return is not None and math.isnan(self.target_return):
+            bad("target_return", "must be a number or none")
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 bad(name, "must be in [0, 1]")
@@ -137,6 +163,9 @@ class TrainConfig:
                 f"rollout_steps = {self.num_envs * self.rollout_steps})")
         if not self.env_id:
             bad("env_id", "must not be empty")
+        for name in ("min_log_std", "init_log_std"):
+            if not math.isfinite(getattr(self, name)):
+                bad(name, "must be a finite number")
         if not self.min_log_std < self.init_log_std < 1.0:
             bad("init_log_std", f"must lie between min_log_std ({self.min_log_std}) and 1")
         try:

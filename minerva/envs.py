@@ -73,20 +73,46 @@ def default_backend(env_id: str) -> str:
 
 
 @functools.cache
-def action_space(env_id: str) -> spaces.Space:
-    """The action space of ``env_id``, from envpool's spec when it has the id (no env is
-    made), else from one gymnasium env made and closed at once."""
+def env_spaces(env_id: str) -> tuple[spaces.Space, spaces.Space]:
+    """The observation and action spaces of ``env_id``, from envpool's spec when it has the
+    id (no env is made), else from one gymnasium env made and closed at once."""
     if env_id in envpool_env_ids():
         import envpool
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*precision lowered by casting")
-            return envpool.make_spec(env_id).action_space
+            spec = envpool.make_spec(env_id)
+            return spec.observation_space, spec.action_space
     env = gym.make(env_id)
     try:
-        return env.action_space
+        return env.observation_space, env.action_space
     finally:
         env.close()
+
+
+def action_space(env_id: str) -> spaces.Space:
+    """The action space of ``env_id`` (:func:`env_spaces`)."""
+    return env_spaces(env_id)[1]
+
+
+def supported_observation_box(env_id: str, observation_space: spaces.Space,
+                              action_space: spaces.Space) -> spaces.Box:
+    """The Box observations are stored as (Dict/Tuple of Boxes flattened).
+
+    Raises:
+        ValueError: naming ``env_id`` and its unsupported observation or action space.
+    """
+    # Box leaves only: flatten_space would one-hot encode Discrete ones, which
+    # _flatten_observations does not.
+    if not _is_box_tree(observation_space):
+        raise ValueError(f"{env_id}: unsupported observation space {observation_space} "
+                         "(minerva supports Box, and Dict/Tuple of Box which it flattens)")
+    if not isinstance(action_space, (spaces.Box, spaces.Discrete)):
+        raise ValueError(f"{env_id}: unsupported action space {action_space} "
+                         "(minerva supports Box and Discrete)")
+    if isinstance(observation_space, spaces.Box):
+        return observation_space
+    return spaces.flatten_space(observation_space)
 
 
 def validate_actions(actions: Any, action_space: spaces.Space, num_envs: int) -> np.ndarray:
@@ -124,24 +150,39 @@ def validate_actions(actions: Any, action_space: spaces.Space, num_envs: int) ->
     if isinstance(action_space, spaces.Box):
         if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
             raise ValueError(f"continuous actions must be real numbers, got dtype {array.dtype}")
-        array = array.astype(action_space.dtype)
+
+        def first(bad: np.ndarray) -> tuple[tuple[int, ...], str]:
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            dim = index[1:]
+            return index, f"env {index[0]}" + (f", dimension {', '.join(map(str, dim))}"
+                                               if dim else "")
+
         if not np.isfinite(array).all():
-            for name, bad in (("NaN", np.isnan(array)), ("inf", np.isinf(array))):
-                if bad.any():
-                    env = int(np.argwhere(bad)[0][0])
-                    raise ValueError(f"actions contain {name} at env {env}")
+            index, where = first(~np.isfinite(array))
+            if np.isnan(array[index]):
+                raise ValueError(f"actions contain NaN at {where}")
+            raise ValueError(f"actions contain inf at {where} (value {array[index]})")
         low, high = action_space.low, action_space.high
-        outside = (array < low - _BOUNDS_RTOL * (1 + np.abs(low))) | (
-            array > high + _BOUNDS_RTOL * (1 + np.abs(high))
+        # the slack in float64: at bounds of float32's largest value it overflows float32
+        low64, high64 = low.astype(np.float64), high.astype(np.float64)
+        outside = (array < low64 - _BOUNDS_RTOL * (1 + np.abs(low64))) | (
+            array > high64 + _BOUNDS_RTOL * (1 + np.abs(high64))
         )
         if outside.any():
-            index = tuple(int(i) for i in np.argwhere(outside)[0])
-            env, dim = index[0], index[1:]
-            where = f"env {env}" + (f", dimension {', '.join(map(str, dim))}" if dim else "")
+            index, where = first(outside)
+            dim = index[1:]
             raise ValueError(
                 f"action {array[index]} out of bounds [{low[dim]}, {high[dim]}] at {where}"
             )
-        return np.clip(array, low, high)
+        # clipped before the cast, so a value within the slack of a bound at float32's
+        # largest value does not round to inf
+        with np.errstate(over="ignore"):
+            actions = np.clip(array, low, high).astype(action_space.dtype, copy=False)
+        if not np.can_cast(array.dtype, actions.dtype) and not np.isfinite(actions).all():
+            index, where = first(~np.isfinite(actions))
+            raise ValueError(f"action {array[index]} at {where} overflows the action space's "
+                             f"dtype {actions.dtype}")
+        return actions
 
     raise ValueError(f"unsupported action space {action_space}")
 
@@ -207,26 +248,12 @@ class VectorEnv(_Environments, abc.ABC):
         self._raw_observation_space = env.single_observation_space
         action_space = env.single_action_space
         try:
-            self.single_observation_space = self._observation_box(self._raw_observation_space)
-            if not isinstance(action_space, (spaces.Box, spaces.Discrete)):
-                raise ValueError(
-                    f"{env_id}: unsupported action space {action_space} "
-                    "(minerva supports Box and Discrete)"
-                )
+            self.single_observation_space = supported_observation_box(
+                env_id, self._raw_observation_space, action_space)
         except ValueError:
             env.close()
             raise
         self.single_action_space: spaces.Box | spaces.Discrete = action_space
-
-    def _observation_box(self, space: spaces.Space) -> spaces.Box:
-        # Box leaves only: flatten_space would one-hot encode Discrete ones, which
-        # _flatten_observations does not.
-        if not _is_box_tree(space):
-            raise ValueError(
-                f"{self.env_id}: unsupported observation space {space} "
-                "(minerva supports Box, and Dict/Tuple of Box which it flattens)"
-            )
-        return space if isinstance(space, spaces.Box) else spaces.flatten_space(space)
 
     @abc.abstractmethod
     def _reset(self, seed: int | None) -> Any:

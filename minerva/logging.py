@@ -28,11 +28,50 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+RUN_FILES = ("metrics.jsonl", "run.json", "vmpo_last.pt", "vmpo_best.pt")
+
+
+def prepare_out_dir(out_dir: str | Path, fresh: bool, overwrite: bool = False) -> Path:
+    """Checks that ``out_dir`` can hold a run, creating it; returns it as a Path.
+
+    A fresh run (not a resumed one) refuses a folder that already holds a run, unless
+    ``overwrite``: then the earlier run's files (metrics, TensorBoard events, checkpoints)
+    are deleted.
+
+    Raises:
+        ValueError: ``out_dir: ...``, naming the folder and what is wrong with it.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ValueError(f"out_dir: {out} is a file, not a folder") from None
+    except NotADirectoryError:
+        raise ValueError(f"out_dir: {out} is under a file, not a folder") from None
+    except OSError as error:
+        raise ValueError(f"out_dir: cannot create {out}: {error.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"out_dir: {out} is not writable")
+    earlier = [out / name for name in RUN_FILES if (out / name).exists()]
+    earlier += sorted(out.glob("events.out.tfevents.*"))
+    if fresh and earlier and not overwrite:
+        held = ", ".join(path.name for path in earlier[:3]) + (", ..." if earlier[3:] else "")
+        raise ValueError(
+            f"out_dir: {out} already holds a run ({held}); resume it with --resume "
+            f"{out / 'vmpo_last.pt'}, replace it with --overwrite, or choose another --out-dir")
+    if fresh and overwrite:
+        for path in earlier:
+            path.unlink()
+    return out
+
+
 class RunLogger:
     """Writes every event to ``metrics.jsonl`` and TensorBoard, and shows progress.
 
     Each event carries ``global_step`` and ``time/elapsed_s`` (wall seconds since the logger
-    started, i.e. since training started).
+    started, i.e. since training started). A resumed run (``initial_step`` > 0) first drops
+    the events an interrupted run logged after its checkpoint, from both files: they are
+    logged again as the run repeats those steps.
     """
 
     def __init__(self, out_dir: str | Path, total_steps: int, initial_step: int = 0,
@@ -40,12 +79,18 @@ class RunLogger:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.start = time.perf_counter()
-        self._jsonl = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        jsonl = self.out_dir / "metrics.jsonl"
+        if initial_step > 0 and jsonl.exists():
+            kept = [line for line in jsonl.read_text(encoding="utf-8").splitlines(keepends=True)
+                    if _event_step(line) <= initial_step]
+            _write_atomically(jsonl, "".join(kept))
+        self._jsonl = open(jsonl, "a", encoding="utf-8")
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.out_dir))
+            self._writer = SummaryWriter(log_dir=str(self.out_dir),
+                                         purge_step=initial_step + 1 if initial_step else None)
         # disable=None: no bar when the output is not a terminal (CI, log files)
         self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", unit_scale=True,
                          dynamic_ncols=True, disable=None if progress else True,
@@ -88,6 +133,19 @@ class RunLogger:
         self._jsonl.close()
         if self._writer is not None:
             self._writer.close()
+
+
+def _event_step(line: str) -> float:
+    try:
+        return json.loads(line)["global_step"]
+    except (ValueError, KeyError, TypeError):  # a line cut by a kill: not an event
+        return math.inf
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.rewrite")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
 
 
 class PhaseTimer:

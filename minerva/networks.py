@@ -1,21 +1,37 @@
 """The V-MPO agent: observation normaliser, policy (Gaussian or categorical) and value nets.
 
-Continuous actions use a diagonal Gaussian over pre-squash actions ``u``; the environment
-gets ``low + (tanh(u) + 1) / 2 * (high - low)``. Log-probabilities and KLs are those of
-``u``: tanh is a bijection, so the KL is unchanged, and its Jacobian does not depend on the
-policy's parameters, so the weighted likelihood's gradient is unchanged too. Discrete actions
-use a categorical over logits. The behaviour distribution's parameters (``dist_params``) are
-``[mean, log_std]`` or the logits.
+Continuous actions use a diagonal Gaussian over pre-squash actions ``u``, which a fixed map per
+dimension takes into the action space's bounds:
+
+- bounded on both sides: ``center + half_width * tanh(u)``, which is
+  ``low + (tanh(u) + 1) / 2 * (high - low)``; center and half-width are computed in float64,
+  so ``high - low`` cannot overflow float32;
+- bounded below only: ``low + softplus(u)``; above only: ``high - softplus(-u)`` (softplus
+  grows linearly, so finite ``u`` stays finite, where ``exp`` would overflow);
+- unbounded: ``u`` itself.
+
+A bound that is infinite or at least float32's largest value (gymnasium's stand-in for
+"unbounded") counts as absent. The result is clamped to the bounds (to float32's range on an
+unbounded side) so that float rounding never leaves them. Finite bounds beyond ``±1e6`` draw a
+warning at construction: float32 actions squashed at that scale jump between the extremes
+(tanh) or lose their precision.
+
+Log-probabilities and KLs are those of ``u``: each map is a bijection, so the KL is
+unchanged, and its Jacobian does not depend on the policy's parameters, so the weighted
+likelihood's gradient is unchanged too. Discrete actions use a categorical over logits. The
+behaviour distribution's parameters (``dist_params``) are ``[mean, log_std]`` or the logits.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from minerva.normalization import RunningMeanStd
@@ -23,6 +39,11 @@ from minerva.normalization import RunningMeanStd
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0  # the default bounds of a Gaussian policy's log-std
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+# Bounds at or beyond float32's largest value are gymnasium's spelling of "unbounded"
+# (Box(-np.finfo(np.float32).max, ...)); squashing into them would overflow float32.
+_UNBOUNDED = float(np.finfo(np.float32).max)
+# Finite bounds beyond this are almost surely stand-ins for "unbounded" (see the docstring).
+_ABSURD_BOUND = 1e6
 
 
 def mlp(in_dim: int, layer_sizes: tuple[int, ...], activation: str) -> tuple[nn.Sequential, int]:
@@ -74,10 +95,49 @@ class GaussianPolicy(nn.Module):
             nn.init.constant_(self.log_std.bias, logit)
         else:
             self.log_std_logit = nn.Parameter(torch.full((self.action_dim,), logit))
-        low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
-        self.bounded = bool(np.all(np.isfinite(low)) and np.all(np.isfinite(high)))
-        self.register_buffer("low", torch.as_tensor(low.reshape(-1), dtype=torch.float32))
-        self.register_buffer("high", torch.as_tensor(high.reshape(-1), dtype=torch.float32))
+        self._register_squash(space)
+
+    def _register_squash(self, space: gym.spaces.Box) -> None:
+        """The buffers of :meth:`to_env`'s per-dimension map (see the module docstring)."""
+        low = np.asarray(space.low, np.float64).reshape(-1)
+        high = np.asarray(space.high, np.float64).reshape(-1)
+        # the space's bounds as they were always stored, so checkpoints keep their keys
+        self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32))
+        self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
+        empty = (low >= _UNBOUNDED) | (high <= -_UNBOUNDED)
+        if empty.any():
+            raise ValueError(f"Box action space of shape {space.shape} has no finite action at "
+                             f"{_dimensions(space.shape, low, high, empty)}")
+        has_low, has_high = low > -_UNBOUNDED, high < _UNBOUNDED
+        absurd = (has_low & (np.abs(low) > _ABSURD_BOUND)) | (
+            has_high & (np.abs(high) > _ABSURD_BOUND))
+        if absurd.any():
+            warnings.warn(
+                f"Box action space of shape {space.shape}: bounds beyond ±{_ABSURD_BOUND:g} at "
+                f"{_dimensions(space.shape, low, high, absurd)}: the policy's float32 actions "
+                "are squashed into them (tanh between two bounds, softplus from one), so at "
+                "this scale they jump between the extremes or lose their precision. Rescale "
+                "the actions (e.g. gymnasium.wrappers.RescaleAction), or make a side that is "
+                "meant to be unbounded infinite.", UserWarning, stacklevel=3)
+        two_sided = has_low & has_high
+        self.bounded = bool(two_sided.all())
+        self._identity = not (has_low | has_high).any()
+        # zero for an absent bound: then low + high is the one bound of a one-sided dimension
+        # and 0 for an unbounded one (and no inf - inf). Both are below float32's largest
+        # value in magnitude, so none of these rounds to inf in float32.
+        low, high = np.where(has_low, low, 0.0), np.where(has_high, high, 0.0)
+        buffers = {
+            "offset": np.where(two_sided, (low + high) / 2, low + high),
+            "scale": np.where(two_sided, (high - low) / 2, 1.0),
+            "sign": np.where(has_high & ~has_low, -1.0, 1.0),  # -1: high - softplus(-u)
+            "clip_low": np.where(has_low, low, -_UNBOUNDED),
+            "clip_high": np.where(has_high, high, _UNBOUNDED),
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32),
+                                 persistent=False)
+        self.register_buffer("two_sided", torch.as_tensor(two_sided), persistent=False)
+        self.register_buffer("one_sided", torch.as_tensor(has_low ^ has_high), persistent=False)
 
     @property
     def params_dim(self) -> int:
@@ -105,10 +165,28 @@ class GaussianPolicy(nn.Module):
         return (-0.5 * z.square() - log_std - _HALF_LOG_2PI).sum(-1)
 
     def to_env(self, raw: torch.Tensor) -> torch.Tensor:
-        if not self.bounded:
+        """Pre-squash actions ``[B, D]`` as the environment's ``[B, *shape]`` actions."""
+        if self._identity:
             return raw.reshape(-1, *self.action_shape)
-        squashed = self.low + (torch.tanh(raw) + 1.0) * 0.5 * (self.high - self.low)
-        return squashed.reshape(-1, *self.action_shape)
+        squashed = torch.tanh(raw)
+        if not self.bounded:
+            one_sided = self.sign * F.softplus(self.sign * raw)
+            squashed = torch.where(self.two_sided, squashed,
+                                   torch.where(self.one_sided, one_sided, raw))
+        action = torch.addcmul(self.offset, self.scale, squashed)
+        # float rounding must not leave the bounds, nor a huge u overflow an unbounded side
+        return action.clamp_(self.clip_low, self.clip_high).reshape(-1, *self.action_shape)
+
+
+def _dimensions(shape: tuple[int, ...], low: np.ndarray, high: np.ndarray,
+                mask: np.ndarray, limit: int = 4) -> str:
+    """``"dimension 0 [-1e+30, 1e+30], ..."`` for the flat indices in ``mask``."""
+    flat = np.flatnonzero(mask)
+    index = [tuple(map(int, np.unravel_index(i, shape))) if len(shape) > 1 else int(i)
+             for i in flat[:limit]]
+    named = [f"dimension {j} [{low[i]:g}, {high[i]:g}]" for i, j in zip(flat, index)]
+    more = f" and {flat.size - limit} more" if flat.size > limit else ""
+    return ", ".join(named) + more
 
 
 class CategoricalPolicy(nn.Module):

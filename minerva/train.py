@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(_flag(f.name), **kwargs)
     parser.add_argument("--resume", metavar="CHECKPOINT", default=None,
                         help="continue from a checkpoint (vmpo_last.pt); flags override its "
-                             "config, e.g. a larger --total-steps")
+                             "config, e.g. a larger --total-steps (the options that fix the "
+                             "networks, the optimiser or initial values cannot change)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an unexpected error")
     # defaults are shown inside each help text (they depend on the preset)
     parser.formatter_class = argparse.HelpFormatter
     return parser
@@ -81,9 +84,13 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     except ValueError as error:
         parser.error(f"--env-id: {error}")
     try:  # the preset depends on the action space; a broken env install fails here
-        envs.action_space(env_id)  # cached: preset() reads it again for free
+        spaces = envs.env_spaces(env_id)  # cached: preset() reads them again for free
     except Exception as error:  # e.g. gymnasium's DependencyNotInstalled for MuJoCo
-        parser.error(f"--env-id: cannot make {env_id!r} to read its action space: {error}")
+        parser.error(f"--env-id: cannot make {env_id!r} to read its spaces: {error}")
+    try:
+        envs.supported_observation_box(env_id, *spaces)
+    except ValueError as error:
+        parser.error(f"--env-id: {error}")
     options = {**preset(env_id), **explicit, "env_id": env_id}
     if "out_dir" not in explicit:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -91,14 +98,21 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     try:
         return TrainConfig(**options).validate()
     except ValueError as error:
-        name, _, why = str(error).partition(": ")
-        parser.error(f"{_flag(name)}: {why}")
+        parser.error(_option_message(error))
+
+
+def _option_message(error: Exception) -> str:
+    """``"name: why"`` (the config's and the trainer's errors) as ``"--name: why"``."""
+    name, _, why = str(error).partition(": ")
+    return f"{_flag(name)}: {why}" if name in _OPTION_NAMES else str(error)
+
+
+_OPTION_NAMES = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def _explicit_options(args: argparse.Namespace) -> dict:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
     explicit = {k: (None if v is EXPLICIT_NONE else v) for k, v in vars(args).items()
-                if k in names and v is not None}
+                if k in _OPTION_NAMES and v is not None}
     for key in ("policy_layer_sizes", "value_layer_sizes"):
         if key in explicit:
             explicit[key] = tuple(explicit[key])
@@ -106,30 +120,78 @@ def _explicit_options(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; returns the exit status: 0 done, 2 a bad option or file (one line, before
+    any env is made where it can be told), 130 / 143 stopped by SIGINT / SIGTERM with a
+    checkpoint, 1 any other error (one line; ``--debug`` shows its traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from minerva.trainers.vmpo.trainer import VMPOTrainer
+    try:
+        return _run(parser, args)
+    except KeyboardInterrupt:  # outside training (in it, SIGINT stops it cleanly)
+        print("minerva: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001  (one line instead of a traceback)
+        if args.debug:
+            raise
+        print(f"minerva: error: {type(error).__name__}: {error}\n"
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
 
-    if args.resume:
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from minerva.checkpoint import CheckpointError
+    from minerva.errors import NonFiniteError, TrainingInterrupted
+    from minerva.trainers.vmpo.trainer import VMPOTrainer, check_total_steps
+
+    if args.resume is not None:
+        if not args.resume.strip():
+            parser.error("--resume: needs a checkpoint file, got an empty path")
+        overrides = _explicit_options(args)
+        if "out_dir" in overrides:
+            _check_out_dir(parser, overrides["out_dir"], fresh=False)
         # the checkpoint's configuration, with any flags given now on top
         try:
-            trainer = VMPOTrainer.from_checkpoint(args.resume, **_explicit_options(args))
+            trainer = VMPOTrainer.from_checkpoint(args.resume, **overrides)
         except FileNotFoundError:
             parser.error(f"--resume: no such checkpoint: {args.resume}")
+        except CheckpointError as error:
+            parser.error(f"--resume: {error}")
         except ValueError as error:
-            name, _, why = str(error).partition(": ")
-            parser.error(f"{_flag(name)}: {why}")
+            parser.error(_option_message(error))
+        _check_out_dir(parser, trainer.config.out_dir, fresh=False)
     else:
-        trainer = VMPOTrainer.from_config(config_from_args(parser, args))
+        config = config_from_args(parser, args)
+        _check_out_dir(parser, config.out_dir, fresh=True, overwrite=config.overwrite)
+        try:
+            trainer = VMPOTrainer.from_config(config)
+        except ValueError as error:
+            parser.error(_option_message(error))
     config = trainer.config
     try:
+        check_total_steps(config.total_steps, trainer.global_step)
+    except ValueError as error:
+        trainer.close()
+        parser.error(_option_message(error))
+    try:
         trainer.train(config.total_steps, config.out_dir)
-    except KeyboardInterrupt:
-        print(f"interrupted; the last checkpoint is in {config.out_dir}", file=sys.stderr)
-        return 130
+    except TrainingInterrupted as stopped:
+        return stopped.exit_code  # the trainer has said where its checkpoint is
+    except (NonFiniteError, OSError) as error:
+        print(f"minerva: error: {error}\n{trainer.checkpoint_status()}", file=sys.stderr)
+        return 1
     finally:
         trainer.close()
     return 0
+
+
+def _check_out_dir(parser: argparse.ArgumentParser, out_dir: str, fresh: bool,
+                   overwrite: bool = False) -> None:
+    from minerva.logging import prepare_out_dir
+
+    try:  # before any env is made; overwrite deletes only once the run starts
+        prepare_out_dir(out_dir, fresh=fresh and not overwrite)
+    except ValueError as error:
+        parser.error(_option_message(error))
 
 
 if __name__ == "__main__":

@@ -261,8 +261,10 @@ def test_checkpoint_round_trip(tmp_path):
     # observation statistics travel with the weights
     assert loaded.agent.obs_normalizer.count.item() > 0
     assert torch.equal(loaded.duals.log_eta, trainer.duals.log_eta)
-    assert np.array_equal(loaded.reward_scaler.discounted_return,
-                          trainer.reward_scaler.discounted_return)
+    # the reward scaler's statistics travel; its per-env returns restart with the envs
+    assert torch.equal(loaded.reward_scaler.return_stats.var,
+                       trainer.reward_scaler.return_stats.var)
+    assert not loaded.reward_scaler.discounted_return.any()
     # the reloaded policy evaluates exactly like the original
     original = _evaluate_vectorized(trainer.agent,
                                     make_vector_env("Pendulum-v1", 2, 5, "envpool"))
@@ -328,9 +330,9 @@ def test_format_1_checkpoints_are_upgraded(tmp_path):
     loaded.train(128, str(tmp_path / "resumed"))  # and it trains on
     loaded.close()
     torch.save({**state, "format": 7}, old)
-    with pytest.raises(ValueError, match="format: 7"):
+    with pytest.raises(ValueError, match="of format 7; this minerva reads formats 1 to 3"):
         VMPOTrainer.from_checkpoint(old)
-    torch.save({**state, "format": 2, "config": {**state["config"], "warp": 9}}, old)
+    torch.save({**state, "format": 3, "config": {**state["config"], "warp": 9}}, old)
     with pytest.raises(ValueError, match=r"does not know: \['clip_per_network', 'warp'\]"):
         VMPOTrainer.from_checkpoint(old)
 

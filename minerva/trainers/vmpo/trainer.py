@@ -15,7 +15,7 @@ import difflib
 import math
 import os
 import random
-import tempfile
+import sys
 import time
 import warnings
 from collections.abc import Mapping
@@ -27,13 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from minerva import envs, losses, ops, reference
+from minerva import checkpoint, envs, losses, ops, reference
 from minerva.collector import Rollout, RolloutCollector
 from minerva.config import TrainConfig
 from minerva.envs import VectorEnv, default_backend, make_vector_env
-from minerva.logging import PhaseTimer, RunLogger
+from minerva.errors import NonFiniteError, TrainingInterrupted
+from minerva.logging import PhaseTimer, RunLogger, prepare_out_dir
 from minerva.networks import Duals, VMPOAgent
 from minerva.normalization import RewardScaler
+from minerva.stopping import StopOnSignal
 from minerva.storage import RolloutBatch, RolloutStorage
 from minerva.threads import threads_for, torch_threads
 
@@ -201,7 +203,7 @@ def find_wrapper(env, wrapper_type):
 # --------------------------------------------------------------------------------------------
 
 def _evaluate_vectorized(
-    agent: VMPOAgent, eval_envs: VectorEnv, seed: int = 42
+    agent: VMPOAgent, eval_envs: VectorEnv, seed: int = 42, max_steps: int = 100_000
 ) -> Dict[str, float]:
     """High-performance vectorized evaluation.
     Runs all n_episodes in parallel on one vector env (envpool or gymnasium).
@@ -209,7 +211,8 @@ def _evaluate_vectorized(
     One episode per evaluation env, all stepped together, with the deterministic policy
     (mean action / argmax). The observation normaliser is the training one, frozen (only the
     trainer updates it); returns are on raw rewards. ``seed`` reseeds gymnasium envs; envpool
-    envs keep the seeds they were made with and continue their own random streams.
+    envs keep the seeds they were made with and continue their own random streams. Episodes
+    still running after ``max_steps`` steps are cut there (``eval/cut_episodes`` counts them).
     """
     device = next(agent.parameters()).device
     observations = eval_envs.reset(seed=seed)
@@ -220,7 +223,9 @@ def _evaluate_vectorized(
     was_training = agent.training
     agent.eval()
     with torch.inference_mode(), torch_threads(threads_for(num_envs, torch.get_num_threads())):
-        while not finished.all():
+        for _ in range(max_steps):
+            if finished.all():
+                break
             action = agent.act(torch.as_tensor(observations, device=device), deterministic=True,
                                with_value=False)
             result = eval_envs.step(agent.policy.to_env(action.raw).cpu().numpy())
@@ -237,27 +242,13 @@ def _evaluate_vectorized(
         "eval/return_max": float(returns.max()),
         "eval/return_median": float(np.median(returns)),
         "eval/length_mean": float(lengths.mean()),
+        "eval/cut_episodes": float((~finished).sum()),
     }
 
 
 # --------------------------------------------------------------------------------------------
 # Trainer
 # --------------------------------------------------------------------------------------------
-
-def _save_atomically(state: dict, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
-    a crash mid-write leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        try:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        except BaseException:
-            os.unlink(f.name)
-            raise
-    os.replace(f.name, path)
-
 
 class VMPOTrainer:
     """V-MPO (Song et al. 2019) on a vectorised environment.
@@ -319,6 +310,8 @@ class VMPOTrainer:
         precision: str = "float32",
         compile_update: bool = False,
         pipelined_rollout: bool = False,
+        eval_max_steps: int = 100_000,
+        checkpoint_every_s: float = 300.0,
     ):
         options = {k: v for k, v in locals().items() if k != "self"}
         options.update(device=str(device), policy_layer_sizes=tuple(policy_layer_sizes),
@@ -332,8 +325,12 @@ class VMPOTrainer:
         torch.manual_seed(seed)
         self.device = torch.device(device)
 
-        self.env_id = _resolve_env_id(env_id)
+        try:
+            self.env_id = _resolve_env_id(env_id)
+        except ValueError as error:
+            raise ValueError(f"env_id: {error}") from None
         self.backend = default_backend(self.env_id) if backend == "auto" else backend
+        _check_rollout_memory(cfg, *envs.env_spaces(self.env_id))
         # pipelined_rollout: on envpool half the envs step while the policy acts on the other
         # half (gymnasium steps in this thread: nothing would overlap, so it is never split)
         self.envs = make_vector_env(self.env_id, num_envs, seed, self.backend, make_env=_make_env,
@@ -395,6 +392,9 @@ class VMPOTrainer:
         self.global_step = 0
         self.iteration = 0
         self.best_return = -math.inf
+        # the latest checkpoint written or loaded, and its step (for messages when stopping)
+        self.last_checkpoint: Path | None = None
+        self._last_saved_step: int | None = None
         # CleanRL's metric: the mean return of the last 100 training episodes
         self._recent_returns: collections.deque[float] = collections.deque(
             maxlen=self.RECENT_EPISODES)
@@ -404,7 +404,7 @@ class VMPOTrainer:
     @classmethod
     def from_config(cls, config: TrainConfig) -> "VMPOTrainer":
         options = dataclasses.asdict(config)
-        for run_only in ("total_steps", "out_dir"):
+        for run_only in RUN_ONLY_OPTIONS:
             options.pop(run_only)
         trainer = cls(**options)
         trainer.config = config.validate()  # keeps total_steps and out_dir for checkpoints
@@ -421,7 +421,11 @@ class VMPOTrainer:
     def _collect_rollout(self) -> Rollout:
         """One rollout (:class:`~minerva.collector.RolloutCollector`): the batch on the
         update's device and the statistics of the episodes that ended."""
-        rollout = self.collector.collect()
+        try:
+            rollout = self.collector.collect()
+        except NonFiniteError as error:
+            raise NonFiniteError(f"{error} (the rollout began at global step "
+                                 f"{self.global_step})") from None
         self.global_step += self.storage.num_steps * self.storage.num_envs
         if rollout.finished_returns:
             self._recent_returns.extend(rollout.finished_returns)
@@ -479,8 +483,10 @@ class VMPOTrainer:
         statistics["charts/advantage_mean"] = advantage_mean
         statistics["charts/advantage_std"] = advantage_var.sqrt()
         statistics["charts/value_mean"] = losses.masked_mean(batch.values, valid)
-        on_host = torch.stack([value.float() for value in statistics.values()]).tolist()
-        return dict(zip(statistics, on_host))
+        on_host = dict(zip(statistics, torch.stack(
+            [value.float() for value in statistics.values()]).tolist()))
+        _check_update_finite(on_host, batch)
+        return on_host
 
     def _m_steps(self, samples: dict[str, torch.Tensor], advantages: torch.Tensor,
                  selected: torch.Tensor, history: dict[str, list[torch.Tensor]]) -> None:
@@ -639,18 +645,24 @@ class VMPOTrainer:
         return _evaluate_vectorized(self.agent, self.eval_envs,
                                     seed=self.config.seed + 1000 + self.iteration)
 
-    def train(self, total_steps: int, out_dir: str):
+    def train(self, total_steps: int, out_dir: str, *, overwrite: bool | None = None):
         """Trains until ``total_steps`` environment steps (or ``target_return`` is reached).
 
         Writes ``metrics.jsonl``, TensorBoard events, ``vmpo_last.pt`` and ``vmpo_best.pt``
-        into ``out_dir``; returns the last evaluation's metrics.
+        into ``out_dir``; returns the last evaluation's metrics. A fresh trainer refuses an
+        ``out_dir`` holding a run unless ``overwrite`` (default: the config's).
+
+        ``vmpo_last.pt`` is written after complete iterations only: at each evaluation, every
+        ``checkpoint_every_s`` seconds, and when SIGINT or SIGTERM stops training (the
+        iteration under way is finished first; then :class:`~minerva.errors.
+        TrainingInterrupted` is raised). An error leaves the last checkpoint as it was.
         """
-        if not isinstance(total_steps, int) or total_steps < 1:
-            raise ValueError(f"total_steps: must be a positive integer, got {total_steps!r}")
+        check_total_steps(total_steps, self.global_step)
+        overwrite = self.config.overwrite if overwrite is None else overwrite
         self.config = dataclasses.replace(self.config, total_steps=total_steps,
-                                          out_dir=str(out_dir))
+                                          out_dir=str(out_dir), overwrite=overwrite)
         cfg = self.config
-        out = Path(out_dir)
+        out = prepare_out_dir(out_dir, fresh=self.global_step == 0, overwrite=overwrite)
         logger = RunLogger(out, total_steps, self.global_step, progress=cfg.progress)
         logger.write_run_info({"config": dataclasses.asdict(cfg), "env_id": self.env_id,
                                "backend": self.backend, "device": str(self.device),
@@ -659,52 +671,82 @@ class VMPOTrainer:
                      f"device {self.device}) -> {out}")
         next_eval = (self.global_step // cfg.eval_every + 1) * cfg.eval_every
         last_eval: dict[str, float] = {}
-        last_print = -math.inf
+        last_print, last_save = -math.inf, logger.elapsed
         steps_at_start, time_at_start = self.global_step, logger.elapsed
+        stop = StopOnSignal(
+            lambda name: f"minerva: {name}: stopping after this iteration, with a checkpoint "
+                         "(send it again to exit at once without one)",
+            lambda name: f"minerva: {name} again: exiting at once; {self.checkpoint_status()}")
         try:
-            while self.global_step < total_steps:
-                rollout = self._collect_rollout()
-                metrics = rollout.metrics
-                with self.timer("update"):
-                    metrics.update(self._update(rollout.batch))
-                    self._update_normalizers(rollout.batch)
-                metrics["charts/policy_lr"] = self._schedule_policy_lr(metrics, total_steps)
-                self.iteration += 1
-                metrics["charts/steps_per_second"] = (
-                    (self.global_step - steps_at_start) / max(logger.elapsed - time_at_start, 1e-9))
-                metrics["charts/iteration"] = self.iteration
-                metrics.update(self.timer.metrics())
-                if self._compiled_sizes:
-                    metrics["time/compile_s"] = self.compile_seconds
-                logger.log(self.global_step, metrics)
-                logger.advance(self.global_step)
+            with stop:
+                while self.global_step < total_steps and stop.requested is None:
+                    rollout = self._collect_rollout()
+                    metrics = rollout.metrics
+                    with self.timer("update"):
+                        metrics.update(self._update(rollout.batch))
+                        self._update_normalizers(rollout.batch)
+                    metrics["charts/policy_lr"] = self._schedule_policy_lr(metrics, total_steps)
+                    self.iteration += 1
+                    metrics["charts/steps_per_second"] = (
+                        (self.global_step - steps_at_start)
+                        / max(logger.elapsed - time_at_start, 1e-9))
+                    metrics["charts/iteration"] = self.iteration
+                    metrics.update(self.timer.metrics())
+                    if self._compiled_sizes:
+                        metrics["time/compile_s"] = self.compile_seconds
+                    logger.log(self.global_step, metrics)
+                    logger.advance(self.global_step)
 
-                finished = self.global_step >= total_steps
-                if self.global_step >= next_eval or finished:
-                    while next_eval <= self.global_step:
-                        next_eval += cfg.eval_every
-                    with self.timer("evaluation"):
-                        last_eval = self.evaluate()
-                    logger.log(self.global_step, {**last_eval, **self.timer.metrics()})
-                    if last_eval["eval/return_mean"] > self.best_return:
-                        self.best_return = last_eval["eval/return_mean"]
-                        self.save_checkpoint(out / "vmpo_best.pt")
-                    self.save_checkpoint(out / "vmpo_last.pt")
-                    logger.print(self._console_line({**last_eval, **_console_subset(metrics)}))
-                    last_print = logger.elapsed
-                    if cfg.target_return is not None and (
-                            last_eval["eval/return_mean"] >= cfg.target_return):
-                        logger.print(f"reached the target return {cfg.target_return:g} at step "
-                                     f"{self.global_step} ({logger.elapsed:.1f} s)")
-                        break
-                elif logger.elapsed - last_print > 10.0:
-                    logger.print(self._console_line(_console_subset(metrics)))
-                    last_print = logger.elapsed
+                    finished = self.global_step >= total_steps
+                    if self.global_step >= next_eval or finished:
+                        while next_eval <= self.global_step:
+                            next_eval += cfg.eval_every
+                        with self.timer("evaluation"):
+                            last_eval = self.evaluate()
+                        logger.log(self.global_step, {**last_eval, **self.timer.metrics()})
+                        if last_eval["eval/return_mean"] > self.best_return:
+                            self.best_return = last_eval["eval/return_mean"]
+                            self.save_checkpoint(out / "vmpo_best.pt")
+                        self._save_last(out)
+                        last_save = logger.elapsed
+                        logger.print(self._console_line({**last_eval,
+                                                         **_console_subset(metrics)}))
+                        last_print = logger.elapsed
+                        if cfg.target_return is not None and (
+                                last_eval["eval/return_mean"] >= cfg.target_return):
+                            logger.print(f"reached the target return {cfg.target_return:g} at "
+                                         f"step {self.global_step} ({logger.elapsed:.1f} s)")
+                            break
+                    else:
+                        if cfg.checkpoint_every_s and (
+                                logger.elapsed - last_save >= cfg.checkpoint_every_s):
+                            self._save_last(out)
+                            last_save = logger.elapsed
+                        if logger.elapsed - last_print > 10.0:
+                            logger.print(self._console_line(_console_subset(metrics)))
+                            last_print = logger.elapsed
+                if stop.requested is not None:
+                    if self.last_checkpoint is None or self._last_saved_step != self.global_step:
+                        self._save_last(out)
+                    interrupted = TrainingInterrupted(
+                        stop.requested, f"stopped at step {self.global_step} after a complete "
+                                        f"iteration; {self.checkpoint_status()}")
+                    print(f"minerva: {interrupted}", file=sys.stderr, flush=True)
+                    raise interrupted
         finally:
-            self.save_checkpoint(out / "vmpo_last.pt")
             logger.print(f"time per phase: {self.timer.split()}")
             logger.close()
         return last_eval
+
+    def _save_last(self, out: Path) -> None:
+        self.save_checkpoint(out / "vmpo_last.pt")
+        self.last_checkpoint, self._last_saved_step = out / "vmpo_last.pt", self.global_step
+
+    def checkpoint_status(self) -> str:
+        """Where the last checkpoint is (for messages when training stops)."""
+        if self.last_checkpoint is None:
+            return "no checkpoint was written"
+        return f"the last checkpoint (step {self._last_saved_step}) is {self.last_checkpoint}"
 
     def _console_line(self, metrics: Mapping[str, float]) -> str:
         return f"step {self.global_step}: {_format_metrics(metrics)} | {self.timer.split()}"
@@ -712,9 +754,10 @@ class VMPOTrainer:
     # --- checkpoints --------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Everything needed to resume training or evaluate the policy."""
+        """Everything needed to resume training or evaluate the policy, as tensors and plain
+        values (:mod:`minerva.checkpoint`)."""
         return {
-            "format": CHECKPOINT_FORMAT,
+            "format": checkpoint.FORMAT,
             "config": dataclasses.asdict(self.config),
             "env_id": self.env_id,
             "backend": self.backend,
@@ -722,46 +765,91 @@ class VMPOTrainer:
             "duals": self.duals.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "reward_scaler": self.reward_scaler.state_dict(),
-            "reward_scaler_return": self.reward_scaler.discounted_return.copy(),
             "global_step": self.global_step,
             "iteration": self.iteration,
             "best_return": self.best_return,
             "recent_returns": list(self._recent_returns),
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                    "torch": torch.get_rng_state(),
+            "rng": {**checkpoint.rng_state(),
                     # the minibatches' permutations on a GPU draw from its generator
                     "torch_cuda": (torch.cuda.get_rng_state(self.device) if self._on_gpu
                                    else None)},
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.agent.load_state_dict(state["agent"])
-        self.duals.load_state_dict(state["duals"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.reward_scaler.load_state_dict(state["reward_scaler"])
-        self.reward_scaler.discounted_return = np.array(state["reward_scaler_return"])
+        """Restores :meth:`state_dict`'s output. The envs are not in it: they start new
+        episodes, and the reward scaler's per-env discounted returns restart with them.
+
+        Raises:
+            CheckpointError: when the networks' or the optimiser's shapes do not match.
+        """
+        try:
+            self.agent.load_state_dict(state["agent"])
+            self.duals.load_state_dict(state["duals"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise checkpoint.CheckpointError(
+                f"the checkpoint does not fit this {self.env_id} trainer: {first_line}") from None
         self.global_step = state["global_step"]
         self.iteration = state["iteration"]
         self.best_return = state["best_return"]
         self._recent_returns.clear()
         self._recent_returns.extend(state.get("recent_returns", []))
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
+        checkpoint.set_rng_state(state["rng"])
         if self._on_gpu and state["rng"].get("torch_cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["torch_cuda"], self.device)
 
     def save_checkpoint(self, path: str | Path) -> None:
-        _save_atomically(self.state_dict(), Path(path))
+        checkpoint.save(self.state_dict(), path)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **overrides) -> "VMPOTrainer":
-        """Rebuilds the trainer saved at ``path`` (config overrides allowed, e.g. device)."""
-        state = _upgrade_checkpoint(torch.load(path, map_location="cpu", weights_only=False),
-                                    path)
-        config = TrainConfig(**{**state["config"], **overrides})
+        """Rebuilds the trainer saved at ``path``, with ``overrides`` of its configuration.
+
+        Every option applies on resume (learning rates and momentum go into the optimiser,
+        whatever the checkpoint's schedule had reached), except those that fix the networks,
+        the optimiser or the initial values (:data:`RESUME_FIXED_OPTIONS`): changing one of
+        them is an error naming it. A ``total_steps`` given must exceed the saved step.
+
+        Raises:
+            FileNotFoundError: no such file.
+            CheckpointError: not a readable minerva checkpoint, or one that does not fit.
+            ValueError: ``option: ...`` for an override that cannot apply.
+        """
+        state = checkpoint.load(path)
+        saved = state["config"]
+        unknown = set(saved) - {f.name for f in dataclasses.fields(TrainConfig)}
+        if unknown:
+            raise checkpoint.CheckpointError(
+                f"{path} has options this minerva does not know: {sorted(unknown)}")
+        if "env_id" in overrides:
+            try:
+                resolved = _resolve_env_id(overrides["env_id"])
+            except ValueError as error:
+                raise ValueError(f"env_id: {error}") from None
+            if resolved != state["env_id"]:
+                raise ValueError(f"env_id: the checkpoint was trained on {state['env_id']!r}; "
+                                 f"a resumed run cannot change it, got {overrides['env_id']!r}")
+        for name, why in RESUME_FIXED_OPTIONS.items():
+            if name in overrides and overrides[name] != saved.get(name):
+                raise ValueError(f"{name}: the checkpoint has {saved.get(name)!r} ({why}); a "
+                                 f"resumed run cannot change it, got {overrides[name]!r}")
+        config = TrainConfig(**{**saved, **overrides}).validate()
+        if "total_steps" in overrides:  # asked for: it must leave steps to train
+            check_total_steps(config.total_steps, state["global_step"])
         trainer = cls.from_config(config)
-        trainer.load_state_dict(state)
+        try:
+            trainer.load_state_dict(state)
+        except BaseException:
+            trainer.close()
+            raise
+        for group, name in zip(trainer.optimizer.param_groups, OPTIMIZER_GROUP_LRS):
+            if name in overrides:
+                group["lr"] = overrides[name]
+            if config.optimizer_type == "sgd" and "sgd_momentum" in overrides:
+                group["momentum"] = overrides["sgd_momentum"]
+        trainer.last_checkpoint, trainer._last_saved_step = Path(path), trainer.global_step
         return trainer
 
     def close(self) -> None:
@@ -769,35 +857,69 @@ class VMPOTrainer:
         self.eval_envs.close()
 
 
-CHECKPOINT_FORMAT = 2  # 2: log-space multipliers; 1: softplus ones and clip_per_network
+# options of a run, not of the trainer
+RUN_ONLY_OPTIONS = ("total_steps", "out_dir", "overwrite")
+# the optimiser's parameter groups, in order, and the option each group's rate comes from
+OPTIMIZER_GROUP_LRS = ("policy_lr", "value_lr", "temperature_lr", "alpha_lr")
+# options a resumed run must keep, and why
+RESUME_FIXED_OPTIONS = {
+    "policy_layer_sizes": "the policy network's shape",
+    "value_layer_sizes": "the value network's shape",
+    "shared_encoder": "the networks' shape",
+    "activation": "what the networks' weights were trained with",
+    "state_dependent_std": "the policy's parameters",
+    "min_log_std": "how the policy's weights map to its std",
+    "optimizer_type": "the optimiser's state",
+    "temperature_init": "an initial value: the checkpoint's temperature carries on",
+    "alpha_init": "an initial value: the checkpoint's multipliers carry on",
+    "init_log_std": "an initial value: the checkpoint's policy carries on",
+}
 
 
-def _upgrade_checkpoint(state: dict, path: str | Path) -> dict:
-    """A checkpoint of an earlier format in today's: format 1 kept the multipliers behind a
-    softplus (``eta_raw``, ``alpha_raw``) and had a ``clip_per_network`` option. Their values
-    carry over exactly; the optimiser's moments of the multipliers, in the old units, are
-    dropped. Raises ValueError naming the file for an unknown format or option."""
-    version = state.get("format") if isinstance(state, dict) else None
-    if version not in (1, CHECKPOINT_FORMAT):
-        raise ValueError(f"resume: {path} is not a minerva checkpoint of format 1 or "
-                         f"{CHECKPOINT_FORMAT} (format: {version!r})")
-    if version == 1:
-        state = {**state, "format": CHECKPOINT_FORMAT}
-        state["config"] = {k: v for k, v in state["config"].items() if k != "clip_per_network"}
-        duals = state["duals"]
-        state["duals"] = {"log_eta": torch.log(nn.functional.softplus(duals["eta_raw"])),
-                          "log_alpha": torch.log(nn.functional.softplus(duals["alpha_raw"]))}
-        optimizer = state["optimizer"]
-        dual_params = {index for group in optimizer["param_groups"][2:]
-                       for index in group["params"]}
-        state["optimizer"] = {**optimizer, "state": {
-            index: moments for index, moments in optimizer["state"].items()
-            if index not in dual_params}}
-    unknown = set(state["config"]) - {f.name for f in dataclasses.fields(TrainConfig)}
-    if unknown:
-        raise ValueError(f"resume: {path} has options this minerva does not know: "
-                         f"{sorted(unknown)}")
-    return state
+def check_total_steps(total_steps: int, trained_steps: int) -> None:
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps: must be a positive integer, got {total_steps!r}")
+    if total_steps <= trained_steps:
+        raise ValueError(f"total_steps: {total_steps} is not above the {trained_steps} steps "
+                         "already trained; give a larger one to train on")
+
+
+def _check_rollout_memory(config: TrainConfig, observation_space: gym.spaces.Space,
+                          action_space: gym.spaces.Space) -> None:
+    """Refuses a rollout whose storage cannot fit in this machine's memory, before any env
+    or buffer is made (a ValueError naming the size it would need)."""
+    observation_size = (int(np.prod(observation_space.shape))
+                        if isinstance(observation_space, gym.spaces.Box)
+                        else int(gym.spaces.flatdim(observation_space)))
+    discrete = isinstance(action_space, gym.spaces.Discrete)
+    action_size = 1 if discrete else int(np.prod(action_space.shape))
+    params_size = int(action_space.n) if discrete else 2 * action_size
+    # float32 observations, dist_params and 6 scalars, the actions, and 3 bool flags
+    bytes_per_step = 4 * (observation_size + params_size + 6) + 8 * action_size + 3
+    needed = config.rollout_steps * config.num_envs * bytes_per_step
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ValueError(
+            f"rollout_steps: a rollout of {config.rollout_steps:_} steps x {config.num_envs:_} "
+            f"envs of {config.env_id} needs {_gib(needed)} of storage, more than this "
+            f"machine's {_gib(available)} of memory")
+
+
+def _gib(size: float) -> str:
+    return f"{size / 2**30:,.1f} GiB"
+
+
+def _check_update_finite(statistics: Mapping[str, float], batch: RolloutBatch) -> None:
+    """Raises NonFiniteError naming the update's losses or gradient norms that are NaN or
+    infinite: checked before the normalisers take the rollout in, and before a checkpoint."""
+    bad = {name: value for name, value in statistics.items()
+           if name.startswith("losses/") and not math.isfinite(value)}
+    if bad:
+        terms = ", ".join(f"{name} = {value}" for name, value in bad.items())
+        returns = batch.returns[batch.valid]
+        span = (f"; this rollout's returns span [{returns.min().item():.3g}, "
+                f"{returns.max().item():.3g}]" if returns.numel() else "")
+        raise NonFiniteError(f"the update computed non-finite values: {terms}{span}")
 
 
 def _console_subset(metrics: Mapping[str, float]) -> dict[str, float]:

@@ -1,0 +1,174 @@
+"""Checkpoint files: written atomically, read without running any code.
+
+A checkpoint (``vmpo_last.pt``, ``vmpo_best.pt``) is a ``torch.save`` of a dict of tensors
+and plain Python values (numbers, strings, lists, tuples, dicts, None): the format version,
+the run's configuration, the networks' weights and the observation normaliser's statistics,
+the duals, the optimiser's state, the reward scaler's return statistics, the step and
+iteration counters, the best evaluation return, the last 100 training episodes' returns and
+the random number generators' states (Python's, numpy's, torch's, CUDA's). It is read with
+``torch.load(weights_only=True)``: unpickling refuses every object other than those, so a
+crafted file cannot run code.
+
+Formats 1 and 2 (earlier minerva) stored numpy arrays; they are read with numpy's array
+reconstruction allowed as well (it builds arrays, nothing else) and upgraded.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = 3  # 3: no numpy objects (weights_only); 2: log-space multipliers; 1: softplus ones
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable minerva checkpoint, or one that does not fit the run."""
+
+
+def save(state: dict, path: str | Path) -> None:
+    """Writes ``state`` to a temporary file beside ``path``, fsyncs it and renames it over
+    ``path``: a crash or a kill mid-write leaves the previous checkpoint intact. Temporary
+    files that killed writes left behind are removed first.
+
+    Raises:
+        OSError: naming the file and the cause (e.g. no space left on device).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}."
+    for stale in path.parent.glob(f"{prefix}*"):
+        stale.unlink(missing_ok=True)
+    # serialised in memory first: torch's zip writer reports a failed write as "unexpected
+    # pos", while a plain write raises the OSError that says why
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=prefix, delete=False) as f:
+        try:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException as error:
+            f.close()
+            os.unlink(f.name)
+            if isinstance(error, OSError):
+                reason = error.strerror or os.strerror(error.errno or errno.EIO)
+                raise OSError(error.errno, f"cannot write the checkpoint {path}: {reason}") \
+                    from error
+            raise
+    os.replace(f.name, path)
+
+
+# numpy's array reconstruction, for formats 1 and 2 only
+_LEGACY_GLOBALS = [np.ndarray, np.dtype, np.dtypes.UInt32DType, np.dtypes.Float64DType,
+                   np.dtypes.Float32DType, np.dtypes.Int64DType]
+try:
+    _LEGACY_GLOBALS.append(np._core.multiarray._reconstruct)
+except AttributeError:  # numpy < 2
+    _LEGACY_GLOBALS.append(np.core.multiarray._reconstruct)
+
+
+def load(path: str | Path) -> dict:
+    """Reads a minerva checkpoint safely and returns it in today's format.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: naming the file and what it is instead (a folder, empty, truncated
+            or corrupt, not a torch file, a torch file holding other objects, another
+            format).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such checkpoint: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file (vmpo_last.pt)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a torch checkpoint (a text file, or truncated?)")
+    try:
+        with torch.serialization.safe_globals(_LEGACY_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        unsafe = ""
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            unsafe = f" ({', '.join(names)})" if names else ""
+        except Exception:  # noqa: BLE001  (the refusal is what matters)
+            pass
+        raise CheckpointError(
+            f"{path} holds Python objects a minerva checkpoint never holds{unsafe}; it was "
+            "not loaded, as unpickling them could run code") from error
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"{path} is corrupt or truncated ({first_line})") from error
+    version = state.get("format") if isinstance(state, dict) else None
+    if not isinstance(state, dict) or "config" not in state or "agent" not in state:
+        raise CheckpointError(f"{path} is a torch file but not a minerva checkpoint")
+    if version not in (1, 2, FORMAT):
+        raise CheckpointError(f"{path} is a minerva checkpoint of format {version!r}; this "
+                              f"minerva reads formats 1 to {FORMAT}")
+    return upgrade(state) if version != FORMAT else state
+
+
+def upgrade(state: dict) -> dict:
+    """A checkpoint of format 1 or 2 in format 3.
+
+    Format 1 kept the multipliers behind a softplus (``eta_raw``, ``alpha_raw``) and had a
+    ``clip_per_network`` option: their values carry over exactly; the optimiser's moments of
+    the multipliers, in the old units, are dropped. Format 2 kept numpy's random state as a
+    numpy tuple and the reward scaler's per-env returns (they restart with the envs now)."""
+    state = dict(state)
+    if state["format"] == 1:
+        state["config"] = {k: v for k, v in state["config"].items() if k != "clip_per_network"}
+        duals = state["duals"]
+        softplus = torch.nn.functional.softplus
+        state["duals"] = {"log_eta": torch.log(softplus(duals["eta_raw"])),
+                          "log_alpha": torch.log(softplus(duals["alpha_raw"]))}
+        optimizer = state["optimizer"]
+        dual_params = {index for group in optimizer["param_groups"][2:]
+                       for index in group["params"]}
+        state["optimizer"] = {**optimizer, "state": {
+            index: moments for index, moments in optimizer["state"].items()
+            if index not in dual_params}}
+    state.pop("reward_scaler_return", None)
+    rng = dict(state["rng"])
+    python_version, python_state, gauss = rng["python"]
+    rng["python"] = [python_version, list(python_state), gauss]
+    numpy_state = rng["numpy"]
+    if isinstance(numpy_state, tuple):  # np.random.get_state()'s legacy tuple
+        _, key, position, has_gauss, cached = numpy_state
+        rng["numpy"] = {"key": torch.from_numpy(np.asarray(key, np.int64)),
+                        "pos": int(position), "has_gauss": int(has_gauss),
+                        "gauss": float(cached)}
+    state["rng"] = rng
+    state["format"] = FORMAT
+    return state
+
+
+def rng_state() -> dict:
+    """Python's, numpy's and torch's (CPU) random states as tensors and plain values."""
+    python_version, python_state, gauss = random.getstate()
+    _, key, position, has_gauss, cached = np.random.get_state()
+    return {"python": [python_version, list(python_state), gauss],
+            "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(position),
+                      "has_gauss": int(has_gauss), "gauss": float(cached)},
+            "torch": torch.get_rng_state()}
+
+
+def set_rng_state(rng: dict) -> None:
+    """Restores what :func:`rng_state` returned."""
+    python_version, python_state, gauss = rng["python"]
+    random.setstate((python_version, tuple(python_state), gauss))
+    numpy_state = rng["numpy"]
+    np.random.set_state(("MT19937", numpy_state["key"].numpy().astype(np.uint32),
+                         numpy_state["pos"], numpy_state["has_gauss"], numpy_state["gauss"]))
+    torch.set_rng_state(rng["torch"])

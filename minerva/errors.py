@@ -1,0 +1,29 @@
+"""The errors training raises on purpose, beyond ``ValueError`` for bad options."""
+
+from __future__ import annotations
+
+import signal
+
+
+class NonFiniteError(RuntimeError):
+    """An environment gave, or the update computed, NaN or infinity. Raised before the value
+    reaches a running statistic or a checkpoint; the message names the quantity and where."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT or SIGTERM after a completed iteration, with a checkpoint
+    of it written. A KeyboardInterrupt, so ``except Exception`` does not swallow it."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention: 128 + the signal's number (130 for SIGINT, 143 for
+        SIGTERM)."""
+        return 128 + self.signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name

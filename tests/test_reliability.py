@@ -1,0 +1,536 @@
+"""What a failure costs: safe checkpoints, nothing lost on errors and signals, resume that
+does what it says, non-finite data named, no hangs, and bounded configurations."""
+
+import json
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from minerva import checkpoint
+from minerva.config import TrainConfig
+from minerva.errors import NonFiniteError, TrainingInterrupted
+from minerva.trainers.vmpo.trainer import VMPOTrainer, _evaluate_vectorized
+
+pytest.importorskip("envpool")
+
+SMALL = dict(rollout_steps=16, num_envs=4, m_steps=2, eval_episodes=2, progress=False)
+
+
+def make_trainer(env_id="CartPole-v1", backend="envpool", **overrides):
+    options = {**SMALL, "backend": backend, **overrides}
+    return VMPOTrainer(env_id, 0, "cpu", (16,), (16,), options.pop("rollout_steps"), **options)
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """A short CartPole run's output folder (vmpo_last.pt at step 128)."""
+    out = tmp_path_factory.mktemp("run")
+    trainer = make_trainer(eval_every=64)
+    trainer.train(128, str(out))
+    trainer.close()
+    return out
+
+
+# --- safe checkpoints ------------------------------------------------------------------------
+
+class _Payload:
+    """Unpickling this runs a shell command (what a malicious checkpoint does)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _crafted_files(folder: Path, saved_run: Path, marker: Path) -> list[Path]:
+    plain = folder / "plain_pickle.pt"
+    with open(plain, "wb") as f:
+        pickle.dump({"format": 3, "config": {}, "agent": _Payload(marker)}, f)
+    torch_file = folder / "torch_payload.pt"
+    torch.save({"format": 3, "config": {}, "agent": {}, "x": _Payload(marker)}, torch_file)
+    # a real checkpoint with one extra payload key: it used to resume and train normally
+    real = torch.load(saved_run / "vmpo_last.pt", weights_only=True)
+    extra = folder / "vmpo_last.pt"
+    torch.save({**real, "extra": _Payload(marker)}, extra)
+    return [plain, torch_file, extra]
+
+
+def test_a_crafted_checkpoint_runs_nothing_through_any_loader(tmp_path, saved_run):
+    marker = tmp_path / "payload-ran"
+    for path in _crafted_files(tmp_path, saved_run, marker):
+        with pytest.raises(checkpoint.CheckpointError):
+            checkpoint.load(path)
+        with pytest.raises(checkpoint.CheckpointError):
+            VMPOTrainer.from_checkpoint(path)
+        result = _cli("--resume", str(path), "--total-steps", "4096")
+        assert result.returncode == 2 and "--resume:" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert not marker.exists()
+    # the CLI's message says why the file was refused
+    assert "could run code" in result.stderr and "posix.system" in result.stderr
+
+
+def test_checkpoints_hold_only_tensors_and_plain_values(saved_run):
+    state = torch.load(saved_run / "vmpo_last.pt", weights_only=True)  # raises otherwise
+    assert state["format"] == checkpoint.FORMAT
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(saved_run / "vmpo_last.pt") == []
+
+
+def test_format_2_checkpoints_with_numpy_state_still_load(tmp_path, saved_run):
+    state = torch.load(saved_run / "vmpo_last.pt", weights_only=True)
+    rng = state["rng"]
+    numpy_rng = rng["numpy"]
+    state.update(format=2, reward_scaler_return=np.zeros(4), rng={
+        **rng, "python": (rng["python"][0], tuple(rng["python"][1]), rng["python"][2]),
+        "numpy": ("MT19937", numpy_rng["key"].numpy().astype(np.uint32), numpy_rng["pos"],
+                  numpy_rng["has_gauss"], numpy_rng["gauss"])})
+    old = tmp_path / "format2.pt"
+    torch.save(state, old)
+    loaded = VMPOTrainer.from_checkpoint(old)
+    assert loaded.global_step == 128
+    # numpy's stream continues where the checkpoint left it
+    np.random.set_state(state["rng"]["numpy"])
+    expected = np.random.rand(3)
+    checkpoint.set_rng_state(checkpoint.load(old)["rng"])
+    np.testing.assert_array_equal(np.random.rand(3), expected)
+    loaded.close()
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "is empty"),
+    (b"hello, I am a text file\n", "not a torch checkpoint"),
+    ("truncated", "corrupt or truncated|not a torch checkpoint"),
+    ("foreign", "not a minerva checkpoint"),
+    ("folder", "is a folder"),
+])
+def test_unreadable_checkpoints_are_named(tmp_path, saved_run, content, message):
+    path = tmp_path / "bad.pt"
+    if content == "truncated":
+        data = (saved_run / "vmpo_last.pt").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif content == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif content == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        checkpoint.load(path)
+
+
+def test_a_checkpoint_of_other_networks_is_refused(tmp_path, saved_run):
+    state = torch.load(saved_run / "vmpo_last.pt", weights_only=True)
+    # a checkpoint whose weights do not match its own config (hand-edited or corrupted)
+    state["agent"] = {k: (v[:1] if v.ndim else v) for k, v in state["agent"].items()}
+    path = tmp_path / "mismatch.pt"
+    torch.save(state, path)
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit this CartPole-v1"):
+        VMPOTrainer.from_checkpoint(path)
+
+
+# --- nothing lost ----------------------------------------------------------------------------
+
+def test_a_failed_run_leaves_the_last_checkpoint_as_it_was(tmp_path, saved_run, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("vmpo_last.pt", "metrics.jsonl"):
+        (out / name).write_bytes((saved_run / name).read_bytes())
+    before = (out / "vmpo_last.pt").read_bytes()
+    trainer = VMPOTrainer.from_checkpoint(out / "vmpo_last.pt", out_dir=str(out))
+
+    def failing_update(self, batch):
+        raise RuntimeError("the update failed")
+
+    monkeypatch.setattr(VMPOTrainer, "_update", failing_update)
+    with pytest.raises(RuntimeError, match="the update failed"):
+        trainer.train(1024, str(out))
+    trainer.close()
+    assert (out / "vmpo_last.pt").read_bytes() == before
+
+
+def test_stale_temporary_files_are_removed_at_the_next_save(tmp_path):
+    trainer = make_trainer()
+    for suffix in ("a1b2", "zz"):
+        (tmp_path / f".vmpo_last.pt.{suffix}").write_bytes(b"half a checkpoint")
+    (tmp_path / ".vmpo_best.pt.keep").write_bytes(b"another file's")
+    trainer.save_checkpoint(tmp_path / "vmpo_last.pt")
+    trainer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".vmpo_best.pt.keep", "vmpo_last.pt"]
+
+
+def test_a_full_disk_is_named_with_its_cause(tmp_path, monkeypatch):
+    import errno
+    import tempfile as tempfile_module
+
+    trainer = make_trainer()
+    real = tempfile_module.NamedTemporaryFile
+
+    class FullDisk:
+        def __init__(self, *args, **kwargs):
+            self._file = real(*args, **kwargs)
+            self.name = self._file.name
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self._file.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self._file, name)
+
+    monkeypatch.setattr(tempfile_module, "NamedTemporaryFile", FullDisk)
+    with pytest.raises(OSError, match=r"cannot write the checkpoint .*vmpo_last.pt: No space"):
+        trainer.save_checkpoint(tmp_path / "vmpo_last.pt")
+    trainer.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoints_are_also_written_on_a_wall_clock_cadence(tmp_path, monkeypatch):
+    saves = []
+    original = VMPOTrainer.save_checkpoint
+
+    def counting(self, path):
+        saves.append((Path(path).name, self.global_step))
+        original(self, path)
+
+    monkeypatch.setattr(VMPOTrainer, "save_checkpoint", counting)
+    trainer = make_trainer(eval_every=10_000, checkpoint_every_s=1e-9)
+    trainer.train(192, str(tmp_path))
+    trainer.close()
+    last = [step for name, step in saves if name == "vmpo_last.pt"]
+    assert last == [64, 128, 192]  # one per iteration here, the final one at its evaluation
+
+
+def test_a_signal_stops_after_the_iteration_with_a_consistent_checkpoint(tmp_path, monkeypatch):
+    trainer = make_trainer(eval_every=10_000)
+    original = VMPOTrainer._update
+
+    def signalling_update(self, batch):
+        if self.iteration == 2:  # mid-iteration: after the rollout, before the update
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch)
+
+    monkeypatch.setattr(VMPOTrainer, "_update", signalling_update)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        trainer.train(100_000, str(tmp_path))
+    trainer.close()
+    assert stopped.value.exit_code == 143 and stopped.value.signal_name == "SIGTERM"
+    state = checkpoint.load(tmp_path / "vmpo_last.pt")
+    # the interrupted iteration was completed: trained on, counted and saved
+    assert state["global_step"] == 3 * 64 and state["iteration"] == 3
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert events[-1]["global_step"] == state["global_step"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def _cli(*args, timeout=120, **popen):
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run([sys.executable, "-m", "minerva.train", *args], cwd=cwd,
+                              capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def _start_cli(out: Path, *args, events: int = 3) -> subprocess.Popen:
+    """The CLI training Pendulum into ``out``, once ``events`` lines are logged (0: once
+    training has started)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "minerva.train", "--env-id", "Pendulum-v1", "--num-envs", "4",
+         "--rollout-steps", "16", "--total-steps", "10000000", "--eval-every", "1000000",
+         "--no-progress", "--out-dir", str(out), *args],
+        cwd=tempfile.gettempdir(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    metrics = out / "metrics.jsonl"
+    while not ((out / "run.json").exists() and metrics.exists()
+               and metrics.read_text().count("\n") >= events):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.1)
+    return process
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_the_cli_exits_on_a_signal_with_a_checkpoint(tmp_path, signum, code):
+    out = tmp_path / "run"
+    process = _start_cli(out)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr
+    assert "Traceback" not in stderr
+    state = checkpoint.load(out / "vmpo_last.pt")
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert state["global_step"] == events[-1]["global_step"] > 0
+    assert f"the last checkpoint (step {state['global_step']})" in stderr
+
+
+def test_a_second_signal_exits_at_once_without_a_traceback(tmp_path):
+    out = tmp_path / "run"
+    # rollouts of 4,096 steps and 1,000 passes over each: the second signal comes mid-update
+    process = _start_cli(out, "--m-steps", "1000", "--num-envs", "64", "--rollout-steps", "64",
+                         "--checkpoint-every-s", "0", events=0)
+    time.sleep(1.0)  # into the first iteration
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "again: exiting at once" in stderr
+    # no checkpoint existed, and the message does not pretend one does
+    assert "no checkpoint was written" in stderr and not (out / "vmpo_last.pt").exists()
+
+
+# --- resume ----------------------------------------------------------------------------------
+
+def test_resume_applies_learning_rates_and_sizes(saved_run, tmp_path):
+    trainer = VMPOTrainer.from_checkpoint(
+        saved_run / "vmpo_last.pt", policy_lr=0.1, value_lr=0.5, temperature_lr=0.02,
+        num_envs=6, rollout_steps=8)
+    # alpha_lr was not given: the checkpoint's rate (the trainer's default) stays
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.1, 0.5, 0.02, 1e-4]
+    assert trainer.envs.num_envs == 6 and trainer.storage.num_steps == 8
+    assert trainer.reward_scaler.discounted_return.shape == (6,)
+    trainer.train(256, str(tmp_path))
+    assert trainer.global_step == 128 + 3 * 48
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert events[0]["charts/policy_lr"] == 0.1  # constant schedule: what was asked for
+    trainer.close()
+
+
+@pytest.mark.parametrize("override,message", [
+    (dict(policy_layer_sizes=(32,)), r"policy_layer_sizes: the checkpoint has \(16,\)"),
+    (dict(optimizer_type="sgd"), "optimizer_type: the checkpoint has 'adam'"),
+    (dict(env_id="Pendulum-v1"), "env_id: the checkpoint was trained on 'CartPole-v1'"),
+    (dict(env_id="Foo-v0"), "env_id: unknown environment id 'Foo-v0'"),
+    (dict(temperature_init=3.0), "temperature_init: .*an initial value"),
+    (dict(total_steps=128), "total_steps: 128 is not above the 128 steps already trained"),
+])
+def test_resume_rejects_what_cannot_apply(saved_run, override, message):
+    with pytest.raises(ValueError, match=message):
+        VMPOTrainer.from_checkpoint(saved_run / "vmpo_last.pt", **override)
+
+
+def test_a_fresh_run_refuses_an_out_dir_holding_a_run(saved_run, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text((saved_run / "metrics.jsonl").read_text())
+    trainer = make_trainer(eval_every=64)
+    with pytest.raises(ValueError, match="out_dir: .* already holds a run .*--overwrite"):
+        trainer.train(64, str(out))
+    trainer.train(64, str(out), overwrite=True)
+    trainer.close()
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["global_step"] for e in events] == [64, 64]  # the old run's events are gone
+
+
+def test_a_resumed_run_drops_events_logged_after_its_checkpoint(saved_run, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    events = (saved_run / "metrics.jsonl").read_text()
+    # what an interrupted run logged after its last checkpoint, and a line a kill cut short
+    late = json.dumps({"global_step": 192, "losses/value": 1.0})
+    (out / "metrics.jsonl").write_text(events + late + "\n" + '{"global_st')
+    trainer = VMPOTrainer.from_checkpoint(saved_run / "vmpo_last.pt")
+    trainer.train(192, str(out))
+    trainer.close()
+    steps = [json.loads(line)["global_step"]
+             for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps.count(192) == 2 and steps == sorted(steps)  # one update and one eval event
+
+
+def test_total_steps_at_or_below_the_saved_step_is_an_error(saved_run):
+    trainer = VMPOTrainer.from_checkpoint(saved_run / "vmpo_last.pt")
+    with pytest.raises(ValueError, match="total_steps: 100 is not above the 128 steps"):
+        trainer.train(100, "unused")
+    trainer.close()
+
+
+# --- non-finite data -------------------------------------------------------------------------
+
+class _FaultyEnv(gym.Env):
+    """A 3-feature env that gives ``bad`` as the observation's feature 1 or as the reward
+    from step ``at`` of its episode on, with ``reward`` per step otherwise; episodes last
+    ``length`` steps (None: never end)."""
+
+    def __init__(self, where="observation", bad=float("nan"), at=5, reward=1.0, length=20):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.where, self.bad, self.at, self.reward, self.length = where, bad, at, reward, length
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        observation = np.full(3, 0.1 * self.t, np.float32)
+        reward = self.reward
+        if self.at is not None and self.t >= self.at:
+            if self.where == "observation":
+                observation[1] = self.bad
+            else:
+                reward = self.bad
+        truncated = self.length is not None and self.t >= self.length
+        return observation, reward, False, truncated, {}
+
+
+def _register(name: str, **kwargs) -> str:
+    env_id = f"minerva-test/{name}-v0"
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point=_FaultyEnv, kwargs=kwargs)
+    return env_id
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(where="observation"),
+     r"env \d gave a non-finite observation \(nan in feature 1\) to act on at step 5 of the "
+     r"rollout \(the rollout began at global step 0"),
+    (dict(where="reward", bad=float("inf")), r"env \d gave a non-finite reward \(inf\) at step"),
+    (dict(where="reward", bad=float("nan")), r"non-finite reward \(nan\)"),
+])
+def test_non_finite_env_data_is_named_before_it_is_used(tmp_path, kwargs, message):
+    env_id = _register(f"Faulty{kwargs['where']}{kwargs.get('bad')}", **kwargs)
+    trainer = make_trainer(env_id, "gymnasium", eval_every=10_000)
+    with pytest.raises(NonFiniteError, match=message):
+        trainer.train(1024, str(tmp_path))
+    # nothing was saved, and the reward scaler's statistics were never fed the bad values
+    assert not (tmp_path / "vmpo_last.pt").exists()
+    assert torch.isfinite(trainer.reward_scaler.return_stats.var).all()
+    trainer.close()
+
+
+def test_an_update_with_non_finite_losses_names_them(tmp_path):
+    env_id = _register("HugeRewards", where="reward", at=None, reward=1e30)
+    trainer = make_trainer(env_id, "gymnasium", normalize_rewards=False, eval_every=10_000)
+    with pytest.raises(NonFiniteError, match=r"losses/value = inf.*returns span \[1e\+30"):
+        trainer.train(1024, str(tmp_path))
+    assert not (tmp_path / "vmpo_last.pt").exists()
+    assert trainer.agent.obs_normalizer.count.item() == 0  # not fed the failed rollout
+    trainer.close()
+
+
+# --- no hangs --------------------------------------------------------------------------------
+
+def test_evaluation_cuts_episodes_that_never_end():
+    env_id = _register("Endless", at=None, length=None)
+    trainer = make_trainer(env_id, "gymnasium", eval_max_steps=50)
+    result = _evaluate_vectorized(trainer.agent, trainer.eval_envs, max_steps=50)
+    assert result["eval/length_mean"] == 50 and result["eval/cut_episodes"] == 2
+    assert trainer.evaluate()["eval/cut_episodes"] == 2  # the trainer's own cap
+    trainer.close()
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(m_steps=1_000_000_000), "m_steps: must be at most 1_000"),
+    (dict(seed=-5), r"seed: must be an integer in \[0, 2_000_000_000\]"),
+    (dict(seed=2**32), "seed: must be an integer in"),
+    (dict(num_envs=10**9), "num_envs: must be at most 65_536"),
+    (dict(min_log_std=-math.inf), "min_log_std: must be a finite number"),
+    (dict(checkpoint_every_s=-1.0), "checkpoint_every_s: must be a number >= 0"),
+    (dict(eval_max_steps=0), "eval_max_steps: must be a positive integer"),
+])
+def test_configuration_bounds_keep_runs_finite(options, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**options).validate()
+
+
+@pytest.mark.parametrize("rollout_steps", [10**9, 2**62])
+def test_a_rollout_that_cannot_fit_in_memory_is_refused_before_any_env(rollout_steps,
+                                                                       monkeypatch):
+    import minerva.trainers.vmpo.trainer as trainer_module
+
+    def no_envs(*args, **kwargs):
+        raise AssertionError("an env was made")
+
+    monkeypatch.setattr(trainer_module, "make_vector_env", no_envs)
+    with pytest.raises(ValueError, match=r"rollout_steps: a rollout of .* needs .* GiB of "
+                                         r"storage, more than this machine's"):
+        make_trainer(rollout_steps=rollout_steps)
+
+
+# --- the CLI's errors: one line, exit 2, no traceback ----------------------------------------
+
+def _one_line_error(result, message):
+    import re
+
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.search(message, last), result.stderr
+
+
+@pytest.fixture(scope="module")
+def a_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("files") / "a_file"
+    path.write_text("not a folder")
+    return path
+
+
+@pytest.mark.parametrize("make_args,message", [
+    (lambda f, run: ["--out-dir", str(f)], "--out-dir: .* is a file, not a folder"),
+    (lambda f, run: ["--out-dir", str(f / "sub")], "--out-dir: .* is under a file"),
+    (lambda f, run: ["--out-dir", str(run)], "--out-dir: .* already holds a run"),
+    (lambda f, run: ["--resume", str(f)], "--resume: .* not a torch checkpoint"),
+    (lambda f, run: ["--resume", ""], "--resume: needs a checkpoint file"),
+    (lambda f, run: ["--resume", str(run / "vmpo_last.pt"), "--total-steps", "64"],
+     "--total-steps: 64 is not above the 128 steps already trained"),
+    (lambda f, run: ["--resume", str(run / "vmpo_last.pt")],
+     "--total-steps: 128 is not above the 128 steps"),
+    (lambda f, run: ["--resume", str(run / "vmpo_last.pt"), "--env-id", "Foo-v0"],
+     "--env-id: unknown environment id 'Foo-v0'"),
+    (lambda f, run: ["--resume", str(run / "vmpo_last.pt"), "--optimizer-type", "sgd"],
+     "--optimizer-type: the checkpoint has 'adam'"),
+    (lambda f, run: ["--seed", "-5"], "--seed: must be an integer in"),
+    (lambda f, run: ["--seed", str(2**32)], "--seed: must be an integer in"),
+    (lambda f, run: ["--num-envs", str(10**9)], "--num-envs: must be at most"),
+    (lambda f, run: ["--rollout-steps", str(2**62)], "--rollout-steps: a rollout of .* GiB"),
+    (lambda f, run: ["--min-log-std=-inf"], "--min-log-std: must be a finite number"),
+    (lambda f, run: ["--env-id", "FrozenLake-v1"],
+     "--env-id: FrozenLake-v1: unsupported observation space Discrete"),
+])
+def test_ordinary_mistakes_get_one_line(a_file, saved_run, make_args, message):
+    _one_line_error(_cli(*make_args(a_file, saved_run)), message)
+
+
+def test_an_unwritable_out_dir_gets_one_line(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    _one_line_error(_cli("--out-dir", str(locked / "run")), "--out-dir: cannot create")
+
+
+def test_an_unexpected_error_is_one_line_unless_debug(tmp_path):
+    out = tmp_path / "run"
+    # an env that cannot be made: a gymnasium id whose entry point is missing
+    args = ["--env-id", "CartPole-v1", "--total-steps", "64", "--out-dir", str(out),
+            "--backend", "gymnasium", "--torch-threads", "1", "--no-progress"]
+    env = {**os.environ, "MINERVA_TEST_FAIL": "1"}
+    script = ("import sys, minerva.trainers.vmpo.trainer as t\n"
+              "def broken(*a, **k): raise RuntimeError('the env exploded')\n"
+              "t.make_vector_env = broken\n"
+              "from minerva.train import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                            text=True, timeout=120, env=env, cwd=tempfile.gettempdir())
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "minerva: error: RuntimeError: the env exploded" in result.stderr
+    assert "--debug" in result.stderr
+    result = subprocess.run([sys.executable, "-c", script, *args, "--debug"],
+                            capture_output=True, text=True, timeout=120, env=env,
+                            cwd=tempfile.gettempdir())
+    assert result.returncode == 1 and "Traceback" in result.stderr
