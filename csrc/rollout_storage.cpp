@@ -11,8 +11,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <iomanip>
+#include <limits>
 #include <memory>
+#include <new>
 #include <numeric>
+#include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -55,22 +60,90 @@ py::dtype kind_dtype(Kind kind) {
   return py::dtype::of<float>();
 }
 
-// One [T, N, *trailing] buffer, 64-byte aligned.
-struct Buffer {
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string out = "(";
+  for (size_t d = 0; d < shape.size(); ++d) {
+    out += (d ? ", " : "") + std::to_string(shape[d]);
+  }
+  return out + (shape.size() == 1 ? ",)" : ")");
+}
+
+// "7.38e+19 bytes": sizes in messages, including ones no integer type holds.
+std::string bytes_string(long double bytes) {
+  std::ostringstream out;
+  out << std::setprecision(3) << static_cast<double>(bytes) << " bytes";
+  return out.str();
+}
+
+// A std::bad_alloc that says what failed to allocate: pybind11 raises it as MemoryError
+// with this message.
+class AllocationError : public std::bad_alloc {
+ public:
+  explicit AllocationError(std::string message) : message_(std::move(message)) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  std::string message_;
+};
+
+// The most bytes one buffer may take: numpy and torch index arrays with signed 64-bit
+// sizes, and the allocation is rounded up to a whole 64-byte line.
+constexpr uint64_t kMaxBufferBytes =
+    static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) - 63;
+
+// The layout of one [T, N, *trailing] buffer, its size checked: a product that wrapped
+// around would allocate a tiny buffer that inserts then write far past.
+struct BufferSpec {
   std::string name;
   Kind kind;
   std::vector<int64_t> trailing;  // shape after [T, N]
+  const char* arguments;          // the constructor arguments its size comes from
+  std::vector<int64_t> shape;     // [T, N, *trailing]
   int64_t row_elements = 0;       // N * prod(trailing): one time step
+  size_t bytes = 0;
+
+  BufferSpec(std::string name_, Kind kind_, std::vector<int64_t> trailing_,
+             const char* arguments_, int64_t T, int64_t N)
+      : name(std::move(name_)), kind(kind_), trailing(std::move(trailing_)),
+        arguments(arguments_), shape({T, N}) {
+    shape.insert(shape.end(), trailing.begin(), trailing.end());
+    // Every factor is >= 0 (checked by the constructor), so overflow is the only failure.
+    uint64_t row = static_cast<uint64_t>(N);
+    bool overflow = false;
+    for (int64_t d : trailing) {
+      overflow |= __builtin_mul_overflow(row, static_cast<uint64_t>(d), &row);
+    }
+    uint64_t total = 0;
+    overflow |= __builtin_mul_overflow(row, static_cast<uint64_t>(T), &total);
+    overflow |= __builtin_mul_overflow(total, static_cast<uint64_t>(kind_size(kind)), &total);
+    if (overflow || total > kMaxBufferBytes) {
+      long double wanted = kind_size(kind);
+      for (int64_t d : shape) wanted *= d;
+      throw std::overflow_error("RolloutStorage: the " + name + " buffer of shape " +
+                                shape_string(shape) + " (" + kind_name(kind) +
+                                ") would need " + bytes_string(wanted) + ", more than the " +
+                                bytes_string(kMaxBufferBytes) + " an array can hold; reduce " +
+                                arguments);
+    }
+    row_elements = static_cast<int64_t>(row);
+    bytes = static_cast<size_t>(total);
+  }
+};
+
+// One buffer, 64-byte aligned and zeroed.
+struct Buffer : BufferSpec {
   std::unique_ptr<unsigned char, decltype(&std::free)> data{nullptr, &std::free};
 
-  Buffer(std::string name_, Kind kind_, std::vector<int64_t> trailing_, int64_t T, int64_t N)
-      : name(std::move(name_)), kind(kind_), trailing(std::move(trailing_)) {
-    row_elements = N;
-    for (int64_t d : trailing) row_elements *= d;
-    const size_t bytes = static_cast<size_t>(T * row_elements) * kind_size(kind);
+  // total_bytes: what the whole storage needs, for the message when this allocation fails.
+  Buffer(const BufferSpec& spec, long double total_bytes) : BufferSpec(spec) {
     const size_t rounded = (bytes + 63) / 64 * 64;
     data.reset(static_cast<unsigned char*>(std::aligned_alloc(64, rounded ? rounded : 64)));
-    if (!data) throw std::bad_alloc();
+    if (!data) {
+      throw AllocationError("RolloutStorage: cannot allocate " + bytes_string(bytes) +
+                            " for the " + name + " buffer of shape " + shape_string(shape) +
+                            " (" + kind_name(kind) + "); the storage needs " +
+                            bytes_string(total_bytes) + " in all; reduce " + arguments);
+    }
     std::memset(data.get(), 0, rounded);
   }
 
@@ -101,6 +174,15 @@ void convert(void* to, const void* from, int64_t count) {
   for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<Dst>(src[i]);
 }
 
+// numpy bools are bytes, and a view of other bytes can hold values other than 0 and 1
+// (loading those as bool is undefined): read them as bytes and store 0 or 1.
+template <typename Dst>
+void convert_flags(void* to, const void* from, int64_t count) {
+  const uint8_t* src = static_cast<const uint8_t*>(from);
+  Dst* dst = static_cast<Dst*>(to);
+  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<Dst>(src[i] != 0);
+}
+
 template <typename Dst>
 void convert_from(char kind, size_t size, void* to, const void* from, int64_t count) {
   if (kind == 'f' && size == 4) return convert<Dst, float>(to, from, count);
@@ -112,16 +194,16 @@ void convert_from(char kind, size_t size, void* to, const void* from, int64_t co
   if (kind == 'u' && size == 1) return convert<Dst, uint8_t>(to, from, count);
   if (kind == 'u' && size == 2) return convert<Dst, uint16_t>(to, from, count);
   if (kind == 'u' && size == 4) return convert<Dst, uint32_t>(to, from, count);
-  if (kind == 'b') return convert<Dst, bool>(to, from, count);
+  if (kind == 'b') return convert_flags<Dst>(to, from, count);
 }
 
 void run_copy(const PendingCopy& copy) {
   if (copy.source_size == kind_size(copy.to_kind) &&
       ((copy.to_kind == Kind::Float32 && copy.source_kind == 'f') ||
        (copy.to_kind == Kind::Int64 && copy.source_kind == 'i') ||
-       (copy.to_kind == Kind::UInt8 && copy.source_kind == 'u') ||
-       (copy.to_kind == Kind::Bool && copy.source_kind == 'b'))) {
-    std::memcpy(copy.to, copy.from, copy.count * copy.source_size);
+       (copy.to_kind == Kind::UInt8 && copy.source_kind == 'u'))) {
+    // memmove: the source may be a view of this very row (the storage's own arrays).
+    std::memmove(copy.to, copy.from, copy.count * copy.source_size);
     return;
   }
   switch (copy.to_kind) {
@@ -131,9 +213,10 @@ void run_copy(const PendingCopy& copy) {
     case Kind::Int64:
       return convert_from<int64_t>(copy.source_kind, copy.source_size, copy.to, copy.from,
                                    copy.count);
-    case Kind::UInt8:
     case Kind::Bool:
-      return;  // only same-kind sources are accepted, copied above
+      return convert_flags<uint8_t>(copy.to, copy.from, copy.count);
+    case Kind::UInt8:
+      return;  // only uint8 sources are accepted, copied above
   }
 }
 
@@ -153,22 +236,29 @@ bool accepts(Kind to, char kind, size_t size) {
   return false;
 }
 
-std::string shape_string(const std::vector<int64_t>& shape) {
-  std::string out = "(";
-  for (size_t d = 0; d < shape.size(); ++d) {
-    out += (d ? ", " : "") + std::to_string(shape[d]);
+// `value` as a C-contiguous numpy array in native byte order (a copy only where needed);
+// `where` names the method and argument for error messages.
+py::array as_array(const py::handle& value, const std::string& where) {
+  py::array array;
+  if (py::isinstance<py::array>(value)) {
+    array = py::reinterpret_borrow<py::array>(value);
+  } else if (py::hasattr(value, "detach") && py::hasattr(value, "numpy")) {  // a torch.Tensor
+    try {
+      array = value.attr("detach")().attr("cpu")().attr("numpy")().cast<py::array>();
+    } catch (py::error_already_set& error) {  // e.g. bfloat16, which numpy lacks
+      throw py::type_error(where + " cannot be read as a numpy array (" + error.what() + ")");
+    }
+  } else {
+    throw py::type_error(where + " must be a numpy array or a torch tensor, got " +
+                         py::str(py::type::of(value).attr("__name__")).cast<std::string>());
   }
-  return out + (shape.size() == 1 ? ",)" : ")");
-}
-
-py::array as_array(const py::handle& value, const std::string& name) {
-  if (py::isinstance<py::array>(value)) return py::reinterpret_borrow<py::array>(value);
-  if (py::hasattr(value, "detach") && py::hasattr(value, "numpy")) {  // a torch.Tensor
-    return value.attr("detach")().attr("cpu")().attr("numpy")().cast<py::array>();
+  // The copies read raw bytes, so a byte-swapped array would be stored scrambled.
+  if (!array.dtype().attr("isnative").cast<bool>()) {
+    array = array.attr("astype")(array.dtype().attr("newbyteorder")("="));
   }
-  throw py::type_error("RolloutStorage.insert: " + name +
-                       " must be a numpy array or a torch tensor, got " +
-                       py::str(py::type::of(value).attr("__name__")).cast<std::string>());
+  array = py::array::ensure(array, py::array::c_style);
+  if (!array) throw py::error_already_set();
+  return array;
 }
 
 class RolloutStorage {
@@ -195,22 +285,38 @@ class RolloutStorage {
       throw py::value_error("RolloutStorage: dist_params_dim must be >= 0, got " +
                             std::to_string(dist_params_dim));
     }
-    auto add = [&](const char* name, Kind kind, std::vector<int64_t> trailing) {
-      buffers_.emplace_back(name, kind, std::move(trailing), T_, N_);
+    // Every size is checked before anything is allocated.
+    const char* per_step = "num_steps or num_envs";
+    std::vector<BufferSpec> specs;
+    auto add = [&](const char* name, Kind kind, std::vector<int64_t> trailing,
+                   const char* arguments) {
+      specs.emplace_back(name, kind, std::move(trailing), arguments, T_, N_);
     };
-    add("observations", uint8_observations ? Kind::UInt8 : Kind::Float32, observation_shape);
-    add("actions", discrete_actions ? Kind::Int64 : Kind::Float32, action_shape);
-    add("log_probs", Kind::Float32, {});
-    add("dist_params", Kind::Float32, {dist_params_dim});
-    add("values", Kind::Float32, {});
-    add("next_values", Kind::Float32, {});
-    add("rewards", Kind::Float32, {});
-    add("terminated", Kind::Bool, {});
-    add("truncated", Kind::Bool, {});
-    add("valid", Kind::Bool, {});
-    add("advantages", Kind::Float32, {});
-    add("returns", Kind::Float32, {});
-    done_.assign(static_cast<size_t>(T_ * N_), 0);
+    add("observations", uint8_observations ? Kind::UInt8 : Kind::Float32, observation_shape,
+        "num_steps, num_envs or observation_shape");
+    add("actions", discrete_actions ? Kind::Int64 : Kind::Float32, action_shape,
+        "num_steps, num_envs or action_shape");
+    add("log_probs", Kind::Float32, {}, per_step);
+    add("dist_params", Kind::Float32, {dist_params_dim}, "num_steps, num_envs or dist_params_dim");
+    add("values", Kind::Float32, {}, per_step);
+    add("next_values", Kind::Float32, {}, per_step);
+    add("rewards", Kind::Float32, {}, per_step);
+    add("terminated", Kind::Bool, {}, per_step);
+    add("truncated", Kind::Bool, {}, per_step);
+    add("valid", Kind::Bool, {}, per_step);
+    add("advantages", Kind::Float32, {}, per_step);
+    add("returns", Kind::Float32, {}, per_step);
+    long double total_bytes = 0;
+    for (const BufferSpec& spec : specs) total_bytes += spec.bytes;
+    buffers_.reserve(specs.size());
+    for (const BufferSpec& spec : specs) buffers_.emplace_back(spec, total_bytes);
+    try {
+      done_.assign(static_cast<size_t>(T_ * N_), 0);
+    } catch (const std::bad_alloc&) {
+      throw AllocationError("RolloutStorage: cannot allocate " +
+                            bytes_string(static_cast<long double>(T_) * N_) +
+                            " of scratch space for compute_advantages; reduce " + per_step);
+    }
   }
 
   int64_t num_steps() const { return T_; }
@@ -234,8 +340,7 @@ class RolloutStorage {
     copies.reserve(9);
     auto stage = [&](const py::object& value, Buffer& buffer) {
       const std::string& name = buffer.name;
-      py::array array = py::array::ensure(as_array(value, name), py::array::c_style);
-      if (!array) throw py::error_already_set();
+      py::array array = as_array(value, "RolloutStorage.insert: " + name);
       std::vector<int64_t> expected = {N_};
       expected.insert(expected.end(), buffer.trailing.begin(), buffer.trailing.end());
       std::vector<int64_t> got(array.shape(), array.shape() + array.ndim());
@@ -296,14 +401,16 @@ class RolloutStorage {
                             std::to_string(lam));
     }
     Buffer& next_values = buffer("next_values");
-    py::array last = py::array::ensure(as_array(last_values, "last_values"), py::array::c_style);
+    py::array last = as_array(last_values, "RolloutStorage.compute_advantages: last_values");
     if (last.ndim() != 1 || last.shape(0) != N_) {
       throw py::value_error("RolloutStorage.compute_advantages: last_values must have shape (" +
                             std::to_string(N_) + ",), got " +
                             shape_string({last.shape(), last.shape() + last.ndim()}));
     }
     if (last.dtype().kind() != 'f' || !(last.itemsize() == 4 || last.itemsize() == 8)) {
-      throw py::type_error("RolloutStorage.compute_advantages: last_values must be floating");
+      throw py::type_error(
+          "RolloutStorage.compute_advantages: last_values must be float32 or float64, got " +
+          py::str(last.dtype()).cast<std::string>());
     }
     PendingCopy copy{last, last.data(), last.dtype().kind(), static_cast<size_t>(last.itemsize()),
                      Kind::Float32, next_values.row(T_ - 1), N_};
@@ -324,8 +431,7 @@ class RolloutStorage {
   py::dict arrays(const py::object& owner) const {
     py::dict out;
     for (const Buffer& b : buffers_) {
-      std::vector<py::ssize_t> shape = {T_, N_};
-      shape.insert(shape.end(), b.trailing.begin(), b.trailing.end());
+      std::vector<py::ssize_t> shape(b.shape.begin(), b.shape.end());
       out[py::str(b.name)] = py::array(kind_dtype(b.kind), shape, {}, b.data.get(), owner);
     }
     return out;

@@ -2,9 +2,9 @@
 
 Each op is a torch dispatcher op (``torch.ops.minerva.*``) implemented in C++ against torch's
 stable ABI (``csrc/``). This module registers their fake kernels (so they trace under
-``torch.compile``) and the autograd formula of ``vmpo_weights``, and exposes them as plain
-functions. :mod:`minerva.reference` has the same functions in pure torch, with the equations;
-they take over (with a warning) when the native library is missing.
+``torch.compile``) and the autograd formulas of ``gae`` and ``vmpo_weights``, and exposes
+them as plain functions. :mod:`minerva.reference` has the same functions in pure torch, with
+the equations; they take over (with a warning) when the native library is missing.
 
 Bad arguments raise ``ValueError`` (``TypeError`` for a non-tensor) naming the argument.
 """
@@ -51,7 +51,8 @@ def gae(
     gamma: float,
     lam: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Advantages and returns of a ``[T, N]`` rollout; see :func:`minerva.reference.gae`."""
+    """Advantages and returns of a ``[T, N]`` rollout, differentiable in ``rewards``,
+    ``values`` and ``next_values``; see :func:`minerva.reference.gae`."""
     try:
         return torch.ops.minerva.gae.default(
             rewards, values, next_values, terminated, done, gamma, lam
@@ -96,6 +97,36 @@ def _register_python_side() -> None:
         check_weights_args(advantages, selected, eta)
         weights = torch.empty(advantages.shape, dtype=advantages.dtype, device=advantages.device)
         return weights, torch.empty((), dtype=eta.dtype, device=eta.device)
+
+    def _gae_setup_context(ctx, inputs, output):
+        *_, terminated, done, gamma, lam = inputs
+        ctx.save_for_backward(terminated, done)
+        ctx.gamma, ctx.lam = gamma, lam
+
+    def _gae_backward(ctx, grad_advantages, grad_returns):
+        # gae is linear: returns = A + values, A_t = delta_t + c_t A_{t+1} with
+        # c_t = gamma * lam * (1 - done_t). With g = dL/dA + dL/dR, the adjoint of that
+        # backward scan is the forward scan h_t = g_t + c_{t-1} h_{t-1} (h = dL/ddelta): gae
+        # itself on the time-reversed rollout, with rewards g, zero values and done shifted by
+        # one step (terminated plays no part once next_values are zero). So the backward runs
+        # on the same kernel, on any device, and is differentiable again.
+        terminated, done = ctx.saved_tensors
+        grads = [g for g in (grad_advantages, grad_returns) if g is not None]
+        if not grads:
+            return (None,) * 7
+        grad = sum(grads[1:], grads[0])
+        zeros = torch.zeros_like(grad)
+        shifted_done = done.roll(1, 0).flip(0)  # row s holds done[T - 2 - s]; the last is unused
+        reversed_h, _ = torch.ops.minerva.gae.default(
+            grad.flip(0), zeros, zeros, shifted_done, shifted_done, ctx.gamma, ctx.lam)
+        grad_delta = reversed_h.flip(0)
+        grad_values = -grad_delta if grad_returns is None else grad_returns - grad_delta
+        grad_next_values = grad_delta * (~terminated) * ctx.gamma
+        return grad_delta, grad_values, grad_next_values, None, None, None, None
+
+    torch.library.register_autograd(
+        "minerva::gae", _gae_backward, setup_context=_gae_setup_context
+    )
 
     def _setup_context(ctx, inputs, output):
         advantages, selected, _ = inputs

@@ -160,6 +160,76 @@ def test_vmpo_weights_gradcheck(with_advantage_grad):
     assert torch.autograd.gradgradcheck(fn, inputs)
 
 
+def _gae_gradients(impl, inputs, cotangents, gamma, lam, wrt=(0, 1, 2)):
+    leaves = [t.detach().clone().requires_grad_(i in wrt) for i, t in enumerate(inputs[:3])]
+    advantages, returns = impl.gae(*leaves, *inputs[3:], gamma, lam)
+    loss = sum((out * c).sum() for out, c in zip((advantages, returns), cotangents)
+               if c is not None)
+    return torch.autograd.grad(loss, [leaves[i] for i in wrt], materialize_grads=True)
+
+
+@given(
+    T=st.integers(1, 24), N=st.integers(1, 24), p_terminated=mask_probability,
+    p_truncated=mask_probability, gamma=st.floats(0.0, 1.0), lam=st.floats(0.0, 1.0),
+    transposed=st.booleans(), used=st.sampled_from(["both", "advantages", "returns"]),
+    wrt=st.sampled_from([(0, 1, 2), (0,), (1,), (2,), (1, 2)]), seed=st.integers(0, 2**31 - 1),
+)
+def test_gae_gradients_match_reference(T, N, p_terminated, p_truncated, gamma, lam, transposed,
+                                       used, wrt, seed):
+    torch.manual_seed(seed)
+    inputs = make_gae_inputs(T, N, torch.float64, p_terminated, p_truncated, transposed)
+    cotangents = [torch.randn(T, N, dtype=torch.float64) for _ in range(2)]
+    if used != "both":
+        cotangents[0 if used == "returns" else 1] = None
+    native = _gae_gradients(ops, inputs, cotangents, gamma, lam, wrt)
+    expected = _gae_gradients(reference, inputs, cotangents, gamma, lam, wrt)
+    for got, want in zip(native, expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10 * T)
+
+
+@pytest.mark.parametrize("T,N", [(0, 3), (1, 1), (6, 3), (64, 40)])
+def test_gae_gradcheck(T, N):
+    rewards, values, next_values, terminated, done = make_gae_inputs(T, N, torch.float64, 0.2,
+                                                                     0.2)
+    leaves = [t.requires_grad_() for t in (rewards, values, next_values)]
+
+    def fn(*args):
+        return ops.gae(*args, terminated, done, 0.97, 0.9)
+
+    assert torch.autograd.gradcheck(fn, leaves, fast_mode=T * N > 100)
+    assert torch.autograd.gradgradcheck(fn, leaves, fast_mode=T * N > 100)
+
+
+def test_gae_float32_gradients_keep_the_dtype():
+    inputs = make_gae_inputs(8, 4, torch.float32, 0.2, 0.2)
+    cotangents = [torch.randn(8, 4), torch.randn(8, 4)]
+    for got, want in zip(_gae_gradients(ops, inputs, cotangents, 0.99, 0.95),
+                         _gae_gradients(reference, inputs, cotangents, 0.99, 0.95)):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, **tolerances(torch.float32, scale=8))
+
+
+def test_gae_gradient_through_torch_compile():
+    inputs = make_gae_inputs(16, 4, torch.float32, 0.1, 0.1)
+    values = inputs[1].clone().requires_grad_()
+
+    def value_loss(values):
+        _, returns = ops.gae(inputs[0], values, inputs[2], *inputs[3:], 0.99, 0.95)
+        return (returns - values).square().mean()
+
+    compiled = torch.compile(value_loss, backend="aot_eager", fullgraph=True)
+    (got,) = torch.autograd.grad(compiled(values), values)
+    (want,) = torch.autograd.grad(value_loss(values), values)
+    torch.testing.assert_close(got, want)
+
+
+def test_topk_mask_claims_no_gradient():
+    # a bool mask is not differentiable: it must not pretend to be
+    advantages = torch.randn(10, requires_grad=True)
+    selected = ops.topk_mask(advantages, torch.ones(10, dtype=bool), 0.5)
+    assert not selected.requires_grad and selected.grad_fn is None
+
+
 def opcheck_samples():
     T, N = 5, 3
     gae_inputs = make_gae_inputs(T, N, torch.float32, 0.2, 0.2)
@@ -168,6 +238,8 @@ def opcheck_samples():
         (torch.ops.minerva.gae.default, (*gae_inputs, 0.99, 0.95)),
         (torch.ops.minerva.gae.default, (*make_gae_inputs(4, 6, torch.float64, 0, 1, True), 1.0,
                                          0.0)),
+        (torch.ops.minerva.gae.default,
+         (*[t.clone().requires_grad_() for t in gae_inputs[:3]], *gae_inputs[3:], 0.99, 0.95)),
         (torch.ops.minerva.topk_mask.default, (advantages, valid, 0.5)),
         (torch.ops.minerva.topk_mask.default, (advantages, torch.zeros(20, dtype=bool), 0.5)),
         (torch.ops.minerva.vmpo_weights.default,
@@ -177,7 +249,7 @@ def opcheck_samples():
     ]
 
 
-@pytest.mark.parametrize("sample", range(6))
+@pytest.mark.parametrize("sample", range(7))
 def test_opcheck(sample):
     op, args = opcheck_samples()[sample]
     torch.library.opcheck(op, args)

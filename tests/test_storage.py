@@ -240,3 +240,97 @@ def test_compute_advantages_rejects_bad_last_values(Storage):
         storage.compute_advantages(np.zeros(N + 1, np.float32), 0.99, 0.95)
     with pytest.raises(ValueError, match="gamma"):
         storage.compute_advantages(np.zeros(N, np.float32), 1.5, 0.95)
+
+
+# --- sizes: checked before anything is allocated -------------------------------------------
+
+NativeClass = NativeStorage.__mro__[2]  # the pybind11 class, without the Python-side checks
+
+
+@pytest.mark.parametrize("args,buffer,arguments", [
+    ((2**62, 4, [1], [], True, 0, False), "observations",
+     "num_steps, num_envs or observation_shape"),
+    ((4, 2**40, [1], [2**30], False, 0, False), "actions", "action_shape"),
+    ((1, 1, [2**31, 2**31, 2**31], [], True, 0, True), "observations", "observation_shape"),
+    ((1, 2, [1], [], True, 2**62, False), "dist_params", "dist_params_dim"),
+    ((2**61, 2, [1], [], True, 0, True), "actions", "num_steps, num_envs"),
+])
+def test_native_constructor_rejects_sizes_that_overflow(args, buffer, arguments):
+    # a wrapped-around product would allocate a tiny buffer that inserts then overrun
+    with pytest.raises(OverflowError, match=rf"the {buffer} buffer of shape .* would need "
+                                            rf"[0-9.e+]+ bytes.*reduce .*{arguments}"):
+        NativeClass(*args)
+
+
+def test_public_storage_reports_overflow_the_same_way():
+    with pytest.raises(OverflowError, match=r"observations buffer of shape "
+                                            r"\(4611686018427387904, 4, 1\) \(float32\) would "
+                                            r"need 7.38e\+19 bytes"):
+        NativeStorage(2**62, 4, (1,), discrete_actions=True)
+
+
+def test_native_constructor_names_an_allocation_that_fails():
+    # 2**52 bytes (4 PiB) fit a 64-bit size but no x86-64 or arm64 process can map them
+    with pytest.raises(MemoryError, match=r"cannot allocate 4.5e\+15 bytes for the observations "
+                                          r"buffer of shape \(1048576, 1048576, 1024\)"):
+        NativeStorage(2**20, 2**20, (2**10,))
+
+
+@pytest.mark.parametrize("args,message", [
+    ((0, 1, [1], [], True, 0, False), "num_steps must be >= 1, got 0"),
+    ((1, -3, [1], [], True, 0, False), "num_envs must be >= 1, got -3"),
+    ((1, 1, [2, -1], [], True, 0, False), "every observation_shape entry must be >= 1, got -1"),
+    ((1, 1, [2], [0], False, 0, False), "every action_shape entry must be >= 1, got 0"),
+    ((1, 1, [2], [], True, -1, False), "dist_params_dim must be >= 0, got -1"),
+])
+def test_native_constructor_rejects_non_positive_sizes(args, message):
+    with pytest.raises(ValueError, match=message):
+        NativeClass(*args)
+
+
+# --- inputs the copies must not misread ----------------------------------------------------
+
+def test_native_insert_reads_byte_swapped_arrays_by_value():
+    storage = NativeStorage(1, N, OBS, ACT, dist_params_dim=P)
+    arrays = step_arrays(np.random.default_rng(0), 0)
+    swapped = {name: value.astype(value.dtype.newbyteorder(">")) if value.dtype.itemsize > 1
+               else value for name, value in arrays.items()}
+    storage.insert(**swapped)
+    for name, value in arrays.items():
+        got = getattr(storage, name)[0]
+        assert torch.equal(got, torch.from_numpy(value).to(got.dtype)), name
+
+
+def test_native_insert_stores_bool_bytes_as_zero_or_one():
+    # a bool view of arbitrary bytes: loading a 2 as bool is undefined, so it must be read as
+    # a byte and stored as True (1)
+    storage = NativeStorage(1, N, OBS, ACT, dist_params_dim=P)
+    arrays = step_arrays(np.random.default_rng(0), 0)
+    flags = np.array([0, 2, 255], np.uint8).view(bool)
+    storage.insert(**{**arrays, "terminated": flags, "observations": np.stack([flags] * 5, 1)})
+    assert storage.terminated[0].view(torch.uint8).tolist() == [0, 1, 1]
+    assert storage.observations[0, :, 0].tolist() == [0.0, 1.0, 1.0]
+
+
+def test_native_insert_accepts_its_own_rows():
+    # the source may be the very row being written (a view of the storage's own buffer)
+    storage = NativeStorage(2, N, OBS, ACT, dist_params_dim=P)
+    arrays = step_arrays(np.random.default_rng(0), 0)
+    storage.observations[0] = torch.arange(N * 5, dtype=torch.float32).reshape(N, 5)
+    storage.insert(**{**arrays, "observations": storage.observations[0]})
+    assert torch.equal(storage.observations[0].flatten(), torch.arange(N * 5).float())
+
+
+def test_native_insert_names_tensors_numpy_cannot_read():
+    storage = NativeStorage(1, N, OBS, ACT, dist_params_dim=P)
+    arrays = step_arrays(np.random.default_rng(0), 0)
+    with pytest.raises(TypeError, match="observations cannot be read as a numpy array.*BFloat16"):
+        storage.insert(**{**arrays, "observations": torch.zeros(N, 5, dtype=torch.bfloat16)})
+    assert storage.step == 0
+
+
+def test_native_compute_advantages_names_the_dtype_of_last_values():
+    storage = NativeStorage(T, N, OBS, ACT, dist_params_dim=P)
+    fill(storage)
+    with pytest.raises(TypeError, match="last_values must be float32 or float64, got int64"):
+        storage.compute_advantages(np.zeros(N, np.int64), 0.99, 0.95)

@@ -643,7 +643,8 @@ class VMPOTrainer:
 
     def evaluate(self) -> dict[str, float]:
         return _evaluate_vectorized(self.agent, self.eval_envs,
-                                    seed=self.config.seed + 1000 + self.iteration)
+                                    seed=self.config.seed + 1000 + self.iteration,
+                                    max_steps=self.config.eval_max_steps)
 
     def train(self, total_steps: int, out_dir: str, *, overwrite: bool | None = None):
         """Trains until ``total_steps`` environment steps (or ``target_return`` is reached).
