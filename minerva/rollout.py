@@ -8,6 +8,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+_MAX_SIZE = 2**63 - 1
+
 
 class RolloutBatch(NamedTuple):
     """A rollout flattened to ``[T * N, ...]`` (views, not copies, on the CPU)."""
@@ -72,6 +74,13 @@ class RolloutViews:
             )
         if dist_params_dim < 0:
             raise ValueError(f"RolloutStorage: dist_params_dim must be >= 0, got {dist_params_dim}")
+        sizes = {"num_steps": num_steps, "num_envs": num_envs,
+                 "observation_shape": max(observation_shape, default=1),
+                 "action_shape": max(action_shape, default=1), "dist_params_dim": dist_params_dim}
+        for name, size in sizes.items():
+            if size > _MAX_SIZE:  # the native storage's sizes are int64
+                raise OverflowError(f"RolloutStorage: {name} holds {size}, more than any buffer "
+                                    f"can be (at most {_MAX_SIZE})")
         if observation_dtype not in (torch.float32, torch.uint8):
             raise ValueError(
                 f"RolloutStorage: observation_dtype must be torch.float32 or torch.uint8, got "

@@ -49,3 +49,55 @@ def test_timed_run_reports_steps_phases_and_leaves_evaluation_out():
     assert {"inference", "env_step", "storage", "update"} <= set(result["phases"])
     assert "evaluation" not in result["phases"] and result["compile_seconds"] == 0.0
     assert sum(result["phases"].values()) <= result["seconds"]
+
+
+@pytest.fixture(scope="module")
+def resume_benchmark():
+    sys.path.insert(0, str(BENCHMARKS))  # resume.py imports learning.py beside it
+    try:
+        spec = importlib.util.spec_from_file_location("resume_benchmark",
+                                                      BENCHMARKS / "resume.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def _write_events(folder: Path, events: list[dict]) -> None:
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+def test_resume_comparison_finds_where_the_runs_part(resume_benchmark, tmp_path):
+    def update(step, eta, seconds, last100=None):
+        event = {"global_step": step, "losses/eta": eta, "time/elapsed_s": seconds,
+                 "time/update_s": seconds, "charts/steps_per_second": 100.0 / seconds}
+        if last100 is not None:
+            event["charts/episode_return_last100"] = last100
+        return event
+
+    def evaluation(step, value):
+        return {"global_step": step, "eval/return_mean": value}
+
+    shared = [update(100, 1.0, 1.0), update(200, 1.1, 2.0, 5.0), evaluation(200, -50.0)]
+    _write_events(tmp_path / "seed4-uninterrupted", [
+        *shared, update(300, 1.2, 3.0, 6.0), evaluation(300, -40.0),
+        update(400, 1.3, 4.0, 7.0), evaluation(400, -30.0)])
+    # the same events up to the checkpoint (timings apart), then other data
+    _write_events(tmp_path / "seed4-stopped", [
+        {**event, "time/elapsed_s": 9.0} for event in shared])
+    _write_events(tmp_path / "seed4-resumed", [
+        update(300, 1.25, 0.5, 8.0), evaluation(300, -60.0),
+        update(400, 1.35, 1.0, 9.0), evaluation(400, -20.0)])
+    row = resume_benchmark.compare_seed(tmp_path, 4)
+    assert row["checkpoint_step"] == 200 and row["identical_until"] == 200
+    assert row["first_update_after"] == {"global_step": 300, "eta_uninterrupted": 1.2,
+                                         "eta_resumed": 1.25}
+    assert row["uninterrupted"] == {"eval_after_checkpoint": -35.0, "final_eval": -30.0,
+                                    "last100": 7.0}
+    assert row["resumed"] == {"eval_after_checkpoint": -40.0, "final_eval": -20.0,
+                              "last100": 9.0}
+    summary = resume_benchmark.summarize(tmp_path, [4], "Toy-v0")
+    assert summary["over_seeds"]["resumed/final_eval"] == {"mean": -20.0, "std": 0.0}
+    assert "| 4 | 200 | 200 | 1.2000 / 1.2500 |" in (tmp_path / "summary.md").read_text()

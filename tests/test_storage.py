@@ -269,6 +269,18 @@ def test_public_storage_reports_overflow_the_same_way():
         NativeStorage(2**62, 4, (1,), discrete_actions=True)
 
 
+@pytest.mark.parametrize("Storage", [NativeStorage, reference.RolloutStorage])
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(num_steps=2**64), "num_steps"),
+    (dict(observation_shape=(3, 2**70)), "observation_shape"),
+    (dict(dist_params_dim=2**63), "dist_params_dim"),
+])
+def test_sizes_beyond_int64_are_named(Storage, kwargs, name):
+    arguments = {"num_steps": 2, "num_envs": 2, "observation_shape": (3,), **kwargs}
+    with pytest.raises(OverflowError, match=rf"RolloutStorage: {name} holds \d+, more than"):
+        Storage(**arguments)
+
+
 def test_native_constructor_names_an_allocation_that_fails():
     # 2**52 bytes (4 PiB) fit a 64-bit size but no x86-64 or arm64 process can map them
     with pytest.raises(MemoryError, match=r"cannot allocate 4.5e\+15 bytes for the observations "
