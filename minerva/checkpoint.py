@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minerva.errors import first_line
+
 FORMAT = 3  # 3: no numpy objects (weights_only); 2: log-space multipliers; 1: softplus ones
 
 
@@ -67,13 +69,20 @@ def save(state: dict, path: str | Path) -> None:
     os.replace(f.name, path)
 
 
-# numpy's array reconstruction, for formats 1 and 2 only
-_LEGACY_GLOBALS = [np.ndarray, np.dtype, np.dtypes.UInt32DType, np.dtypes.Float64DType,
-                   np.dtypes.Float32DType, np.dtypes.Int64DType]
-try:
-    _LEGACY_GLOBALS.append(np._core.multiarray._reconstruct)
-except AttributeError:  # numpy < 2
-    _LEGACY_GLOBALS.append(np.core.multiarray._reconstruct)
+def _legacy_globals() -> list:
+    """numpy's array reconstruction (it builds arrays, nothing else), for formats 1 and 2:
+    under both of the names numpy 1 and numpy 2 pickle it with."""
+    dtypes = [type(np.dtype(name)) for name in ("uint32", "float64", "float32", "int64")]
+    multiarray = getattr(np, "_core", None) or np.core  # numpy 2, numpy 1
+    reconstruct = multiarray.multiarray._reconstruct
+    return [np.ndarray, np.dtype, *dtypes, reconstruct,
+            (reconstruct, "numpy.core.multiarray._reconstruct"),
+            (reconstruct, "numpy._core.multiarray._reconstruct")]
+
+
+# what every format holds (format 1 and 2 files hold more, which upgrade() converts)
+REQUIRED_KEYS = ("format", "config", "env_id", "agent", "duals", "optimizer", "reward_scaler",
+                 "global_step", "iteration", "best_return", "rng")
 
 
 def load(path: str | Path) -> dict:
@@ -95,7 +104,7 @@ def load(path: str | Path) -> dict:
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path} is not a torch checkpoint (a text file, or truncated?)")
     try:
-        with torch.serialization.safe_globals(_LEGACY_GLOBALS):
+        with torch.serialization.safe_globals(_legacy_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         unsafe = ""
@@ -108,15 +117,22 @@ def load(path: str | Path) -> dict:
             f"{path} holds Python objects a minerva checkpoint never holds{unsafe}; it was "
             "not loaded, as unpickling them could run code") from error
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CheckpointError(f"{path} is corrupt or truncated ({first_line})") from error
-    version = state.get("format") if isinstance(state, dict) else None
+        raise CheckpointError(f"{path} is corrupt or truncated ({first_line(error)})") from error
     if not isinstance(state, dict) or "config" not in state or "agent" not in state:
         raise CheckpointError(f"{path} is a torch file but not a minerva checkpoint")
+    version = state.get("format")
     if version not in (1, 2, FORMAT):
         raise CheckpointError(f"{path} is a minerva checkpoint of format {version!r}; this "
                               f"minerva reads formats 1 to {FORMAT}")
-    return upgrade(state) if version != FORMAT else state
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing or not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path} is an incomplete minerva checkpoint (it lacks "
+                              f"{', '.join(missing) or 'a config dict'})")
+    try:
+        return upgrade(state) if version != FORMAT else state
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} is a damaged minerva checkpoint of format {version} "
+                              f"({type(error).__name__}: {error})") from None
 
 
 def upgrade(state: dict) -> dict:

@@ -90,6 +90,7 @@ class RolloutCollector:
         self._finished_returns, self._finished_lengths = [], []
         if self.observations is None:
             self.observations = self.envs.reset()
+            _check_finite(self.envs.env_id, "observation", self.observations, "at reset")
         with torch.inference_mode(), torch_threads(threads_for(self.envs.num_envs, self.threads)):
             if self.pipelined:
                 self._fill_pipelined()
@@ -115,33 +116,32 @@ class RolloutCollector:
         """Each half is sent its next actions as soon as its step is received, so it steps
         while the policy acts on the other half and while the step is stored."""
         halves = self.envs.halves
-        offsets = (0, halves[0].num_envs)  # each half's first env
-        pending = [self._send(half, observations, first_env)
-                   for half, observations, first_env in zip(
-                       halves, self.envs.split(self.observations), offsets)]
+        pending = [self._send(half, observations)
+                   for half, observations in zip(halves, self.envs.split(self.observations))]
         while not self.storage.full:
             last_step = self.storage.step == self.storage.num_steps - 1
             results, following = [], []
-            for half, first_env in zip(halves, offsets):
+            for half, first_env in zip(halves, (0, halves[0].num_envs)):
                 with self.timer("env_step"):
                     results.append(half.recv())
+                # before the policy acts on them (the whole step is checked when stored)
+                _check_finite(self.envs.env_id, "observation", results[-1].observations,
+                              f"at step {self.storage.step} of the rollout", first_env)
                 if not last_step:  # the next rollout acts with the updated policy
-                    following.append(self._send(half, results[-1].observations, first_env))
+                    following.append(self._send(half, results[-1].observations))
             raw, log_prob, dist_params = (torch.cat(fields)
                                           for fields in zip(*(action[:3] for action in pending)))
             self._record(Action(raw, log_prob, dist_params, None), concatenate_steps(results))
             pending = following
 
-    def _send(self, half: VectorEnv, observations: np.ndarray, first_env: int) -> Action:
-        action, env_actions = self._act(observations, first_env)
+    def _send(self, half: VectorEnv, observations: np.ndarray) -> Action:
+        action, env_actions = self._act(observations)
         with self.timer("env_step"):
             half.send(env_actions)
         return action
 
-    def _act(self, observations: np.ndarray, first_env: int = 0) -> tuple[Action, np.ndarray]:
-        """The policy's action for ``observations`` (of the envs from ``first_env`` on), on
-        the host; and the env's actions."""
-        self._check_finite("observation", observations, "to act on at", first_env)
+    def _act(self, observations: np.ndarray) -> tuple[Action, np.ndarray]:
+        """The policy's action for ``observations``, on the host; and the env's actions."""
         with self.timer("inference"):
             action = self.agent.act(torch.as_tensor(observations, device=self.device),
                                     with_value=False)
@@ -158,7 +158,10 @@ class RolloutCollector:
             # the step after an episode ended is envpool's (and gymnasium's) autoreset: its
             # action was ignored, so it is not experience
             valid = ~self.previous_done
-            self._check_finite("reward", np.where(valid, result.rewards, 0.0), "at")
+            step = f"at step {self.storage.step} of the rollout"
+            _check_finite(self.envs.env_id, "reward", np.where(valid, result.rewards, 0.0), step)
+            # the last step's observations are not acted on, but they bootstrap the values
+            _check_finite(self.envs.env_id, "observation", result.observations, step)
             done = result.terminated | result.truncated
             rewards = (result.rewards if self.reward_scaler is None
                        else self.reward_scaler(result.rewards, done, valid))
@@ -174,20 +177,6 @@ class RolloutCollector:
             self.episode_length[done] = 0
             self.previous_done = done
             self.observations = result.observations
-
-    def _check_finite(self, quantity: str, values: np.ndarray, when: str,
-                      first_env: int = 0) -> None:
-        """Raises NonFiniteError naming the env and the rollout step that gave a NaN or an
-        infinity, before it reaches the policy, the storage or a running statistic."""
-        if values.dtype.kind != "f" or np.isfinite(values).all():
-            return
-        per_env = values.reshape(len(values), -1)
-        env = int(np.flatnonzero(~np.isfinite(per_env).all(axis=1))[0])
-        features = np.flatnonzero(~np.isfinite(per_env[env]))
-        where = f" in feature {int(features[0])}" if per_env.shape[1] > 1 else ""
-        raise NonFiniteError(
-            f"{self.envs.env_id}: env {first_env + env} gave a non-finite {quantity} "
-            f"({per_env[env, features[0]]}{where}) {when} step {self.storage.step} of the rollout")
 
     def _batch_with_advantages(self) -> RolloutBatch:
         """The rollout where the update runs, its values scored in one batch (the step
@@ -214,3 +203,26 @@ class RolloutCollector:
         rollout["advantages"].copy_(advantages)
         rollout["returns"].copy_(returns)
         return flatten(rollout)
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_finite(env_id: str, quantity: str, values: np.ndarray, when: str,
+                  first_env: int = 0) -> None:
+    """Raises NonFiniteError naming the env that gave a NaN or an infinity (or a float64
+    beyond float32's range, which the storage and the networks would turn into one), before
+    it reaches the policy, the storage or a running statistic. One vectorised test per call."""
+    if values.dtype.kind != "f":
+        return
+    bad = ~(np.abs(values) <= _FLOAT32_MAX)  # NaN compares False
+    if not bad.any():
+        return
+    per_env = bad.reshape(len(values), -1)
+    env = int(np.flatnonzero(per_env.any(axis=1))[0])
+    feature = int(np.flatnonzero(per_env[env])[0])
+    value = values.reshape(len(values), -1)[env, feature]
+    where = f" in feature {feature}" if per_env.shape[1] > 1 else ""
+    beyond = " (beyond float32's range)" if np.isfinite(value) else ""
+    raise NonFiniteError(f"{env_id}: env {first_env + env} gave a non-finite {quantity} "
+                         f"({value}{where}){beyond} {when}")

@@ -185,3 +185,5 @@ class TrainConfig:
         return {"gae": self.gae_lambda, "returns": 1.0, "dae": 0.0}[self.advantage_estimator]
 
 
+# every option and its default, by name
+OPTION_DEFAULTS: dict[str, object] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}

@@ -27,3 +27,9 @@ class TrainingInterrupted(KeyboardInterrupt):
     @property
     def signal_name(self) -> str:
         return signal.Signals(self.signum).name
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none): for one-line
+    messages that wrap a library's multi-line one."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

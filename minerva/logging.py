@@ -3,6 +3,7 @@ the same names, and the console's progress bar and metric lines."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -29,14 +30,11 @@ def cpu_model() -> str:
 
 
 RUN_FILES = ("metrics.jsonl", "run.json", "vmpo_last.pt", "vmpo_best.pt")
+LOCK_FILE = ".minerva.lock"
 
 
-def prepare_out_dir(out_dir: str | Path, fresh: bool, overwrite: bool = False) -> Path:
-    """Checks that ``out_dir`` can hold a run, creating it; returns it as a Path.
-
-    A fresh run (not a resumed one) refuses a folder that already holds a run, unless
-    ``overwrite``: then the earlier run's files (metrics, TensorBoard events, checkpoints)
-    are deleted.
+def create_out_dir(out_dir: str | Path) -> Path:
+    """Creates ``out_dir`` if needed and checks that it is a writable folder.
 
     Raises:
         ValueError: ``out_dir: ...``, naming the folder and what is wrong with it.
@@ -52,17 +50,76 @@ def prepare_out_dir(out_dir: str | Path, fresh: bool, overwrite: bool = False) -
         raise ValueError(f"out_dir: cannot create {out}: {error.strerror}") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise ValueError(f"out_dir: {out} is not writable")
+    return out
+
+
+def prepare_out_dir(out_dir: str | Path, resumed_step: int | None = None,
+                    overwrite: bool = False) -> Path:
+    """:func:`create_out_dir`, and refuses a folder that holds another run.
+
+    A fresh run (``resumed_step`` None) needs a folder without a run; a resumed one, a
+    folder without a run or holding this run at the resumed step (its ``vmpo_last.pt``
+    there): continuing another run's folder would drop or mix its events. With
+    ``overwrite`` the other run's files (metrics, TensorBoard events, checkpoints) are
+    deleted instead.
+
+    Raises:
+        ValueError: ``out_dir: ...``, naming the folder and what it holds.
+    """
+    out = create_out_dir(out_dir)
     earlier = [out / name for name in RUN_FILES if (out / name).exists()]
     earlier += sorted(out.glob("events.out.tfevents.*"))
-    if fresh and earlier and not overwrite:
+    if not earlier or (resumed_step is not None and _saved_step(out) == resumed_step):
+        return out
+    if not overwrite:
         held = ", ".join(path.name for path in earlier[:3]) + (", ..." if earlier[3:] else "")
+        if resumed_step is None:
+            raise ValueError(
+                f"out_dir: {out} already holds a run ({held}); resume it with --resume "
+                f"{out / 'vmpo_last.pt'}, replace it with --overwrite, or choose another "
+                "--out-dir")
         raise ValueError(
-            f"out_dir: {out} already holds a run ({held}); resume it with --resume "
-            f"{out / 'vmpo_last.pt'}, replace it with --overwrite, or choose another --out-dir")
-    if fresh and overwrite:
-        for path in earlier:
-            path.unlink()
+            f"out_dir: {out} holds another run ({held}; its vmpo_last.pt is not at this "
+            f"checkpoint's step {resumed_step}): continuing there would drop or mix its "
+            "events; choose another --out-dir, or replace that run with --overwrite")
+    for path in earlier:
+        path.unlink()
     return out
+
+
+def _saved_step(out: Path) -> int | None:
+    from minerva import checkpoint  # here: checkpoints need torch, logging does not
+
+    try:
+        return checkpoint.load(out / "vmpo_last.pt")["global_step"]
+    except (OSError, checkpoint.CheckpointError):
+        return None
+
+
+@contextmanager
+def locked_out_dir(out: Path) -> Iterator[None]:
+    """Holds an exclusive lock on ``out`` for a run: two runs writing one folder would mix
+    their metrics and remove each other's checkpoint files.
+
+    Raises:
+        ValueError: ``out_dir: ...`` when another process holds it.
+    """
+    with open(out / LOCK_FILE, "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise ValueError(f"out_dir: {out} is in use by another minerva run "
+                             f"({holder})") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class RunLogger:

@@ -4,7 +4,6 @@ top of it."""
 
 from __future__ import annotations
 
-import dataclasses
 import tomllib
 from functools import cache
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import gymnasium as gym
 
 from minerva import envs
-from minerva.config import TrainConfig
+from minerva.config import OPTION_DEFAULTS
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
 CONTINUOUS_CONTROL = "continuous-control"  # the table every Box-action env starts from
@@ -23,9 +22,8 @@ CONTINUOUS_CONTROL = "continuous-control"  # the table every Box-action env star
 def _tables() -> dict[str, dict[str, Any]]:
     """Every table of the file, checked against TrainConfig's fields."""
     presets = tomllib.loads(PRESETS_FILE.read_text())
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
     for env_id, options in presets.items():
-        unknown = set(options) - names
+        unknown = set(options) - set(OPTION_DEFAULTS)
         if unknown:
             raise ValueError(f"{PRESETS_FILE.name} [{env_id}]: unknown options {sorted(unknown)}")
         for key in ("policy_layer_sizes", "value_layer_sizes"):

@@ -1,15 +1,15 @@
 """Stopping on SIGINT (Ctrl-C) and SIGTERM (schedulers, ``docker stop``) without losing work.
 
 The first signal asks training to stop once the current iteration is complete, so the
-checkpoint written then holds exactly what was trained on. A second signal exits at once
-(exit status 128 + its number), without a traceback and without writing anything.
+checkpoint written then holds exactly what was trained on. It also puts the signals' previous
+handlers back, so a second signal acts as it would without minerva, at once and even while
+native code blocks: SIGINT raises KeyboardInterrupt, SIGTERM ends the process.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -18,18 +18,17 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopOnSignal:
-    """``with StopOnSignal(...) as stop:`` ... ``if stop.requested: ...``.
+    """``with StopOnSignal(...) as stop:`` ... ``if stop.requested is not None: ...``.
 
     Args:
-        on_request: called with the signal's name on the first signal (what happens next).
-        on_abort: called with the signal's name on the second, just before exiting (what
-            was kept).
+        on_request: given the signal's name on the first signal, returns the line to print
+            (what happens next).
 
     Outside the main thread (where Python cannot install handlers) it does nothing.
     """
 
-    def __init__(self, on_request: Callable[[str], str], on_abort: Callable[[str], str]):
-        self._on_request, self._on_abort = on_request, on_abort
+    def __init__(self, on_request: Callable[[str], str]):
+        self._on_request = on_request
         self.requested: int | None = None  # the first signal's number
         self._previous: dict[int, object] = {}
 
@@ -40,16 +39,17 @@ class StopOnSignal:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            # None: a handler installed outside Python, which cannot be put back; the default
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if self.requested is None:
-            self.requested = signum
-            print(self._on_request(name), file=sys.stderr, flush=True)
-            return
-        print(self._on_abort(name), file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(128 + signum)
+        self.requested = signum
+        # os.write, not print: a signal can arrive inside another write to stderr (the
+        # progress bar's), and a buffered write re-entered raises
+        os.write(2, (self._on_request(signal.Signals(signum).name) + "\n").encode())
+        self._restore()

@@ -15,9 +15,10 @@ import time
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 
 from minerva import envs
-from minerva.config import TrainConfig
+from minerva.config import OPTION_DEFAULTS, TrainConfig
 from minerva.presets import CONTINUOUS_CONTROL, all_presets, preset
 
 
@@ -104,15 +105,13 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 def _option_message(error: Exception) -> str:
     """``"name: why"`` (the config's and the trainer's errors) as ``"--name: why"``."""
     name, _, why = str(error).partition(": ")
-    return f"{_flag(name)}: {why}" if name in _OPTION_NAMES else str(error)
+    return f"{_flag(name)}: {why}" if name in OPTION_DEFAULTS else str(error)
 
-
-_OPTION_NAMES = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def _explicit_options(args: argparse.Namespace) -> dict:
     explicit = {k: (None if v is EXPLICIT_NONE else v) for k, v in vars(args).items()
-                if k in _OPTION_NAMES and v is not None}
+                if k in OPTION_DEFAULTS and v is not None}
     for key in ("policy_layer_sizes", "value_layer_sizes"):
         if key in explicit:
             explicit[key] = tuple(explicit[key])
@@ -141,15 +140,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from minerva.checkpoint import CheckpointError
     from minerva.errors import NonFiniteError, TrainingInterrupted
+    from minerva.logging import create_out_dir, prepare_out_dir
     from minerva.trainers.vmpo.trainer import VMPOTrainer, check_total_steps
+
+    def option_error(check, *check_args):
+        try:
+            return check(*check_args)
+        except ValueError as error:
+            parser.error(_option_message(error))
 
     if args.resume is not None:
         if not args.resume.strip():
             parser.error("--resume: needs a checkpoint file, got an empty path")
-        overrides = _explicit_options(args)
-        if "out_dir" in overrides:
-            _check_out_dir(parser, overrides["out_dir"], fresh=False)
-        # the checkpoint's configuration, with any flags given now on top
+        # the checkpoint's configuration with the flags given now on top, into the
+        # checkpoint's folder unless --out-dir says otherwise
+        overrides = {"out_dir": str(Path(args.resume).parent), **_explicit_options(args)}
+        option_error(create_out_dir, overrides["out_dir"])
         try:
             trainer = VMPOTrainer.from_checkpoint(args.resume, **overrides)
         except FileNotFoundError:
@@ -158,40 +164,31 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error(f"--resume: {error}")
         except ValueError as error:
             parser.error(_option_message(error))
-        _check_out_dir(parser, trainer.config.out_dir, fresh=False)
     else:
         config = config_from_args(parser, args)
-        _check_out_dir(parser, config.out_dir, fresh=True, overwrite=config.overwrite)
-        try:
-            trainer = VMPOTrainer.from_config(config)
-        except ValueError as error:
-            parser.error(_option_message(error))
+        if not config.overwrite:  # (overwriting deletes only once the run starts)
+            option_error(prepare_out_dir, config.out_dir)
+        trainer = option_error(VMPOTrainer.from_config, config)
     config = trainer.config
     try:
-        check_total_steps(config.total_steps, trainer.global_step)
-    except ValueError as error:
-        trainer.close()
-        parser.error(_option_message(error))
-    try:
+        option_error(check_total_steps, config.total_steps, trainer.global_step)
         trainer.train(config.total_steps, config.out_dir)
     except TrainingInterrupted as stopped:
         return stopped.exit_code  # the trainer has said where its checkpoint is
+    except KeyboardInterrupt:  # a second Ctrl-C: the first one's handler was put back
+        print(f"minerva: interrupted again: stopped at once; {trainer.checkpoint_status()}",
+              file=sys.stderr)
+        return 130
+    except ValueError as error:  # what train() checks before it starts: out_dir, total_steps
+        if not str(error).startswith(("out_dir: ", "total_steps: ")):
+            raise
+        parser.error(_option_message(error))
     except (NonFiniteError, OSError) as error:
         print(f"minerva: error: {error}\n{trainer.checkpoint_status()}", file=sys.stderr)
         return 1
     finally:
         trainer.close()
     return 0
-
-
-def _check_out_dir(parser: argparse.ArgumentParser, out_dir: str, fresh: bool,
-                   overwrite: bool = False) -> None:
-    from minerva.logging import prepare_out_dir
-
-    try:  # before any env is made; overwrite deletes only once the run starts
-        prepare_out_dir(out_dir, fresh=fresh and not overwrite)
-    except ValueError as error:
-        parser.error(_option_message(error))
 
 
 if __name__ == "__main__":

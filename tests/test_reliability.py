@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -106,6 +107,18 @@ def test_format_2_checkpoints_with_numpy_state_still_load(tmp_path, saved_run):
     checkpoint.set_rng_state(checkpoint.load(old)["rng"])
     np.testing.assert_array_equal(np.random.rand(3), expected)
     loaded.close()
+    # the same file as numpy 1 pickles it (numpy.core, not numpy._core)
+    numpy1 = tmp_path / "format2-numpy1.pt"
+    with zipfile.ZipFile(old) as source, zipfile.ZipFile(numpy1, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray" in data
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            target.writestr(item, data)
+    assert "numpy.core.multiarray._reconstruct" in (
+        torch.serialization.get_unsafe_globals_in_checkpoint(numpy1))
+    assert checkpoint.load(numpy1)["global_step"] == 128
 
 
 @pytest.mark.parametrize("content,message", [
@@ -113,6 +126,7 @@ def test_format_2_checkpoints_with_numpy_state_still_load(tmp_path, saved_run):
     (b"hello, I am a text file\n", "not a torch checkpoint"),
     ("truncated", "corrupt or truncated|not a torch checkpoint"),
     ("foreign", "not a minerva checkpoint"),
+    ("incomplete", "incomplete minerva checkpoint \\(it lacks env_id, duals"),
     ("folder", "is a folder"),
 ])
 def test_unreadable_checkpoints_are_named(tmp_path, saved_run, content, message):
@@ -122,6 +136,9 @@ def test_unreadable_checkpoints_are_named(tmp_path, saved_run, content, message)
         path.write_bytes(data[: len(data) // 2])
     elif content == "foreign":
         torch.save({"weights": torch.zeros(3)}, path)
+    elif content == "incomplete":
+        state = torch.load(saved_run / "vmpo_last.pt", weights_only=True)
+        torch.save({k: v for k, v in state.items() if k not in ("env_id", "duals")}, path)
     elif content == "folder":
         path.mkdir()
     else:
@@ -218,6 +235,7 @@ def test_checkpoints_are_also_written_on_a_wall_clock_cadence(tmp_path, monkeypa
 
 
 def test_a_signal_stops_after_the_iteration_with_a_consistent_checkpoint(tmp_path, monkeypatch):
+    before = signal.getsignal(signal.SIGTERM)
     trainer = make_trainer(eval_every=10_000)
     original = VMPOTrainer._update
 
@@ -236,7 +254,7 @@ def test_a_signal_stops_after_the_iteration_with_a_consistent_checkpoint(tmp_pat
     assert state["global_step"] == 3 * 64 and state["iteration"] == 3
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert events[-1]["global_step"] == state["global_step"]
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
 
 
 def _cli(*args, timeout=120, **popen):
@@ -279,16 +297,16 @@ def test_the_cli_exits_on_a_signal_with_a_checkpoint(tmp_path, signum, code):
 
 def test_a_second_signal_exits_at_once_without_a_traceback(tmp_path):
     out = tmp_path / "run"
-    # rollouts of 4,096 steps and 1,000 passes over each: the second signal comes mid-update
+    # rollouts of 4,096 steps and 1,000 passes over each: once the first update is logged,
+    # both signals come during the second iteration
     process = _start_cli(out, "--m-steps", "1000", "--num-envs", "64", "--rollout-steps", "64",
-                         "--checkpoint-every-s", "0", events=0)
-    time.sleep(1.0)  # into the first iteration
+                         "--checkpoint-every-s", "0", events=1)
     process.send_signal(signal.SIGINT)
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr and "again: exiting at once" in stderr
+    assert "Traceback" not in stderr and "interrupted again: stopped at once" in stderr
     # no checkpoint existed, and the message does not pretend one does
     assert "no checkpoint was written" in stderr and not (out / "vmpo_last.pt").exists()
 
@@ -316,6 +334,7 @@ def test_resume_applies_learning_rates_and_sizes(saved_run, tmp_path):
     (dict(env_id="Pendulum-v1"), "env_id: the checkpoint was trained on 'CartPole-v1'"),
     (dict(env_id="Foo-v0"), "env_id: unknown environment id 'Foo-v0'"),
     (dict(temperature_init=3.0), "temperature_init: .*an initial value"),
+    (dict(normalize_observations=False), "normalize_observations: the checkpoint has True"),
     (dict(total_steps=128), "total_steps: 128 is not above the 128 steps already trained"),
 ])
 def test_resume_rejects_what_cannot_apply(saved_run, override, message):
@@ -343,12 +362,39 @@ def test_a_resumed_run_drops_events_logged_after_its_checkpoint(saved_run, tmp_p
     # what an interrupted run logged after its last checkpoint, and a line a kill cut short
     late = json.dumps({"global_step": 192, "losses/value": 1.0})
     (out / "metrics.jsonl").write_text(events + late + "\n" + '{"global_st')
-    trainer = VMPOTrainer.from_checkpoint(saved_run / "vmpo_last.pt")
+    (out / "vmpo_last.pt").write_bytes((saved_run / "vmpo_last.pt").read_bytes())
+    trainer = VMPOTrainer.from_checkpoint(out / "vmpo_last.pt")
     trainer.train(192, str(out))
     trainer.close()
     steps = [json.loads(line)["global_step"]
              for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps.count(192) == 2 and steps == sorted(steps)  # one update and one eval event
+
+
+def test_a_resumed_run_refuses_a_folder_holding_another_run(saved_run, tmp_path):
+    out = tmp_path / "run"
+    trainer = make_trainer(eval_every=64)
+    trainer.train(192, str(out))  # another run, at step 192
+    trainer.close()
+    trainer = VMPOTrainer.from_checkpoint(saved_run / "vmpo_last.pt")  # step 128
+    with pytest.raises(ValueError, match=r"out_dir: .* holds another run .*not at this "
+                                         r"checkpoint's step 128"):
+        trainer.train(256, str(out))
+    trainer.train(256, str(out), overwrite=True)  # told to: that run's files go
+    trainer.close()
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert events[0]["global_step"] == 192 and events[-1]["global_step"] == 256
+
+
+def test_two_runs_cannot_write_one_folder(tmp_path):
+    from minerva.logging import locked_out_dir
+
+    trainer = make_trainer()
+    with locked_out_dir(tmp_path):  # as another process holding it would
+        with pytest.raises(ValueError, match=r"out_dir: .* is in use by another minerva run "
+                                             rf"\(pid {os.getpid()}\)"):
+            trainer.train(64, str(tmp_path))
+    trainer.close()
 
 
 def test_total_steps_at_or_below_the_saved_step_is_an_error(saved_run):
@@ -365,19 +411,21 @@ class _FaultyEnv(gym.Env):
     from step ``at`` of its episode on, with ``reward`` per step otherwise; episodes last
     ``length`` steps (None: never end)."""
 
-    def __init__(self, where="observation", bad=float("nan"), at=5, reward=1.0, length=20):
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+    def __init__(self, where="observation", bad=float("nan"), at=5, reward=1.0, length=20,
+                 dtype="float32"):
+        self.dtype = np.dtype(dtype)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), self.dtype)
         self.action_space = gym.spaces.Discrete(2)
         self.where, self.bad, self.at, self.reward, self.length = where, bad, at, reward, length
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         self.t = 0
-        return np.zeros(3, np.float32), {}
+        return np.zeros(3, self.dtype), {}
 
     def step(self, action):
         self.t += 1
-        observation = np.full(3, 0.1 * self.t, np.float32)
+        observation = np.full(3, 0.1 * self.t, self.dtype)
         reward = self.reward
         if self.at is not None and self.t >= self.at:
             if self.where == "observation":
@@ -397,13 +445,20 @@ def _register(name: str, **kwargs) -> str:
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(where="observation"),
-     r"env \d gave a non-finite observation \(nan in feature 1\) to act on at step 5 of the "
-     r"rollout \(the rollout began at global step 0"),
+     r"env \d gave a non-finite observation \(nan in feature 1\) at step 4 of the rollout "
+     r"\(the rollout began at global step 0"),
     (dict(where="reward", bad=float("inf")), r"env \d gave a non-finite reward \(inf\) at step"),
     (dict(where="reward", bad=float("nan")), r"non-finite reward \(nan\)"),
+    # the rollout's last observation is not acted on, but it bootstraps the values
+    (dict(where="observation", at=16), r"non-finite observation \(nan in feature 1\) at step "
+                                       r"15 of the rollout"),
+    # finite in float64, infinite once stored as float32
+    (dict(where="observation", bad=1e300, dtype="float64"),
+     r"non-finite observation \(1e\+300 in feature 1\) \(beyond float32's range\)"),
 ])
 def test_non_finite_env_data_is_named_before_it_is_used(tmp_path, kwargs, message):
-    env_id = _register(f"Faulty{kwargs['where']}{kwargs.get('bad')}", **kwargs)
+    name = "".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
+    env_id = _register("Faulty" + "".join(c if c.isalnum() else "_" for c in name), **kwargs)
     trainer = make_trainer(env_id, "gymnasium", eval_every=10_000)
     with pytest.raises(NonFiniteError, match=message):
         trainer.train(1024, str(tmp_path))

@@ -315,7 +315,7 @@ def test_format_1_checkpoints_are_upgraded(tmp_path):
     trainer = make_trainer("Pendulum-v1", eval_every=10_000)
     trainer.train(64, str(tmp_path))
     trainer.close()
-    state = torch.load(tmp_path / "vmpo_last.pt", weights_only=False)
+    state = torch.load(tmp_path / "vmpo_last.pt", weights_only=True)
     # what format 1 saved: softplus-parameterised multipliers and the clip_per_network option
     eta, alphas = trainer.duals.eta.detach(), trainer.duals.alphas.detach()
     state.update(format=1, config={**state["config"], "clip_per_network": True},

@@ -28,11 +28,12 @@ import torch
 from torch import nn
 
 from minerva import checkpoint, envs, losses, ops, reference
+from minerva import logging as run_logging
 from minerva.collector import Rollout, RolloutCollector
-from minerva.config import TrainConfig
+from minerva.config import OPTION_DEFAULTS, TrainConfig
 from minerva.envs import VectorEnv, default_backend, make_vector_env
-from minerva.errors import NonFiniteError, TrainingInterrupted
-from minerva.logging import PhaseTimer, RunLogger, prepare_out_dir
+from minerva.errors import NonFiniteError, TrainingInterrupted, first_line
+from minerva.logging import PhaseTimer, RunLogger
 from minerva.networks import Duals, VMPOAgent
 from minerva.normalization import RewardScaler
 from minerva.stopping import StopOnSignal
@@ -580,9 +581,9 @@ class VMPOTrainer:
         try:
             terms = backward(compiled)
         except Exception as error:  # noqa: BLE001  (any compiler failure: fall back)
-            first_line = (str(error).strip().splitlines() or [""])[0]
             warnings.warn(f"minerva: torch.compile of the update failed ({type(error).__name__}: "
-                          f"{first_line}); the update runs eagerly", RuntimeWarning, stacklevel=2)
+                          f"{first_line(error)}); the update runs eagerly", RuntimeWarning,
+                          stacklevel=2)
             self._compiled_losses = None
             self.optimizer.zero_grad(set_to_none=True)
             terms = backward(self._losses)
@@ -651,7 +652,9 @@ class VMPOTrainer:
 
         Writes ``metrics.jsonl``, TensorBoard events, ``vmpo_last.pt`` and ``vmpo_best.pt``
         into ``out_dir``; returns the last evaluation's metrics. A fresh trainer refuses an
-        ``out_dir`` holding a run unless ``overwrite`` (default: the config's).
+        ``out_dir`` holding a run, and a resumed one a folder holding another run, unless
+        ``overwrite`` (default: the config's) deletes that run's files; a folder another run
+        is writing to is refused (:func:`minerva.logging.prepare_out_dir`).
 
         ``vmpo_last.pt`` is written after complete iterations only: at each evaluation, every
         ``checkpoint_every_s`` seconds, and when SIGINT or SIGTERM stops training (the
@@ -662,8 +665,13 @@ class VMPOTrainer:
         overwrite = self.config.overwrite if overwrite is None else overwrite
         self.config = dataclasses.replace(self.config, total_steps=total_steps,
                                           out_dir=str(out_dir), overwrite=overwrite)
+        with run_logging.locked_out_dir(run_logging.create_out_dir(out_dir)):
+            out = run_logging.prepare_out_dir(out_dir, self.global_step or None, overwrite)
+            return self._train(total_steps, out)
+
+    def _train(self, total_steps: int, out: Path) -> dict[str, float]:
+        """The training loop, in a prepared and locked ``out``."""
         cfg = self.config
-        out = prepare_out_dir(out_dir, fresh=self.global_step == 0, overwrite=overwrite)
         logger = RunLogger(out, total_steps, self.global_step, progress=cfg.progress)
         logger.write_run_info({"config": dataclasses.asdict(cfg), "env_id": self.env_id,
                                "backend": self.backend, "device": str(self.device),
@@ -676,8 +684,8 @@ class VMPOTrainer:
         steps_at_start, time_at_start = self.global_step, logger.elapsed
         stop = StopOnSignal(
             lambda name: f"minerva: {name}: stopping after this iteration, with a checkpoint "
-                         "(send it again to exit at once without one)",
-            lambda name: f"minerva: {name} again: exiting at once; {self.checkpoint_status()}")
+                         "(send it again to stop at once without one)")
+        finished = reached_target = False
         try:
             with stop:
                 while self.global_step < total_steps and stop.requested is None:
@@ -699,6 +707,8 @@ class VMPOTrainer:
                     logger.advance(self.global_step)
 
                     finished = self.global_step >= total_steps
+                    if stop.requested is not None and not finished:
+                        break  # no evaluation: the checkpoint below holds this iteration
                     if self.global_step >= next_eval or finished:
                         while next_eval <= self.global_step:
                             next_eval += cfg.eval_every
@@ -717,6 +727,7 @@ class VMPOTrainer:
                                 last_eval["eval/return_mean"] >= cfg.target_return):
                             logger.print(f"reached the target return {cfg.target_return:g} at "
                                          f"step {self.global_step} ({logger.elapsed:.1f} s)")
+                            reached_target = True
                             break
                     else:
                         if cfg.checkpoint_every_s and (
@@ -726,8 +737,8 @@ class VMPOTrainer:
                         if logger.elapsed - last_print > 10.0:
                             logger.print(self._console_line(_console_subset(metrics)))
                             last_print = logger.elapsed
-                if stop.requested is not None:
-                    if self.last_checkpoint is None or self._last_saved_step != self.global_step:
+                if stop.requested is not None and not (finished or reached_target):
+                    if self._last_saved_step != self.global_step:
                         self._save_last(out)
                     interrupted = TrainingInterrupted(
                         stop.requested, f"stopped at step {self.global_step} after a complete "
@@ -789,9 +800,8 @@ class VMPOTrainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.reward_scaler.load_state_dict(state["reward_scaler"])
         except (RuntimeError, ValueError, KeyError) as error:
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise checkpoint.CheckpointError(
-                f"the checkpoint does not fit this {self.env_id} trainer: {first_line}") from None
+            raise checkpoint.CheckpointError(f"the checkpoint does not fit this {self.env_id} "
+                                             f"trainer: {first_line(error)}") from None
         self.global_step = state["global_step"]
         self.iteration = state["iteration"]
         self.best_return = state["best_return"]
@@ -820,7 +830,7 @@ class VMPOTrainer:
         """
         state = checkpoint.load(path)
         saved = state["config"]
-        unknown = set(saved) - {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = set(saved) - set(OPTION_DEFAULTS)
         if unknown:
             raise checkpoint.CheckpointError(
                 f"{path} has options this minerva does not know: {sorted(unknown)}")
@@ -832,9 +842,15 @@ class VMPOTrainer:
             if resolved != state["env_id"]:
                 raise ValueError(f"env_id: the checkpoint was trained on {state['env_id']!r}; "
                                  f"a resumed run cannot change it, got {overrides['env_id']!r}")
+        # options newer than the checkpoint's format have their defaults there
+        saved = {**OPTION_DEFAULTS, **saved}
+        try:
+            TrainConfig(**saved).validate()
+        except (TypeError, ValueError) as error:
+            raise checkpoint.CheckpointError(f"{path} has an invalid config: {error}") from None
         for name, why in RESUME_FIXED_OPTIONS.items():
-            if name in overrides and overrides[name] != saved.get(name):
-                raise ValueError(f"{name}: the checkpoint has {saved.get(name)!r} ({why}); a "
+            if name in overrides and overrides[name] != saved[name]:
+                raise ValueError(f"{name}: the checkpoint has {saved[name]!r} ({why}); a "
                                  f"resumed run cannot change it, got {overrides[name]!r}")
         config = TrainConfig(**{**saved, **overrides}).validate()
         if "total_steps" in overrides:  # asked for: it must leave steps to train
@@ -870,6 +886,7 @@ RESUME_FIXED_OPTIONS = {
     "activation": "what the networks' weights were trained with",
     "state_dependent_std": "the policy's parameters",
     "min_log_std": "how the policy's weights map to its std",
+    "normalize_observations": "what the networks' inputs were during training",
     "optimizer_type": "the optimiser's state",
     "temperature_init": "an initial value: the checkpoint's temperature carries on",
     "alpha_init": "an initial value: the checkpoint's multipliers carry on",
