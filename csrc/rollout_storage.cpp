@@ -237,8 +237,10 @@ bool accepts(Kind to, char kind, size_t size) {
 }
 
 // `value` as a C-contiguous numpy array in native byte order (a copy only where needed);
-// `where` names the method and argument for error messages.
-py::array as_array(const py::handle& value, const std::string& where) {
+// `method` and `argument` name it in error messages (built only then: this runs per field
+// and step).
+py::array as_array(const py::handle& value, const char* method, const std::string& argument) {
+  auto where = [&] { return std::string(method) + ": " + argument; };
   py::array array;
   if (py::isinstance<py::array>(value)) {
     array = py::reinterpret_borrow<py::array>(value);
@@ -246,18 +248,23 @@ py::array as_array(const py::handle& value, const std::string& where) {
     try {
       array = value.attr("detach")().attr("cpu")().attr("numpy")().cast<py::array>();
     } catch (py::error_already_set& error) {  // e.g. bfloat16, which numpy lacks
-      throw py::type_error(where + " cannot be read as a numpy array (" + error.what() + ")");
+      throw py::type_error(where() + " cannot be read as a numpy array (" + error.what() + ")");
     }
   } else {
-    throw py::type_error(where + " must be a numpy array or a torch tensor, got " +
+    throw py::type_error(where() + " must be a numpy array or a torch tensor, got " +
                          py::str(py::type::of(value).attr("__name__")).cast<std::string>());
   }
-  // The copies read raw bytes, so a byte-swapped array would be stored scrambled.
-  if (!array.dtype().attr("isnative").cast<bool>()) {
+  // The copies read raw bytes, so a byte-swapped array would be stored scrambled. (Read
+  // from the dtype's struct and the array's flags: Python attribute lookups here, once per
+  // field and step, cost as much as the whole copy.)
+  constexpr char kSwapped = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? '>' : '<';
+  if (array.dtype().byteorder() == kSwapped) {
     array = array.attr("astype")(array.dtype().attr("newbyteorder")("="));
   }
-  array = py::array::ensure(array, py::array::c_style);
-  if (!array) throw py::error_already_set();
+  if (!(array.flags() & py::array::c_style)) {
+    array = py::array::ensure(array, py::array::c_style);
+    if (!array) throw py::error_already_set();
+  }
   return array;
 }
 
@@ -340,7 +347,7 @@ class RolloutStorage {
     copies.reserve(9);
     auto stage = [&](const py::object& value, Buffer& buffer) {
       const std::string& name = buffer.name;
-      py::array array = as_array(value, "RolloutStorage.insert: " + name);
+      py::array array = as_array(value, "RolloutStorage.insert", name);
       std::vector<int64_t> expected = {N_};
       expected.insert(expected.end(), buffer.trailing.begin(), buffer.trailing.end());
       std::vector<int64_t> got(array.shape(), array.shape() + array.ndim());
@@ -401,7 +408,7 @@ class RolloutStorage {
                             std::to_string(lam));
     }
     Buffer& next_values = buffer("next_values");
-    py::array last = as_array(last_values, "RolloutStorage.compute_advantages: last_values");
+    py::array last = as_array(last_values, "RolloutStorage.compute_advantages", "last_values");
     if (last.ndim() != 1 || last.shape(0) != N_) {
       throw py::value_error("RolloutStorage.compute_advantages: last_values must have shape (" +
                             std::to_string(N_) + ",), got " +
