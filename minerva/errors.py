@@ -7,7 +7,11 @@ import signal
 
 class NonFiniteError(RuntimeError):
     """An environment gave, or the update computed, NaN or infinity. Raised before the value
-    reaches a running statistic or a checkpoint; the message names the quantity and where."""
+    reaches a running statistic or a checkpoint; the message names the quantity and where.
+
+    Raised by the update, it comes after the gradient steps: the trainer's weights in memory
+    may then hold the non-finite values, so resume from the last checkpoint rather than
+    saving this trainer."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):

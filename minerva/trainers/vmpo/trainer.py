@@ -895,6 +895,8 @@ RESUME_FIXED_OPTIONS = {
 
 
 def check_total_steps(total_steps: int, trained_steps: int) -> None:
+    """Raises ValueError (``total_steps: ...``) unless ``total_steps`` leaves steps to train
+    after the ``trained_steps`` a trainer (or its checkpoint) has done."""
     if not isinstance(total_steps, int) or total_steps < 1:
         raise ValueError(f"total_steps: must be a positive integer, got {total_steps!r}")
     if total_steps <= trained_steps:
