@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import sys
 import time
 import types
@@ -166,9 +167,17 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error(_option_message(error))
     else:
         config = config_from_args(parser, args)
+        out = Path(config.out_dir).absolute()
+        # the first folder this run creates (runs/ too, for the default out_dir)
+        new_folder = next((p for p in (*reversed(out.parents), out) if not p.exists()), None)
         if not config.overwrite:  # (overwriting deletes only once the run starts)
             option_error(prepare_out_dir, config.out_dir)
-        trainer = option_error(VMPOTrainer.from_config, config)
+        try:
+            trainer = option_error(VMPOTrainer.from_config, config)
+        except BaseException:
+            if new_folder:  # a run that never started leaves no empty folder behind
+                shutil.rmtree(new_folder, ignore_errors=True)
+            raise
     config = trainer.config
     try:
         option_error(check_total_steps, config.total_steps, trainer.global_step)

@@ -592,3 +592,10 @@ def test_an_unexpected_error_is_one_line_unless_debug(tmp_path):
                             capture_output=True, text=True, timeout=120, env=env,
                             cwd=tempfile.gettempdir())
     assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def test_a_run_that_never_starts_leaves_no_folder(tmp_path):
+    out = tmp_path / "new" / "run"
+    _one_line_error(_cli("--rollout-steps", str(2**62), "--out-dir", str(out)),
+                    "--rollout-steps: a rollout of")
+    assert list(tmp_path.iterdir()) == []
