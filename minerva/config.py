@@ -106,6 +106,9 @@ class TrainConfig:
     # --- evaluation and logging ------------------------------------------------------------
     eval_every: int = _option(10_000, "evaluate every this many environment steps")
     eval_episodes: int = _option(10, "evaluation episodes (one per evaluation env)")
+    dist_timeout_s: float = _option(
+        600.0, "distributed training (torchrun): seconds a rank waits for the others in a "
+               "collective before failing with an error (rank 0 evaluates while they wait)")
     eval_max_steps: int = _option(
         100_000, "evaluation episodes still running after this many steps are cut there (an "
                  "env without a time limit would never end them)")
@@ -140,6 +143,8 @@ class TrainConfig:
             bad("torch_threads", "must be >= 0")
         if not (math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0):
             bad("checkpoint_every_s", "must be a number >= 0")
+        if not (math.isfinite(self.dist_timeout_s) and self.dist_timeout_s > 0):
+            bad("dist_timeout_s", "must be a positive number")
         if self.target_return is not None and math.isnan(self.target_return):
             bad("target_return", "must be a number or none")
         for name in ("gamma", "gae_lambda"):

@@ -128,21 +128,26 @@ class RunLogger:
     Each event carries ``global_step`` and ``time/elapsed_s`` (wall seconds since the logger
     started, i.e. since training started). A resumed run (``initial_step`` > 0) first drops
     the events an interrupted run logged after its checkpoint, from both files: they are
-    logged again as the run repeats those steps.
+    logged again as the run repeats those steps. Not ``enabled`` (the ranks of a distributed
+    run other than 0), it writes and shows nothing.
     """
 
     def __init__(self, out_dir: str | Path, total_steps: int, initial_step: int = 0,
-                 progress: bool = True, tensorboard: bool = True):
+                 progress: bool = True, tensorboard: bool = True, enabled: bool = True):
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.start = time.perf_counter()
+        self.enabled = enabled
+        self._jsonl = self._writer = None
+        if not enabled:
+            self._bar = tqdm(disable=True)
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         jsonl = self.out_dir / "metrics.jsonl"
         if initial_step > 0 and jsonl.exists():
             kept = [line for line in jsonl.read_text(encoding="utf-8").splitlines(keepends=True)
                     if _event_step(line) <= initial_step]
             _write_atomically(jsonl, "".join(kept))
         self._jsonl = open(jsonl, "a", encoding="utf-8")
-        self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -155,6 +160,8 @@ class RunLogger:
 
     def write_run_info(self, info: Mapping) -> None:
         """``run.json``: what ran (config, env, backend, machine), for plots and tables."""
+        if not self.enabled:
+            return
         info = {**info, "machine": {"platform": platform.platform(),
                                     "processor": cpu_model(), "cpus": os.cpu_count(),
                                     "python": platform.python_version()}}
@@ -170,6 +177,8 @@ class RunLogger:
     def log(self, global_step: int, metrics: Mapping[str, float]) -> dict[str, float]:
         event = {"global_step": int(global_step), "time/elapsed_s": round(self.elapsed, 3)}
         event.update({k: float(v) for k, v in metrics.items()})
+        if not self.enabled:
+            return event
         self._jsonl.write(json.dumps(
             {k: (v if math.isfinite(v) else None) for k, v in event.items()}) + "\n")
         self._jsonl.flush()
@@ -180,6 +189,8 @@ class RunLogger:
         return event
 
     def print(self, line: str) -> None:
+        if not self.enabled:
+            return
         if self._bar.disable:
             print(line, flush=True)
         else:
@@ -187,7 +198,8 @@ class RunLogger:
 
     def close(self) -> None:
         self._bar.close()
-        self._jsonl.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
         if self._writer is not None:
             self._writer.close()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -28,14 +30,33 @@ class RunningMeanStd(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
 
     @torch.no_grad()
-    def update(self, batch: torch.Tensor) -> None:
-        """Merges a batch of samples (``[B, *shape]``) into the statistics."""
-        if batch.shape[0] == 0:
-            return
+    def update(self, batch: torch.Tensor,
+               gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Merges a batch of samples (``[B, *shape]``) into the statistics.
+
+        ``gather`` (distributed training) collects every rank's ``[1, K]`` row into
+        ``[ranks, K]``: then every rank's batch is merged, in rank order, so that all ranks
+        keep the same statistics (those of the union of the batches, up to rounding).
+        """
         batch = batch.to(self.mean.device, torch.float64)
-        batch_mean = batch.mean(0)
-        batch_var = batch.var(0, unbiased=False)
-        batch_count = batch.shape[0]
+        count = batch.shape[0]
+        zeros = torch.zeros(self.mean.shape, dtype=torch.float64, device=self.mean.device)
+        mean = batch.mean(0) if count else zeros
+        var = batch.var(0, unbiased=False) if count else zeros
+        if gather is None:
+            self._merge(float(count), mean, var)
+            return
+        row = torch.cat([torch.tensor([float(count)], dtype=torch.float64, device=mean.device),
+                         mean.reshape(-1), var.reshape(-1)])
+        size = mean.numel()
+        for part in gather(row[None]):
+            self._merge(float(part[0]), part[1:1 + size].view_as(mean),
+                        part[1 + size:].view_as(mean))
+
+    def _merge(self, batch_count: float, batch_mean: torch.Tensor,
+               batch_var: torch.Tensor) -> None:
+        if batch_count == 0:
+            return
         total = self.count + batch_count
         delta = batch_mean - self.mean
         self.var.copy_((self.var * self.count + batch_var * batch_count
@@ -79,10 +100,13 @@ class RewardScaler(nn.Module):
         self.discounted_return[done] = 0.0
         return np.clip(rewards / self._std, -self.clip, self.clip).astype(np.float32)
 
-    def update_statistics(self) -> None:
-        """Merges the returns seen since the last call into the running statistics."""
-        if self._pending:
-            self.return_stats.update(torch.from_numpy(np.concatenate(self._pending)))
+    def update_statistics(
+            self, gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Merges the returns seen since the last call into the running statistics (every
+        rank's, with ``gather``: see :meth:`RunningMeanStd.update`)."""
+        if self._pending or gather is not None:
+            returns = np.concatenate(self._pending) if self._pending else np.zeros(0)
+            self.return_stats.update(torch.from_numpy(returns), gather)
             self._pending.clear()
         self._refresh_std()
 

@@ -139,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from minerva import distributed
     from minerva.checkpoint import CheckpointError
     from minerva.errors import NonFiniteError, TrainingInterrupted
     from minerva.logging import create_out_dir, prepare_out_dir
@@ -182,7 +183,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         option_error(check_total_steps, config.total_steps, trainer.global_step)
         trainer.train(config.total_steps, config.out_dir)
+        distributed.finish()
     except TrainingInterrupted as stopped:
+        distributed.finish()  # every rank stopped at the same iteration
         return stopped.exit_code  # the trainer has said where its checkpoint is
     except KeyboardInterrupt:  # a second Ctrl-C: the first one's handler was put back
         print(f"minerva: interrupted again: stopped at once; {trainer.checkpoint_status()}",

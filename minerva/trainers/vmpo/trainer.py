@@ -15,6 +15,7 @@ import difflib
 import math
 import os
 import random
+import signal
 import sys
 import time
 import warnings
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from minerva import checkpoint, envs, losses, ops, reference
+from minerva import checkpoint, distributed, envs, losses, ops, reference
 from minerva import logging as run_logging
 from minerva.collector import Rollout, RolloutCollector
 from minerva.config import OPTION_DEFAULTS, TrainConfig
@@ -313,6 +314,7 @@ class VMPOTrainer:
         pipelined_rollout: bool = False,
         eval_max_steps: int = 100_000,
         checkpoint_every_s: float = 300.0,
+        dist_timeout_s: float = 600.0,
     ):
         options = {k: v for k, v in locals().items() if k != "self"}
         options.update(device=str(device), policy_layer_sizes=tuple(policy_layer_sizes),
@@ -325,6 +327,8 @@ class VMPOTrainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
         self.device = torch.device(device)
+        # torchrun: this process's rank (one process: rank 0 of 1)
+        self.ranks = distributed.init(self.device, cfg.dist_timeout_s)
 
         try:
             self.env_id = _resolve_env_id(env_id)
@@ -334,10 +338,13 @@ class VMPOTrainer:
         _check_rollout_memory(cfg, *envs.env_spaces(self.env_id))
         # pipelined_rollout: on envpool half the envs step while the policy acts on the other
         # half (gymnasium steps in this thread: nothing would overlap, so it is never split)
-        self.envs = make_vector_env(self.env_id, num_envs, seed, self.backend, make_env=_make_env,
+        # rank r's env i is seeded with seed + r * num_envs + i: no two ranks' envs share one
+        self.envs = make_vector_env(self.env_id, num_envs, seed + self.ranks.rank * num_envs,
+                                    self.backend, make_env=_make_env,
                                     split=pipelined_rollout and self.backend == "envpool")
-        self.eval_envs = make_vector_env(self.env_id, eval_episodes, seed + 1000, self.backend,
-                                         make_env=_make_env)
+        # rank 0 evaluates (and logs, and writes checkpoints)
+        self.eval_envs = (make_vector_env(self.env_id, eval_episodes, seed + 1000, self.backend,
+                                          make_env=_make_env) if self.ranks.is_main else None)
 
         self.agent = VMPOAgent(
             self.envs.single_observation_space, self.envs.single_action_space,
@@ -362,6 +369,7 @@ class VMPOTrainer:
         self.optimizer = (torch.optim.Adam(groups, fused=True) if optimizer_type == "adam"
                           else torch.optim.SGD(groups, momentum=sgd_momentum))
         self._policy_params, self._value_params = policy_params, value_params
+        self._synchronised = [*self.agent.parameters(), *self.duals.parameters()]
         self._compiled_losses = (torch.compile(self._losses, dynamic=False) if compile_update
                                  else None)
         self._compiled_sizes: set[int] = set()
@@ -399,8 +407,22 @@ class VMPOTrainer:
         # CleanRL's metric: the mean return of the last 100 training episodes
         self._recent_returns: collections.deque[float] = collections.deque(
             maxlen=self.RECENT_EPISODES)
+        if self.ranks.distributed:  # one agent: rank 0's initial weights, each rank's noise
+            distributed.broadcast_parameters(self._synchronised)
+            self._decorrelate_ranks()
 
     RECENT_EPISODES = 100
+    RANK_SEED_STRIDE = 1_000_003  # a prime: rank r's streams start from seed + r * stride
+
+    def _decorrelate_ranks(self) -> None:
+        """Gives ranks other than 0 their own random streams (after the shared initial
+        weights, or a checkpoint's states): ranks that sampled the same exploration noise
+        would explore as one."""
+        if self.ranks.rank:
+            seed = self.config.seed + self.RANK_SEED_STRIDE * self.ranks.rank + self.iteration
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> "VMPOTrainer":
@@ -427,7 +449,8 @@ class VMPOTrainer:
         except NonFiniteError as error:
             raise NonFiniteError(f"{error} (the rollout began at global step "
                                  f"{self.global_step})") from None
-        self.global_step += self.storage.num_steps * self.storage.num_envs
+        self.global_step += (self.storage.num_steps * self.storage.num_envs
+                             * self.ranks.world_size)
         if rollout.finished_returns:
             self._recent_returns.extend(rollout.finished_returns)
             rollout.metrics["charts/episode_return_last100"] = float(
@@ -442,18 +465,14 @@ class VMPOTrainer:
         moved the policy by and the critic's fit, measured on the whole rollout."""
         cfg = self.config
         valid = batch.valid
-        advantages = batch.advantages
-        if cfg.normalize_advantages:
-            advantages = losses.normalize_advantages(advantages, valid)
-        # top-k over the whole rollout: a minibatch's own top half would keep the best of
-        # that minibatch, not the best of what the policy did
-        selected = self.ops.topk_mask(advantages, valid, cfg.topk_fraction)
+        size = valid.shape[0]
+        advantages, selected, offset = self._selection(batch.advantages, valid)
         samples = {"observations": batch.observations, "actions": batch.actions,
                    "behaviour": batch.dist_params, "returns": batch.returns, "valid": valid}
-        size = valid.shape[0]
         history: dict[str, list[torch.Tensor]] = {}
         with torch_threads(threads_for(size // cfg.num_minibatches, self._threads)):
-            self._m_steps(samples, advantages, selected, history)
+            self._m_steps(samples, advantages, selected, history, offset)
+        selected = selected[offset:offset + size]  # this rank's, for its statistics
         # every statistic of the update reaches the host in one transfer
         statistics = {name: torch.stack(values).mean() for name, values in history.items()}
         with torch.no_grad():
@@ -489,19 +508,41 @@ class VMPOTrainer:
         _check_update_finite(on_host, batch)
         return on_host
 
-    def _m_steps(self, samples: dict[str, torch.Tensor], advantages: torch.Tensor,
-                 selected: torch.Tensor, history: dict[str, list[torch.Tensor]]) -> None:
-        """``m_steps`` passes over the rollout, each in ``num_minibatches`` random
-        minibatches; appends each step's metrics to ``history``."""
+    def _selection(self, advantages: torch.Tensor,
+                   valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The E-step's advantages (standardised when ``normalize_advantages``) and its
+        top-k selection, over the whole rollout: a minibatch's own top half would keep the
+        best of that minibatch, not the best of what the policy did. Distributed, over every
+        rank's rollout (gathered in rank order); ``offset`` is this rank's first row."""
         cfg = self.config
-        size = selected.shape[0]
+        offset = 0
+        if self.ranks.distributed:
+            offset = self.ranks.rank * valid.shape[0]
+            advantages = self._gather(advantages)
+            valid = self._gather(valid.to(torch.uint8)).bool()  # (gloo gathers no bools)
+        if cfg.normalize_advantages:
+            advantages = losses.normalize_advantages(advantages, valid)
+        return advantages, self.ops.topk_mask(advantages, valid, cfg.topk_fraction), offset
+
+    def _m_steps(self, samples: dict[str, torch.Tensor], advantages: torch.Tensor,
+                 selected: torch.Tensor, history: dict[str, list[torch.Tensor]],
+                 offset: int = 0) -> None:
+        """``m_steps`` passes over the rollout, each in ``num_minibatches`` random
+        minibatches; appends each step's metrics to ``history``. ``advantages`` and
+        ``selected`` are every rank's; this rank's samples are their rows from ``offset``."""
+        cfg = self.config
+        size = samples["valid"].shape[0]
+        whole = (None if not self.ranks.distributed
+                 else torch.arange(size, device=self.device) + offset)
         for _ in range(cfg.m_steps):
             order = torch.randperm(size, device=self.device) if cfg.num_minibatches > 1 else None
             for indices in ([None] if order is None
                             else order.tensor_split(cfg.num_minibatches)):
                 minibatch = (samples if indices is None
                              else {name: t[indices] for name, t in samples.items()})
-                step_metrics = self._m_step(minibatch, advantages, selected, indices)
+                # the E-step's rows of these samples (None: all, on one process)
+                rows = whole if indices is None else indices + offset
+                step_metrics = self._m_step(minibatch, advantages, selected, rows)
                 for name, value in step_metrics.items():
                     history.setdefault(name, []).append(value.detach())
 
@@ -524,7 +565,8 @@ class VMPOTrainer:
 
     def _m_step(self, minibatch: dict[str, torch.Tensor], advantages: torch.Tensor,
                 selected: torch.Tensor, indices: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """One gradient step on a minibatch (``indices`` of the rollout; None: all of it).
+        """One gradient step on a minibatch (``indices`` of the rollout, of every rank's
+        samples when distributed; None: all of it).
 
         The E-step's weights are normalised over the whole rollout's selected samples with
         the current temperature (the temperature's loss is the whole rollout's too); the
@@ -536,6 +578,8 @@ class VMPOTrainer:
                    else losses.minibatch_weights(estep.weights, indices))
         self.optimizer.zero_grad(set_to_none=True)
         metrics = self._losses_backward(minibatch, weights, estep.temperature_loss)
+        if self.ranks.distributed:  # every rank takes the same step
+            distributed.average_gradients(self._synchronised, self.ranks.world_size)
         # each network clipped on its own: the critic's gradient, often far larger, would
         # otherwise shrink the policy's step
         metrics["losses/policy_grad_norm"] = nn.utils.clip_grad_norm_(
@@ -636,9 +680,15 @@ class VMPOTrainer:
     def _update_normalizers(self, batch: RolloutBatch) -> None:
         # once per rollout, after the update, so the rollout's stored policy outputs and the
         # update both saw the same statistics
-        self.reward_scaler.update_statistics()
+        gather = self._gather if self.ranks.distributed else None
+        self.reward_scaler.update_statistics(gather)
         if self.config.normalize_observations:
-            self.agent.obs_normalizer.update(batch.observations[batch.valid])
+            self.agent.obs_normalizer.update(batch.observations[batch.valid], gather)
+
+    def _gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``rows``, concatenated in rank order."""
+        gathered = distributed.all_gather_rows(rows.to(self.device), self.ranks.world_size)
+        return gathered.to(rows.device)
 
     # --- training -----------------------------------------------------------------------------
 
@@ -665,6 +715,8 @@ class VMPOTrainer:
         overwrite = self.config.overwrite if overwrite is None else overwrite
         self.config = dataclasses.replace(self.config, total_steps=total_steps,
                                           out_dir=str(out_dir), overwrite=overwrite)
+        if not self.ranks.is_main:  # only rank 0 writes
+            return self._train(total_steps, Path(out_dir))
         with run_logging.locked_out_dir(run_logging.create_out_dir(out_dir)):
             out = run_logging.prepare_out_dir(out_dir, self.global_step or None, overwrite)
             return self._train(total_steps, out)
@@ -672,19 +724,23 @@ class VMPOTrainer:
     def _train(self, total_steps: int, out: Path) -> dict[str, float]:
         """The training loop, in a prepared and locked ``out``."""
         cfg = self.config
-        logger = RunLogger(out, total_steps, self.global_step, progress=cfg.progress)
+        main = self.ranks.is_main
+        logger = RunLogger(out, total_steps, self.global_step, progress=cfg.progress,
+                           enabled=main)
         logger.write_run_info({"config": dataclasses.asdict(cfg), "env_id": self.env_id,
                                "backend": self.backend, "device": str(self.device),
-                               "torch_threads": torch.get_num_threads()})
-        logger.print(f"minerva: V-MPO on {self.env_id} ({self.backend}, {cfg.num_envs} envs, "
-                     f"device {self.device}) -> {out}")
+                               "torch_threads": torch.get_num_threads(),
+                               "world_size": self.ranks.world_size})
+        ranks = (f" x {self.ranks.world_size} ranks" if self.ranks.distributed else "")
+        logger.print(f"minerva: V-MPO on {self.env_id} ({self.backend}, {cfg.num_envs} envs"
+                     f"{ranks}, device {self.device}) -> {out}")
         next_eval = (self.global_step // cfg.eval_every + 1) * cfg.eval_every
         last_eval: dict[str, float] = {}
         last_print, last_save = -math.inf, logger.elapsed
         steps_at_start, time_at_start = self.global_step, logger.elapsed
         stop = StopOnSignal(
             lambda name: f"minerva: {name}: stopping after this iteration, with a checkpoint "
-                         "(send it again to stop at once without one)")
+                         "(send it again to stop at once without one)" if main else "")
         finished = reached_target = False
         try:
             with stop:
@@ -707,30 +763,34 @@ class VMPOTrainer:
                     logger.advance(self.global_step)
 
                     finished = self.global_step >= total_steps
-                    if stop.requested is not None and not finished:
+                    if self._any_rank(stop.requested is not None) and not finished:
+                        stop.requested = stop.requested or signal.SIGTERM  # (another rank's)
                         break  # no evaluation: the checkpoint below holds this iteration
                     if self.global_step >= next_eval or finished:
                         while next_eval <= self.global_step:
                             next_eval += cfg.eval_every
-                        with self.timer("evaluation"):
-                            last_eval = self.evaluate()
-                        logger.log(self.global_step, {**last_eval, **self.timer.metrics()})
-                        if last_eval["eval/return_mean"] > self.best_return:
-                            self.best_return = last_eval["eval/return_mean"]
-                            self.save_checkpoint(out / "vmpo_best.pt")
-                        self._save_last(out)
-                        last_save = logger.elapsed
-                        logger.print(self._console_line({**last_eval,
-                                                         **_console_subset(metrics)}))
-                        last_print = logger.elapsed
-                        if cfg.target_return is not None and (
-                                last_eval["eval/return_mean"] >= cfg.target_return):
+                        if main:
+                            with self.timer("evaluation"):
+                                last_eval = self.evaluate()
+                            logger.log(self.global_step, {**last_eval, **self.timer.metrics()})
+                            if last_eval["eval/return_mean"] > self.best_return:
+                                self.best_return = last_eval["eval/return_mean"]
+                                self.save_checkpoint(out / "vmpo_best.pt")
+                            self._save_last(out)
+                            last_save = logger.elapsed
+                            logger.print(self._console_line({**last_eval,
+                                                             **_console_subset(metrics)}))
+                            last_print = logger.elapsed
+                            reached_target = cfg.target_return is not None and (
+                                last_eval["eval/return_mean"] >= cfg.target_return)
+                        if self.ranks.distributed:  # rank 0's evaluation decides
+                            reached_target = distributed.from_main(reached_target, self.device)
+                        if reached_target:
                             logger.print(f"reached the target return {cfg.target_return:g} at "
                                          f"step {self.global_step} ({logger.elapsed:.1f} s)")
-                            reached_target = True
                             break
                     else:
-                        if cfg.checkpoint_every_s and (
+                        if main and cfg.checkpoint_every_s and (
                                 logger.elapsed - last_save >= cfg.checkpoint_every_s):
                             self._save_last(out)
                             last_save = logger.elapsed
@@ -743,7 +803,8 @@ class VMPOTrainer:
                     interrupted = TrainingInterrupted(
                         stop.requested, f"stopped at step {self.global_step} after a complete "
                                         f"iteration; {self.checkpoint_status()}")
-                    print(f"minerva: {interrupted}", file=sys.stderr, flush=True)
+                    if main:
+                        print(f"minerva: {interrupted}", file=sys.stderr, flush=True)
                     raise interrupted
         finally:
             logger.print(f"time per phase: {self.timer.split()}")
@@ -751,8 +812,13 @@ class VMPOTrainer:
         return last_eval
 
     def _save_last(self, out: Path) -> None:
-        self.save_checkpoint(out / "vmpo_last.pt")
+        if self.ranks.is_main:
+            self.save_checkpoint(out / "vmpo_last.pt")
         self.last_checkpoint, self._last_saved_step = out / "vmpo_last.pt", self.global_step
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (on one process: ``flag``)."""
+        return distributed.any_rank(flag, self.device) if self.ranks.distributed else flag
 
     def checkpoint_status(self) -> str:
         """Where the last checkpoint is (for messages when training stops)."""
@@ -810,6 +876,7 @@ class VMPOTrainer:
         checkpoint.set_rng_state(state["rng"])
         if self._on_gpu and state["rng"].get("torch_cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["torch_cuda"], self.device)
+        self._decorrelate_ranks()
 
     def save_checkpoint(self, path: str | Path) -> None:
         checkpoint.save(self.state_dict(), path)
@@ -871,7 +938,8 @@ class VMPOTrainer:
 
     def close(self) -> None:
         self.envs.close()
-        self.eval_envs.close()
+        if self.eval_envs is not None:
+            self.eval_envs.close()
 
 
 # options of a run, not of the trainer
