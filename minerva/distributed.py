@@ -24,6 +24,22 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from minerva.errors import first_line
+
+
+class DistributedError(RuntimeError):
+    """A collective failed: another rank died, raised, or did not answer in time."""
+
+
+def _collective(name: str, operation, *args, **kwargs) -> None:
+    try:
+        operation(*args, **kwargs)
+    except (RuntimeError, dist.DistError) as error:
+        raise DistributedError(
+            f"rank {dist.get_rank()} of {dist.get_world_size()}: the {name} failed, so another "
+            "rank has stopped (it failed, was killed, or did not answer within "
+            f"--dist-timeout-s): {first_line(error)}") from None
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -60,7 +76,7 @@ def init(device: torch.device, timeout_s: float) -> Ranks:
 def broadcast_parameters(tensors: list[torch.Tensor]) -> None:
     """Rank 0's values in every rank's ``tensors`` (one flat broadcast)."""
     flat = torch.cat([t.detach().reshape(-1) for t in tensors])
-    dist.broadcast(flat, src=0)
+    _collective("broadcast of the initial weights", dist.broadcast, flat, src=0)
     with torch.no_grad():
         for tensor, value in zip(tensors, flat.split([t.numel() for t in tensors])):
             tensor.copy_(value.view_as(tensor))
@@ -71,7 +87,7 @@ def average_gradients(parameters: list[torch.Tensor], world_size: int) -> None:
     (a parameter without a gradient counts as zeros)."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
+    _collective("all-reduce of the gradients", dist.all_reduce, flat)
     flat /= world_size
     for parameter, value in zip(parameters, flat.split([p.numel() for p in parameters])):
         parameter.grad = value.view_as(parameter).clone()
@@ -81,21 +97,22 @@ def all_gather_rows(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
     """Every rank's ``tensor`` (the same shape on each), concatenated along dim 0 in rank
     order."""
     parts = [torch.empty_like(tensor) for _ in range(world_size)]
-    dist.all_gather(parts, tensor.contiguous())
+    _collective("all-gather of the rollouts' statistics", dist.all_gather, parts,
+                tensor.contiguous())
     return torch.cat(parts)
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
     """Whether ``flag`` is true on any rank."""
     value = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    _collective("agreement on stopping", dist.all_reduce, value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 
 
 def from_main(flag: bool, device: torch.device) -> bool:
     """Rank 0's ``flag`` on every rank."""
     value = torch.tensor([float(flag)], device=device)
-    dist.broadcast(value, src=0)
+    _collective("broadcast of rank 0's evaluation", dist.broadcast, value, src=0)
     return bool(value.item())
 
 
@@ -103,5 +120,5 @@ def finish() -> None:
     """Leaves the process group once every rank is done: a rank whose peers exit while it
     still holds connections can abort."""
     if dist.is_initialized():
-        dist.barrier()
+        _collective("final barrier", dist.barrier)
         dist.destroy_process_group()

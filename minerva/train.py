@@ -195,7 +195,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if not str(error).startswith(("out_dir: ", "total_steps: ")):
             raise
         parser.error(_option_message(error))
-    except (NonFiniteError, OSError) as error:
+    except (NonFiniteError, OSError, distributed.DistributedError) as error:
         print(f"minerva: error: {error}\n{trainer.checkpoint_status()}", file=sys.stderr)
         return 1
     finally:

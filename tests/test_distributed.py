@@ -31,9 +31,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(script: str, folder: Path, timeout: float = 240) -> None:
+def run_ranks(script: str, folder: Path, timeout: float = 240,
+              expected_codes: tuple[int, ...] = (0, 0)) -> list[str]:
     """Runs ``script`` as 2 ranks of one process group (the environment torchrun sets);
-    each writes its results under ``folder``."""
+    each writes its results under ``folder``. Returns each rank's output."""
     path = folder / "script.py"
     path.write_text(textwrap.dedent(script))
     port = str(_free_port())
@@ -47,7 +48,8 @@ def run_ranks(script: str, folder: Path, timeout: float = 240) -> None:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=timeout)[0] for p in processes]
     for rank, (process, output) in enumerate(zip(processes, outputs)):
-        assert process.returncode == 0, f"rank {rank}:\n{output}"
+        assert process.returncode == expected_codes[rank], f"rank {rank}:\n{output}"
+    return outputs
 
 
 def test_ranks_stay_one_agent(tmp_path):
@@ -199,3 +201,35 @@ def test_a_two_rank_cartpole_run_learns_and_resumes_on_one_rank(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "8 envs, device cpu" in resumed.stdout  # one process
     assert load(out / "vmpo_last.pt")["global_step"] == state["global_step"] + 1024
+
+
+def test_a_rank_that_dies_stops_the_others_with_a_clear_error(tmp_path):
+    import time
+
+    start = time.monotonic()
+    outputs = run_ranks("""
+        import os, sys
+        from minerva.distributed import DistributedError
+        from minerva.trainers.vmpo.trainer import VMPOTrainer
+        folder = sys.argv[1]
+        trainer = VMPOTrainer("CartPole-v1", 0, "cpu", (8,), (8,), 8, num_envs=2,
+                              eval_episodes=1, progress=False, backend="envpool",
+                              dist_timeout_s=30)
+        if trainer.ranks.rank == 1:  # dies during its second update
+            update, calls = trainer._update, []
+            def dying(batch):
+                if calls:
+                    os._exit(3)
+                calls.append(batch)
+                return update(batch)
+            trainer._update = dying
+        try:
+            trainer.train(100_000, folder + "/run")
+        except DistributedError as error:
+            print(error)
+            sys.exit(7)
+    """, tmp_path, expected_codes=(7, 3))
+    # (rank 0's next collective is the gathering of its next rollout's advantages)
+    assert "rank 0 of 2: the all-gather of the rollouts' statistics failed, so another rank " \
+        "has stopped" in outputs[0]
+    assert time.monotonic() - start < 120  # well within the timeout: no hang
