@@ -101,3 +101,22 @@ def test_resume_comparison_finds_where_the_runs_part(resume_benchmark, tmp_path)
     summary = resume_benchmark.summarize(tmp_path, [4], "Toy-v0")
     assert summary["over_seeds"]["resumed/final_eval"] == {"mean": -20.0, "std": 0.0}
     assert "| 4 | 200 | 200 | 1.2000 / 1.2500 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_distributed_volume_counts_gradients_and_gathers():
+    pytest.importorskip("envpool")
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("distributed_benchmark",
+                                                      BENCHMARKS / "distributed.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    volume = module.exchanged_bytes("CartPole-v1", 2)
+    # CartPole's preset: 4 observations, (64, 64) tanh trunks, 2 logits, 1 value; eta and
+    # one alpha: 2 x (4·64 + 64 + 64·64 + 64) + 64·2 + 2 + 64 + 1 + 2 = 9,157
+    assert volume["parameters"] == 9_157 and volume["gradient_steps"] == 8
+    assert volume["gradient_bytes"] == 8 * 4 * 9_157 * 1.0  # ring factor 2 (K - 1) / K = 1
+    # 64 x 8 rows of advantages (4 bytes) and flags (1), statistics of 4 features, returns'
+    assert volume["rollout_bytes"] == 512 * 5 + 8 * (1 + 2 * 4) + 8 * 3

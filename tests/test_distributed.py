@@ -233,3 +233,28 @@ def test_a_rank_that_dies_stops_the_others_with_a_clear_error(tmp_path):
     assert "rank 0 of 2: the all-gather of the rollouts' statistics failed, so another rank " \
         "has stopped" in outputs[0]
     assert time.monotonic() - start < 120  # well within the timeout: no hang
+
+
+def test_ctrl_c_on_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    launcher = subprocess.Popen(
+        [sys.executable, "-P", "-m", "torch.distributed.run", "--nproc-per-node",
+         str(WORLD_SIZE), "--master-port", str(_free_port()), "-m", "minerva.train",
+         "--env-id", "Pendulum-v1", "--num-envs", "4", "--rollout-steps", "16",
+         "--total-steps", "10000000", "--eval-every", "1000000", "--no-progress",
+         "--torch-threads", "1", "--out-dir", str(out)],
+        cwd=tempfile.gettempdir(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        assert launcher.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGINT)
+    output = launcher.communicate(timeout=120)[0]
+    state = load(out / "vmpo_last.pt")
+    events = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert state["global_step"] == events[-1]["global_step"] > 0, output
+    assert f"the last checkpoint (step {state['global_step']})" in output
