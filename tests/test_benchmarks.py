@@ -15,12 +15,23 @@ from minerva.networks import VMPOAgent
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (with the folder on sys.path while it loads:
+    the benchmarks import each other)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(f"{name}_benchmark",
+                                                      BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
 @pytest.fixture(scope="module")
 def speed():
-    spec = importlib.util.spec_from_file_location("speed_benchmark", BENCHMARKS / "speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("speed")
 
 
 def test_update_matmuls_count_every_layer_forward_and_backward(speed):
@@ -53,15 +64,7 @@ def test_timed_run_reports_steps_phases_and_leaves_evaluation_out():
 
 @pytest.fixture(scope="module")
 def resume_benchmark():
-    sys.path.insert(0, str(BENCHMARKS))  # resume.py imports learning.py beside it
-    try:
-        spec = importlib.util.spec_from_file_location("resume_benchmark",
-                                                      BENCHMARKS / "resume.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+    return load_benchmark("resume")
 
 
 def _write_events(folder: Path, events: list[dict]) -> None:
@@ -105,15 +108,7 @@ def test_resume_comparison_finds_where_the_runs_part(resume_benchmark, tmp_path)
 
 def test_distributed_volume_counts_gradients_and_gathers():
     pytest.importorskip("envpool")
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location("distributed_benchmark",
-                                                      BENCHMARKS / "distributed.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    volume = module.exchanged_bytes("CartPole-v1", 2)
+    volume = load_benchmark("distributed").exchanged_bytes("CartPole-v1", 2)
     # CartPole's preset: 4 observations, (64, 64) tanh trunks, 2 logits, 1 value; eta and
     # one alpha: 2 x (4·64 + 64 + 64·64 + 64) + 64·2 + 2 + 64 + 1 + 2 = 9,157
     assert volume["parameters"] == 9_157 and volume["gradient_steps"] == 8
