@@ -204,17 +204,30 @@ def find_wrapper(env, wrapper_type):
 # Evaluation
 # --------------------------------------------------------------------------------------------
 
+def agent_for(config: TrainConfig, vector_env: VectorEnv) -> VMPOAgent:
+    """A freshly initialised agent of ``config``'s networks for ``vector_env``'s spaces."""
+    return VMPOAgent(
+        vector_env.single_observation_space, vector_env.single_action_space,
+        config.policy_layer_sizes, config.value_layer_sizes,
+        shared_encoder=config.shared_encoder, activation=config.activation,
+        normalize_observations=config.normalize_observations,
+        init_log_std=config.init_log_std, state_dependent_std=config.state_dependent_std,
+        min_log_std=config.min_log_std)
+
+
 def _evaluate_vectorized(
-    agent: VMPOAgent, eval_envs: VectorEnv, seed: int = 42, max_steps: int = 100_000
+    agent: VMPOAgent, eval_envs: VectorEnv, seed: int = 42, max_steps: int = 100_000,
+    deterministic: bool = True,
 ) -> Dict[str, float]:
     """High-performance vectorized evaluation.
     Runs all n_episodes in parallel on one vector env (envpool or gymnasium).
 
     One episode per evaluation env, all stepped together, with the deterministic policy
-    (mean action / argmax). The observation normaliser is the training one, frozen (only the
-    trainer updates it); returns are on raw rewards. ``seed`` reseeds gymnasium envs; envpool
-    envs keep the seeds they were made with and continue their own random streams. Episodes
-    still running after ``max_steps`` steps are cut there (``eval/cut_episodes`` counts them).
+    (mean action / argmax; ``deterministic=False``: sampled actions). The observation
+    normaliser is the training one, frozen (only the trainer updates it); returns are on raw
+    rewards. ``seed`` reseeds gymnasium envs; envpool envs keep the seeds they were made with
+    and continue their own random streams. Episodes still running after ``max_steps`` steps
+    are cut there (``eval/cut_episodes`` counts them).
     """
     device = next(agent.parameters()).device
     observations = eval_envs.reset(seed=seed)
@@ -228,8 +241,8 @@ def _evaluate_vectorized(
         for _ in range(max_steps):
             if finished.all():
                 break
-            action = agent.act(torch.as_tensor(observations, device=device), deterministic=True,
-                               with_value=False)
+            action = agent.act(torch.as_tensor(observations, device=device),
+                               deterministic=deterministic, with_value=False)
             result = eval_envs.step(agent.policy.to_env(action.raw).cpu().numpy())
             running = ~finished
             returns += np.where(running, result.rewards, 0.0)
@@ -346,13 +359,7 @@ class VMPOTrainer:
         self.eval_envs = (make_vector_env(self.env_id, eval_episodes, seed + 1000, self.backend,
                                           make_env=_make_env) if self.ranks.is_main else None)
 
-        self.agent = VMPOAgent(
-            self.envs.single_observation_space, self.envs.single_action_space,
-            cfg.policy_layer_sizes, cfg.value_layer_sizes, shared_encoder=shared_encoder,
-            activation=activation, normalize_observations=normalize_observations,
-            init_log_std=init_log_std, state_dependent_std=state_dependent_std,
-            min_log_std=min_log_std,
-        ).to(self.device)
+        self.agent = agent_for(cfg, self.envs).to(self.device)
         self.duals = Duals(temperature_init, alpha_init,
                            num_alphas=1 if self.agent.discrete else 2).to(self.device)
         networks = self.agent

@@ -1,0 +1,114 @@
+"""``python -m minerva.evaluate CHECKPOINT``: what a trained policy does.
+
+Runs ``--episodes`` episodes of the checkpoint's env (one env per episode, stepped together)
+with the checkpoint's policy and observation normaliser: the deterministic policy (mean
+action / argmax), or sampled actions with ``--stochastic``. Prints a summary table of the
+returns and lengths (raw rewards); ``--json`` writes it too.
+
+    python -m minerva.evaluate runs/<run>/vmpo_best.pt --episodes 20
+    python -m minerva.evaluate runs/<run>/vmpo_last.pt --stochastic --seed 3 --backend gymnasium
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from minerva.checkpoint import CheckpointError, load
+from minerva.config import BACKENDS, MAX_ENVS, MAX_SEED, OPTION_DEFAULTS, TrainConfig
+from minerva.errors import first_line
+
+SUMMARY_KEYS = ("return_mean", "return_std", "return_min", "return_median", "return_max",
+                "length_mean", "cut_episodes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m minerva.evaluate",
+        description="Evaluate a minerva checkpoint (vmpo_last.pt or vmpo_best.pt).")
+    parser.add_argument("checkpoint", help="the checkpoint file")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes (default: 10)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="env i of the evaluation is seeded with seed + i (default: 0)")
+    parser.add_argument("--stochastic", action="store_true",
+                        help="sample actions instead of the mean / argmax")
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="environment backend (default: the checkpoint's)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="cut episodes after this many steps (default: the checkpoint's "
+                             "eval_max_steps)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 1 <= args.episodes <= MAX_ENVS:
+        parser.error(f"--episodes: must be between 1 and {MAX_ENVS:_}, got {args.episodes}")
+    if not 0 <= args.seed <= MAX_SEED:
+        parser.error(f"--seed: must be in [0, {MAX_SEED:_}], got {args.seed}")
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error(f"--max-steps: must be a positive integer, got {args.max_steps}")
+    try:
+        state = load(args.checkpoint)
+        config = TrainConfig(**{**OPTION_DEFAULTS, **state["config"]})
+    except FileNotFoundError:
+        parser.error(f"no such checkpoint: {args.checkpoint}")
+    except CheckpointError as error:  # (its message names the file)
+        parser.error(str(error))
+    except (TypeError, ValueError) as error:
+        parser.error(f"{args.checkpoint} has an invalid config: {error}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device: not a torch device: {args.device!r}")
+    try:
+        summary = evaluate(state, config, args.episodes, args.seed, not args.stochastic,
+                           args.backend or state["backend"], device,
+                           args.max_steps or config.eval_max_steps)
+    except CheckpointError as error:
+        parser.error(f"{args.checkpoint}: {error}")
+    policy = "stochastic" if args.stochastic else "deterministic"
+    print(f"{state['env_id']}: {args.episodes} {policy} episodes of the policy at step "
+          f"{state['global_step']:,} ({args.checkpoint})")
+    print("| " + " | ".join(SUMMARY_KEYS) + " |")
+    print("|" + "---|" * len(SUMMARY_KEYS))
+    print("| " + " | ".join(f"{summary[key]:.1f}" for key in SUMMARY_KEYS) + " |")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint),
+                                         "env_id": state["env_id"], **summary}, indent=2) + "\n")
+    return 0
+
+
+def evaluate(state: dict, config: TrainConfig, episodes: int, seed: int, deterministic: bool,
+             backend: str, device: torch.device, max_steps: int) -> dict[str, float]:
+    """The summary of ``episodes`` episodes of the checkpoint's policy (``eval/`` metrics
+    without their prefix).
+
+    Raises:
+        CheckpointError: when the checkpoint's weights do not fit its env's spaces.
+    """
+    from minerva.envs import make_vector_env
+    from minerva.trainers.vmpo.trainer import _evaluate_vectorized, _make_env, agent_for
+
+    with make_vector_env(state["env_id"], episodes, seed, backend, make_env=_make_env) as envs:
+        agent = agent_for(config, envs)
+        try:
+            agent.load_state_dict(state["agent"])
+        except RuntimeError as error:
+            raise CheckpointError(f"the checkpoint's weights do not fit {state['env_id']}: "
+                                  f"{first_line(error)}") from None
+        result = _evaluate_vectorized(agent.to(device), envs, seed=seed, max_steps=max_steps,
+                                      deterministic=deterministic)
+    return {key.removeprefix("eval/"): value for key, value in result.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
