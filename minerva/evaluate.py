@@ -3,9 +3,12 @@
 Runs ``--episodes`` episodes of the checkpoint's env (one env per episode, stepped together)
 with the checkpoint's policy and observation normaliser: the deterministic policy (mean
 action / argmax), or sampled actions with ``--stochastic``. Prints a summary table of the
-returns and lengths (raw rewards); ``--json`` writes it too.
+returns and lengths (raw rewards); ``--json`` writes it too. ``--video out.mp4`` also records
+one more episode (seeded with ``--seed``) on gymnasium's renderer, envpool having none
+(``pip install "minerva[video]"``: imageio's ffmpeg writer, and pygame for the classic
+control envs).
 
-    python -m minerva.evaluate runs/<run>/vmpo_best.pt --episodes 20
+    python -m minerva.evaluate runs/<run>/vmpo_best.pt --episodes 20 --video best.mp4
     python -m minerva.evaluate runs/<run>/vmpo_last.pt --stochastic --seed 3 --backend gymnasium
 """
 
@@ -13,15 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import torch
 
 from minerva.checkpoint import CheckpointError, load
 from minerva.config import BACKENDS, MAX_ENVS, MAX_SEED, OPTION_DEFAULTS, TrainConfig
+from minerva.envs import validate_actions
 from minerva.errors import first_line
+from minerva.networks import VMPOAgent
 
 SUMMARY_KEYS = ("return_mean", "return_std", "return_min", "return_median", "return_max",
                 "length_mean", "cut_episodes")
@@ -44,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cut episodes after this many steps (default: the checkpoint's "
                              "eval_max_steps)")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    parser.add_argument("--video", type=Path, default=None, metavar="OUT.mp4",
+                        help="also record one episode to this video file")
     return parser
 
 
@@ -69,10 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = torch.device(args.device)
     except RuntimeError:
         parser.error(f"--device: not a torch device: {args.device!r}")
+    if args.video is not None:
+        _check_video_writer(parser)
+    max_steps = args.max_steps or config.eval_max_steps
     try:
-        summary = evaluate(state, config, args.episodes, args.seed, not args.stochastic,
-                           args.backend or state["backend"], device,
-                           args.max_steps or config.eval_max_steps)
+        summary, agent = evaluate(state, config, args.episodes, args.seed, not args.stochastic,
+                                  args.backend or state["backend"], device, max_steps)
     except CheckpointError as error:
         parser.error(f"{args.checkpoint}: {error}")
     policy = "stochastic" if args.stochastic else "deterministic"
@@ -84,13 +96,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint),
                                          "env_id": state["env_id"], **summary}, indent=2) + "\n")
+    if args.video is not None:
+        try:
+            frames, episode_return = record_video(agent, state["env_id"], args.video, args.seed,
+                                                  not args.stochastic, max_steps)
+        except gym.error.DependencyNotInstalled as error:
+            parser.error(f"--video: rendering {state['env_id']} needs more: {first_line(error)}")
+        print(f"video: {args.video} ({frames} frames, one episode, return {episode_return:.1f})")
     return 0
 
 
+def _check_video_writer(parser: argparse.ArgumentParser) -> None:
+    try:
+        import imageio_ffmpeg  # noqa: F401  (imageio's mp4 writer)
+    except ImportError:
+        parser.error('--video: needs imageio\'s ffmpeg writer: pip install "minerva[video]"')
+
+
+def record_video(agent: VMPOAgent, env_id: str, path: Path, seed: int, deterministic: bool,
+                 max_steps: int) -> tuple[int, float]:
+    """Records one episode of ``agent`` in ``env_id`` (gymnasium's ``rgb_array`` renderer)
+    into ``path``; returns the number of frames and the episode's return."""
+    import imageio.v3 as imageio
+
+    # headless: MuJoCo through EGL, pygame (classic control) without a display
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    env = gym.make(env_id, render_mode="rgb_array")
+    if isinstance(env.observation_space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        env = gym.wrappers.FlattenObservation(env)
+    device = next(agent.parameters()).device
+    try:
+        observation, _ = env.reset(seed=seed)
+        frames, episode_return = [env.render()], 0.0
+        with torch.inference_mode():
+            for _ in range(max_steps):
+                action = agent.act(torch.as_tensor(observation[None], device=device),
+                                   deterministic=deterministic, with_value=False)
+                env_action = validate_actions(agent.policy.to_env(action.raw).cpu().numpy(),
+                                              env.action_space, 1)[0]
+                observation, reward, terminated, truncated, _ = env.step(env_action)
+                frames.append(env.render())
+                episode_return += float(reward)
+                if terminated or truncated:
+                    break
+        fps = env.metadata.get("render_fps") or 30
+    finally:
+        env.close()
+    # macro_block_size 1: keep the env's frame size (ffmpeg would pad it to 16s, warning)
+    imageio.imwrite(path, np.stack(frames), fps=fps, macro_block_size=1)
+    return len(frames), episode_return
+
+
 def evaluate(state: dict, config: TrainConfig, episodes: int, seed: int, deterministic: bool,
-             backend: str, device: torch.device, max_steps: int) -> dict[str, float]:
+             backend: str, device: torch.device,
+             max_steps: int) -> tuple[dict[str, float], VMPOAgent]:
     """The summary of ``episodes`` episodes of the checkpoint's policy (``eval/`` metrics
-    without their prefix).
+    without their prefix), and the agent.
 
     Raises:
         CheckpointError: when the checkpoint's weights do not fit its env's spaces.
@@ -107,7 +169,7 @@ def evaluate(state: dict, config: TrainConfig, episodes: int, seed: int, determi
                                   f"{first_line(error)}") from None
         result = _evaluate_vectorized(agent.to(device), envs, seed=seed, max_steps=max_steps,
                                       deterministic=deterministic)
-    return {key.removeprefix("eval/"): value for key, value in result.items()}
+    return {key.removeprefix("eval/"): value for key, value in result.items()}, agent
 
 
 if __name__ == "__main__":

@@ -77,3 +77,18 @@ def test_weights_that_do_not_fit_the_env_are_named(trained, tmp_path):
     result = evaluate(tmp_path / "other.pt")
     assert result.returncode == 2
     assert "the checkpoint's weights do not fit Pendulum-v1" in result.stderr
+
+
+def test_a_video_of_one_episode(trained, tmp_path):
+    pytest.importorskip("imageio_ffmpeg")
+    pytest.importorskip("pygame")
+    import imageio.v3 as imageio
+
+    out, _ = trained
+    video = tmp_path / "pendulum.mp4"
+    result = evaluate(out / "vmpo_last.pt", "--episodes", 1, "--video", video)
+    assert result.returncode == 0, result.stderr
+    # Pendulum's episodes last 200 steps: the reset frame and one per step
+    assert f"video: {video} (201 frames, one episode" in result.stdout
+    frames = imageio.imread(video)
+    assert frames.shape[0] == 201 and frames.shape[-1] == 3 and frames.max() > 0
