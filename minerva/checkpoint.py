@@ -170,6 +170,27 @@ def upgrade(state: dict) -> dict:
     return state
 
 
+def saved_config(state: dict, path: str | Path) -> dict:
+    """The checkpoint's configuration as a full set of options: those newer than its format
+    at their defaults, the whole checked by :meth:`TrainConfig.validate`.
+
+    Raises:
+        CheckpointError: for options this minerva does not know, or invalid values.
+    """
+    from minerva.config import OPTION_DEFAULTS, TrainConfig
+
+    unknown = set(state["config"]) - set(OPTION_DEFAULTS)
+    if unknown:
+        raise CheckpointError(f"{path} has options this minerva does not know: "
+                              f"{sorted(unknown)}")
+    config = {**OPTION_DEFAULTS, **state["config"]}
+    try:
+        TrainConfig(**config).validate()
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} has an invalid config: {error}") from None
+    return config
+
+
 def rng_state() -> dict:
     """Python's, numpy's and torch's (CPU) random states as tensors and plain values."""
     python_version, python_state, gauss = random.getstate()

@@ -25,8 +25,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from minerva.checkpoint import CheckpointError, load
-from minerva.config import BACKENDS, MAX_ENVS, MAX_SEED, OPTION_DEFAULTS, TrainConfig
+from minerva.checkpoint import CheckpointError, load, saved_config
+from minerva.config import BACKENDS, MAX_ENVS, MAX_SEED, TrainConfig
 from minerva.envs import validate_actions
 from minerva.errors import first_line
 from minerva.networks import VMPOAgent
@@ -68,13 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--max-steps: must be a positive integer, got {args.max_steps}")
     try:
         state = load(args.checkpoint)
-        config = TrainConfig(**{**OPTION_DEFAULTS, **state["config"]})
+        config = TrainConfig(**saved_config(state, args.checkpoint))
     except FileNotFoundError:
         parser.error(f"no such checkpoint: {args.checkpoint}")
     except CheckpointError as error:  # (its message names the file)
         parser.error(str(error))
-    except (TypeError, ValueError) as error:
-        parser.error(f"{args.checkpoint} has an invalid config: {error}")
     try:
         device = torch.device(args.device)
     except RuntimeError:

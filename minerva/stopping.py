@@ -22,7 +22,7 @@ class StopOnSignal:
 
     Args:
         on_request: given the signal's name on the first signal, returns the line to print
-            (what happens next).
+            (what happens next; empty: nothing).
 
     Outside the main thread (where Python cannot install handlers) it does nothing.
     """
@@ -51,5 +51,7 @@ class StopOnSignal:
         self.requested = signum
         # os.write, not print: a signal can arrive inside another write to stderr (the
         # progress bar's), and a buffered write re-entered raises
-        os.write(2, (self._on_request(signal.Signals(signum).name) + "\n").encode())
+        line = self._on_request(signal.Signals(signum).name)
+        if line:
+            os.write(2, (line + "\n").encode())
         self._restore()

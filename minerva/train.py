@@ -143,7 +143,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from minerva.checkpoint import CheckpointError
     from minerva.errors import NonFiniteError, TrainingInterrupted
     from minerva.logging import create_out_dir, prepare_out_dir
-    from minerva.trainers.vmpo.trainer import VMPOTrainer, check_total_steps
+    from minerva.trainers.vmpo.trainer import VMPOTrainer
 
     def option_error(check, *check_args):
         try:
@@ -181,7 +181,6 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             raise
     config = trainer.config
     try:
-        option_error(check_total_steps, config.total_steps, trainer.global_step)
         trainer.train(config.total_steps, config.out_dir)
         distributed.finish()
     except TrainingInterrupted as stopped:

@@ -31,7 +31,7 @@ from torch import nn
 from minerva import checkpoint, distributed, envs, losses, ops, reference
 from minerva import logging as run_logging
 from minerva.collector import Rollout, RolloutCollector
-from minerva.config import OPTION_DEFAULTS, TrainConfig
+from minerva.config import TrainConfig
 from minerva.envs import VectorEnv, default_backend, make_vector_env
 from minerva.errors import NonFiniteError, TrainingInterrupted, first_line
 from minerva.logging import PhaseTimer, RunLogger
@@ -903,11 +903,7 @@ class VMPOTrainer:
             ValueError: ``option: ...`` for an override that cannot apply.
         """
         state = checkpoint.load(path)
-        saved = state["config"]
-        unknown = set(saved) - set(OPTION_DEFAULTS)
-        if unknown:
-            raise checkpoint.CheckpointError(
-                f"{path} has options this minerva does not know: {sorted(unknown)}")
+        saved = checkpoint.saved_config(state, path)
         if "env_id" in overrides:
             try:
                 resolved = _resolve_env_id(overrides["env_id"])
@@ -916,12 +912,6 @@ class VMPOTrainer:
             if resolved != state["env_id"]:
                 raise ValueError(f"env_id: the checkpoint was trained on {state['env_id']!r}; "
                                  f"a resumed run cannot change it, got {overrides['env_id']!r}")
-        # options newer than the checkpoint's format have their defaults there
-        saved = {**OPTION_DEFAULTS, **saved}
-        try:
-            TrainConfig(**saved).validate()
-        except (TypeError, ValueError) as error:
-            raise checkpoint.CheckpointError(f"{path} has an invalid config: {error}") from None
         for name, why in RESUME_FIXED_OPTIONS.items():
             if name in overrides and overrides[name] != saved[name]:
                 raise ValueError(f"{name}: the checkpoint has {saved[name]!r} ({why}); a "
