@@ -172,18 +172,19 @@ def upgrade(state: dict) -> dict:
 
 def saved_config(state: dict, path: str | Path) -> dict:
     """The checkpoint's configuration as a full set of options: those newer than its format
-    at their defaults, the whole checked by :meth:`TrainConfig.validate`.
+    at their defaults (or at :data:`~minerva.config.LEGACY_DEFAULTS`, what minerva did
+    before the option existed), the whole checked by :meth:`TrainConfig.validate`.
 
     Raises:
         CheckpointError: for options this minerva does not know, or invalid values.
     """
-    from minerva.config import OPTION_DEFAULTS, TrainConfig
+    from minerva.config import LEGACY_DEFAULTS, OPTION_DEFAULTS, TrainConfig
 
     unknown = set(state["config"]) - set(OPTION_DEFAULTS)
     if unknown:
         raise CheckpointError(f"{path} has options this minerva does not know: "
                               f"{sorted(unknown)}")
-    config = {**OPTION_DEFAULTS, **state["config"]}
+    config = {**OPTION_DEFAULTS, **LEGACY_DEFAULTS, **state["config"]}
     try:
         TrainConfig(**config).validate()
     except (TypeError, ValueError) as error:

@@ -16,6 +16,7 @@ BACKENDS = ("auto", "envpool", "gymnasium")
 ACTIVATIONS = ("tanh", "relu", "elu", "silu")
 LR_SCHEDULES = ("constant", "linear", "adaptive")
 PRECISIONS = ("float32", "bfloat16")
+ENCODERS = ("auto", "mlp", "nature", "impala")
 MAX_SEED = 2_000_000_000  # envpool seeds are int32, and env i gets seed + i
 MAX_ENVS = 65_536
 MAX_M_STEPS = 1_000
@@ -72,6 +73,10 @@ class TrainConfig:
     policy_layer_sizes: tuple[int, ...] = _option((64, 64), "policy hidden layer sizes")
     value_layer_sizes: tuple[int, ...] = _option((64, 64), "value hidden layer sizes")
     activation: str = _option("tanh", "hidden activation", choices=ACTIVATIONS)
+    encoder: str = _option(
+        "auto", "observation encoder: auto = the nature CNN for image observations (a uint8 Box "
+                "of rank 3, kept uint8 in the rollout and scaled to [0, 1] on the device), mlp "
+                "otherwise; impala = the IMPALA ResNet", choices=ENCODERS)
     shared_encoder: bool = _option(False, "the value head reads the policy's hidden layers")
     init_log_std: float = _option(0.0, "initial log-std of a Gaussian policy")
     min_log_std: float = _option(
@@ -101,7 +106,8 @@ class TrainConfig:
         False, "torch.compile the update's losses, forward and backward (the compile time is "
                "logged as time/compile_s; if compiling fails the update runs eagerly)")
     # --- normalisation ---------------------------------------------------------------------
-    normalize_observations: bool = _option(True, "running mean/std observation normalisation")
+    normalize_observations: bool = _option(
+        True, "running mean/std observation normalisation (not of images, which are scaled)")
     normalize_rewards: bool = _option(True, "scale rewards by the running return std")
     # --- evaluation and logging ------------------------------------------------------------
     eval_every: int = _option(10_000, "evaluate every this many environment steps")
@@ -115,6 +121,14 @@ class TrainConfig:
     target_return: float | None = _option(
         None, "stop once the evaluation return mean reaches this (none: never)")
     progress: bool = _option(True, "show a progress bar")
+    capture_video: bool = _option(
+        False, "at the end of training, record one episode of the best policy (vmpo_best.pt) "
+               "to <out_dir>/videos/best.mp4 with gymnasium's renderer (pip install "
+               "'minerva[video]')")
+    wandb_project: str = _option(
+        "", "also log to Weights & Biases under this project: the same scalars as TensorBoard "
+            "and the run's config (pip install 'minerva[wandb]'; WANDB_MODE=offline needs no "
+            "account; empty: off)")
 
     def validate(self) -> "TrainConfig":
         """Raises ValueError naming the first bad option; returns self."""
@@ -192,3 +206,6 @@ class TrainConfig:
 
 # every option and its default, by name
 OPTION_DEFAULTS: dict[str, object] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+# options whose default differs from what minerva did before they existed: a checkpoint
+# without one was trained with this value
+LEGACY_DEFAULTS: dict[str, object] = {"encoder": "mlp"}

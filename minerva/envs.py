@@ -478,3 +478,64 @@ def make_vector_env(
     if backend == "gymnasium":
         return GymnasiumVectorEnv(env_id, num_envs, seed, make_env or _plain_env_factory)
     raise ValueError(f"unknown backend {backend!r}; expected one of {list(BACKENDS)}")
+
+
+def atari_config(env_id: str) -> Any | None:
+    """envpool's configuration of an Atari id (``Pong-v5``: frame skip, stacking, image size,
+    ...); None for any other id."""
+    if env_id not in envpool_env_ids():
+        return None
+    import envpool
+
+    config = envpool.make_spec(env_id).config
+    return config if hasattr(config, "stack_num") and hasattr(config, "gray_scale") else None
+
+
+class _FireOnReset(gym.Wrapper):
+    """Presses FIRE after each reset, as envpool's Atari does (``use_fire_reset``): games
+    such as Breakout wait for it to start."""
+
+    def reset(self, **kwargs):
+        self.env.reset(**kwargs)
+        observation, _, terminated, truncated, info = self.env.step(1)
+        if terminated or truncated:
+            return self.env.reset(**kwargs)
+        return observation, info
+
+
+def make_render_env(env_id: str) -> gym.Env:
+    """One gymnasium env of ``env_id`` that renders ``rgb_array`` frames and observes what
+    the training envs observe (Dict/Tuple observations flattened).
+
+    envpool renders nothing, so its Atari ids become ALE's (``ALE/Pong-v5``, ``pip install
+    "minerva[atari]"``) with envpool's preprocessing rebuilt from its configuration: no-op
+    starts, frame skip with max-pooling, grayscale, resize, frame stacking, FIRE at reset,
+    no sticky actions, and the same time limit.
+    """
+    config = atari_config(env_id)
+    if config is None:
+        env = gym.make(env_id, render_mode="rgb_array")
+        if isinstance(env.observation_space, (spaces.Dict, spaces.Tuple)):
+            env = gym.wrappers.FlattenObservation(env)
+        return env
+    import ale_py
+
+    gym.register_envs(ale_py)
+    env = gym.make(f"ALE/{env_id}", render_mode="rgb_array", frameskip=1,
+                   repeat_action_probability=config.repeat_action_probability,
+                   full_action_space=config.full_action_space,
+                   max_episode_steps=config.max_episode_steps * config.frame_skip)
+    env = gym.wrappers.AtariPreprocessing(
+        env, noop_max=config.noop_max, frame_skip=config.frame_skip,
+        screen_size=(config.img_width, config.img_height),
+        grayscale_obs=config.gray_scale, grayscale_newaxis=not config.gray_scale)
+    if config.use_fire_reset and "FIRE" in env.unwrapped.get_action_meanings():
+        env = _FireOnReset(env)
+    env = gym.wrappers.FrameStackObservation(env, config.stack_num)
+    env.metadata = {**env.metadata, "render_fps": 60 // config.frame_skip}  # real time
+    expected = env_spaces(env_id)[0]
+    if env.observation_space != expected:
+        env.close()
+        raise ValueError(f"cannot rebuild envpool's {env_id} observations ({expected}) with "
+                         f"ALE's, which give {env.observation_space}")
+    return env

@@ -27,7 +27,7 @@ import torch
 
 from minerva.checkpoint import CheckpointError, load, saved_config
 from minerva.config import BACKENDS, MAX_ENVS, MAX_SEED, TrainConfig
-from minerva.envs import validate_actions
+from minerva.envs import atari_config, make_render_env, validate_actions
 from minerva.errors import first_line
 from minerva.networks import VMPOAgent
 
@@ -78,7 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError:
         parser.error(f"--device: not a torch device: {args.device!r}")
     if args.video is not None:
-        _check_video_writer(parser)
+        try:
+            check_can_record(state["env_id"])
+        except ValueError as error:
+            parser.error(f"--video: {error}")
     max_steps = args.max_steps or config.eval_max_steps
     try:
         summary, agent = evaluate(state, config, args.episodes, args.seed, not args.stochastic,
@@ -104,25 +107,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _check_video_writer(parser: argparse.ArgumentParser) -> None:
+def check_can_record(env_id: str) -> None:
+    """Raises ValueError unless a video of ``env_id`` can be recorded: imageio's ffmpeg
+    writer is installed, and gymnasium knows the id (envpool cannot render)."""
     try:
         import imageio_ffmpeg  # noqa: F401  (imageio's mp4 writer)
     except ImportError:
-        parser.error('--video: needs imageio\'s ffmpeg writer: pip install "minerva[video]"')
+        raise ValueError('recording a video needs imageio\'s ffmpeg writer: pip install '
+                         '"minerva[video]"') from None
+    if atari_config(env_id) is not None:
+        try:
+            import ale_py  # noqa: F401
+            import cv2  # noqa: F401  (gymnasium's AtariPreprocessing resizes with it)
+        except ImportError:
+            raise ValueError(f"recording {env_id} needs ALE and OpenCV (envpool, which runs "
+                             'it, cannot render): pip install "minerva[atari]"') from None
+    elif env_id not in gym.registry:
+        raise ValueError(f"{env_id} has no gymnasium version to render (envpool, which "
+                         "runs it, cannot render)")
 
 
 def record_video(agent: VMPOAgent, env_id: str, path: Path, seed: int, deterministic: bool,
                  max_steps: int) -> tuple[int, float]:
-    """Records one episode of ``agent`` in ``env_id`` (gymnasium's ``rgb_array`` renderer)
-    into ``path``; returns the number of frames and the episode's return."""
+    """Records one episode of ``agent`` in ``env_id`` (gymnasium's ``rgb_array`` renderer,
+    :func:`~minerva.envs.make_render_env`) into ``path``; returns the number of frames and
+    the episode's return."""
     import imageio.v3 as imageio
 
     # headless: MuJoCo through EGL, pygame (classic control) without a display
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    env = gym.make(env_id, render_mode="rgb_array")
-    if isinstance(env.observation_space, (gym.spaces.Dict, gym.spaces.Tuple)):
-        env = gym.wrappers.FlattenObservation(env)
+    env = make_render_env(env_id)
     device = next(agent.parameters()).device
     try:
         observation, _ = env.reset(seed=seed)

@@ -1,5 +1,6 @@
 """Run outputs: ``metrics.jsonl`` (one JSON object per log event), TensorBoard scalars with
-the same names, and the console's progress bar and metric lines."""
+the same names (and Weights & Biases, when asked for), and the console's progress bar and
+metric lines."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-RUN_FILES = ("metrics.jsonl", "run.json", "vmpo_last.pt", "vmpo_best.pt")
+RUN_FILES = ("metrics.jsonl", "run.json", "vmpo_last.pt", "vmpo_best.pt", "videos/best.mp4")
 LOCK_FILE = ".minerva.lock"
 
 
@@ -122,22 +123,57 @@ def locked_out_dir(out: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def check_wandb(project: str) -> None:
+    """Raises ValueError (``wandb_project: ...``) when a project is asked for and wandb is
+    not installed."""
+    if not project:
+        return
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise ValueError("wandb_project: logging to Weights & Biases needs wandb: pip install "
+                         "'minerva[wandb]' (or leave --wandb-project out)") from None
+
+
+def _start_wandb(project: str, out: Path, config: Mapping, resumed_id: str | None):
+    """A W&B run in ``out/wandb`` named after ``out``, keyed by ``global_step``; a resumed
+    run continues the run its folder logged to (``resumed_id``)."""
+    check_wandb(project)
+    import wandb
+
+    try:
+        run = wandb.init(project=project, dir=str(out), name=out.name, config=dict(config),
+                         id=resumed_id, resume="allow" if resumed_id else None)
+    except Exception as error:  # noqa: BLE001  (wandb's own errors: login, network, ...)
+        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise RuntimeError(f"wandb_project: wandb could not start a run in project {project!r} "
+                           f"({message}); log in with `wandb login`, or set "
+                           "WANDB_MODE=offline to log without an account") from None
+    # the charts' x axis is the environment step: wandb's own step counts calls
+    run.define_metric("global_step")
+    run.define_metric("*", step_metric="global_step")
+    return run
+
+
 class RunLogger:
-    """Writes every event to ``metrics.jsonl`` and TensorBoard, and shows progress.
+    """Writes every event to ``metrics.jsonl`` and TensorBoard (and W&B with
+    ``wandb_project``), and shows progress.
 
     Each event carries ``global_step`` and ``time/elapsed_s`` (wall seconds since the logger
     started, i.e. since training started). A resumed run (``initial_step`` > 0) first drops
     the events an interrupted run logged after its checkpoint, from both files: they are
-    logged again as the run repeats those steps. Not ``enabled`` (the ranks of a distributed
-    run other than 0), it writes and shows nothing.
+    logged again as the run repeats those steps (W&B keeps them: a resumed run continues the
+    folder's W&B run, whose charts then show those steps twice). Not ``enabled`` (the ranks
+    of a distributed run other than 0), it writes and shows nothing.
     """
 
     def __init__(self, out_dir: str | Path, total_steps: int, initial_step: int = 0,
-                 progress: bool = True, tensorboard: bool = True, enabled: bool = True):
+                 progress: bool = True, tensorboard: bool = True, enabled: bool = True,
+                 wandb_project: str = "", config: Mapping | None = None):
         self.out_dir = Path(out_dir)
         self.start = time.perf_counter()
         self.enabled = enabled
-        self._jsonl = self._writer = None
+        self._jsonl = self._writer = self._wandb = None
         if not enabled:
             self._bar = tqdm(disable=True)
             return
@@ -148,6 +184,9 @@ class RunLogger:
                     if _event_step(line) <= initial_step]
             _write_atomically(jsonl, "".join(kept))
         self._jsonl = open(jsonl, "a", encoding="utf-8")
+        if wandb_project:
+            resumed_id = _run_info(self.out_dir).get("wandb_run_id") if initial_step else None
+            self._wandb = _start_wandb(wandb_project, self.out_dir, config or {}, resumed_id)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -165,6 +204,8 @@ class RunLogger:
         info = {**info, "machine": {"platform": platform.platform(),
                                     "processor": cpu_model(), "cpus": os.cpu_count(),
                                     "python": platform.python_version()}}
+        if self._wandb is not None:
+            info["wandb_run_id"] = self._wandb.id
         (self.out_dir / "run.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
 
     @property
@@ -186,6 +227,8 @@ class RunLogger:
             for name, value in event.items():
                 if name != "global_step":
                     self._writer.add_scalar(name, value, global_step)
+        if self._wandb is not None:
+            self._wandb.log(event)
         return event
 
     def print(self, line: str) -> None:
@@ -202,6 +245,17 @@ class RunLogger:
             self._jsonl.close()
         if self._writer is not None:
             self._writer.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def _run_info(out: Path) -> dict:
+    """The folder's ``run.json`` ({} when there is none or it is unreadable)."""
+    try:
+        return json.loads((out / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _event_step(line: str) -> float:

@@ -1,6 +1,6 @@
 """Training presets, kept as data in ``presets.toml`` beside this file: one configuration for
-every continuous-control task (any env with ``Box`` actions), and per-environment tables on
-top of it."""
+every continuous-control task (any env with ``Box`` actions), one for every env with image
+observations (Atari), and per-environment tables on top of them."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ import gymnasium as gym
 
 from minerva import envs
 from minerva.config import OPTION_DEFAULTS
+from minerva.networks import is_image_space
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
 CONTINUOUS_CONTROL = "continuous-control"  # the table every Box-action env starts from
+IMAGES = "images"  # the table every env with image observations starts from
+BASE_TABLES = (CONTINUOUS_CONTROL, IMAGES)
 
 
 @cache
@@ -34,7 +37,7 @@ def _tables() -> dict[str, dict[str, Any]]:
 
 def all_presets() -> dict[str, dict[str, Any]]:
     """env id -> that env's own option overrides."""
-    return {name: table for name, table in _tables().items() if name != CONTINUOUS_CONTROL}
+    return {name: table for name, table in _tables().items() if name not in BASE_TABLES}
 
 
 def continuous_control() -> dict[str, Any]:
@@ -42,9 +45,18 @@ def continuous_control() -> dict[str, Any]:
     return dict(_tables()[CONTINUOUS_CONTROL])
 
 
+def images() -> dict[str, Any]:
+    """The configuration every env with image observations trains with."""
+    return dict(_tables()[IMAGES])
+
+
 def preset(env_id: str) -> dict[str, Any]:
     """The overrides for ``env_id`` (a resolved id): the continuous-control configuration
-    when its actions are continuous (``Box``), then the env's own table ({} for a discrete
-    env without one)."""
-    continuous = isinstance(envs.action_space(env_id), gym.spaces.Box)
-    return {**(continuous_control() if continuous else {}), **all_presets().get(env_id, {})}
+    when its actions are continuous (``Box``), the image configuration when its observations
+    are images (:func:`~minerva.networks.is_image_space`), then the env's own table ({} for
+    a discrete env with vector observations and no table)."""
+    observation_space, action_space = envs.env_spaces(env_id)
+    continuous = isinstance(action_space, gym.spaces.Box)
+    return {**(continuous_control() if continuous else {}),
+            **(images() if is_image_space(observation_space) else {}),
+            **all_presets().get(env_id, {})}

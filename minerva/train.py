@@ -20,7 +20,7 @@ from pathlib import Path
 
 from minerva import envs
 from minerva.config import OPTION_DEFAULTS, TrainConfig
-from minerva.presets import CONTINUOUS_CONTROL, all_presets, preset
+from minerva.presets import CONTINUOUS_CONTROL, IMAGES, all_presets, preset
 
 
 def _flag(name: str) -> str:
@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m minerva.train",
         description="Train a V-MPO agent. Defaults come from TrainConfig, then (for an env "
-                    f"with continuous actions) presets.toml's [{CONTINUOUS_CONTROL}] table, "
+                    f"with continuous actions) presets.toml's [{CONTINUOUS_CONTROL}] table, for "
+                    f"one with image observations its [{IMAGES}] table, "
                     f"then the env's preset (presets exist for: {', '.join(all_presets())}), "
                     "then these flags.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -143,7 +144,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from minerva.checkpoint import CheckpointError
     from minerva.errors import NonFiniteError, TrainingInterrupted
     from minerva.logging import create_out_dir, prepare_out_dir
-    from minerva.trainers.vmpo.trainer import VMPOTrainer
+    from minerva.trainers.vmpo.trainer import VMPOTrainer, check_run_outputs
 
     def option_error(check, *check_args):
         try:
@@ -171,6 +172,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         out = Path(config.out_dir).absolute()
         # the first folder this run creates (runs/ too, for the default out_dir)
         new_folder = next((p for p in (*reversed(out.parents), out) if not p.exists()), None)
+        option_error(check_run_outputs, config, config.env_id)
         if not config.overwrite:  # (overwriting deletes only once the run starts)
             option_error(prepare_out_dir, config.out_dir)
         try:
@@ -190,8 +192,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"minerva: interrupted again: stopped at once; {trainer.checkpoint_status()}",
               file=sys.stderr)
         return 130
-    except ValueError as error:  # what train() checks before it starts: out_dir, total_steps
-        if not str(error).startswith(("out_dir: ", "total_steps: ")):
+    except ValueError as error:  # what train() checks before it starts
+        if not str(error).startswith(("out_dir: ", "total_steps: ", "capture_video: ",
+                                      "wandb_project: ")):
             raise
         parser.error(_option_message(error))
     except (NonFiniteError, OSError, distributed.DistributedError) as error:

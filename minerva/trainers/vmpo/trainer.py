@@ -212,7 +212,7 @@ def agent_for(config: TrainConfig, vector_env: VectorEnv) -> VMPOAgent:
         shared_encoder=config.shared_encoder, activation=config.activation,
         normalize_observations=config.normalize_observations,
         init_log_std=config.init_log_std, state_dependent_std=config.state_dependent_std,
-        min_log_std=config.min_log_std)
+        min_log_std=config.min_log_std, encoder=config.encoder)
 
 
 def _evaluate_vectorized(
@@ -328,6 +328,7 @@ class VMPOTrainer:
         eval_max_steps: int = 100_000,
         checkpoint_every_s: float = 300.0,
         dist_timeout_s: float = 600.0,
+        encoder: str = "auto",
     ):
         options = {k: v for k, v in locals().items() if k != "self"}
         options.update(device=str(device), policy_layer_sizes=tuple(policy_layer_sizes),
@@ -363,7 +364,9 @@ class VMPOTrainer:
         self.duals = Duals(temperature_init, alpha_init,
                            num_alphas=1 if self.agent.discrete else 2).to(self.device)
         networks = self.agent
-        policy_params = [*networks.policy_trunk.parameters(), *networks.policy.parameters()]
+        # a CNN both read is clipped and stepped with the policy, as a shared trunk is
+        policy_params = [*networks.encoder_parameters(), *networks.policy_trunk.parameters(),
+                         *networks.policy.parameters()]
         value_params = [*networks.value_trunk.parameters(), *networks.value_head.parameters()]
         groups = [
             {"params": policy_params, "lr": policy_lr},
@@ -390,6 +393,7 @@ class VMPOTrainer:
             rollout_steps, num_envs, self.envs.single_observation_space.shape,
             () if self.agent.discrete else (int(np.prod(action_space.shape)),),
             discrete_actions=self.agent.discrete, dist_params_dim=self.agent.policy.params_dim,
+            observation_dtype=storage_dtype(self.envs.single_observation_space),
         )
         self.reward_scaler = RewardScaler(num_envs, gamma)
         self._on_gpu = self.device.type == "cuda"
@@ -689,7 +693,7 @@ class VMPOTrainer:
         # update both saw the same statistics
         gather = self._gather if self.ranks.distributed else None
         self.reward_scaler.update_statistics(gather)
-        if self.config.normalize_observations:
+        if self.agent.normalize_observations:
             self.agent.obs_normalizer.update(batch.observations[batch.valid], gather)
 
     def _gather(self, rows: torch.Tensor) -> torch.Tensor:
@@ -719,6 +723,7 @@ class VMPOTrainer:
         TrainingInterrupted` is raised). An error leaves the last checkpoint as it was.
         """
         check_total_steps(total_steps, self.global_step)
+        check_run_outputs(self.config, self.env_id)
         overwrite = self.config.overwrite if overwrite is None else overwrite
         self.config = dataclasses.replace(self.config, total_steps=total_steps,
                                           out_dir=str(out_dir), overwrite=overwrite)
@@ -733,7 +738,8 @@ class VMPOTrainer:
         cfg = self.config
         main = self.ranks.is_main
         logger = RunLogger(out, total_steps, self.global_step, progress=cfg.progress,
-                           enabled=main)
+                           enabled=main, wandb_project=cfg.wandb_project,
+                           config={**dataclasses.asdict(cfg), "env_id": self.env_id})
         logger.write_run_info({"config": dataclasses.asdict(cfg), "env_id": self.env_id,
                                "backend": self.backend, "device": str(self.device),
                                "torch_threads": torch.get_num_threads(),
@@ -813,10 +819,27 @@ class VMPOTrainer:
                     if main:
                         print(f"minerva: {interrupted}", file=sys.stderr, flush=True)
                     raise interrupted
+            if main and cfg.capture_video:
+                logger.print(self._record_best(out))
         finally:
             logger.print(f"time per phase: {self.timer.split()}")
             logger.close()
         return last_eval
+
+    def _record_best(self, out: Path) -> str:
+        """Records one episode of the best policy (``vmpo_best.pt``) to
+        ``out/videos/best.mp4``; returns the line that says so."""
+        from minerva.evaluate import record_video
+
+        best = checkpoint.load(out / "vmpo_best.pt")
+        agent = agent_for(self.config, self.eval_envs).to(self.device)
+        agent.load_state_dict(best["agent"])
+        path = out / "videos" / "best.mp4"
+        path.parent.mkdir(exist_ok=True)
+        frames, episode_return = record_video(agent, self.env_id, path, self.config.seed + 1000,
+                                              True, self.config.eval_max_steps)
+        return (f"video: {path} (the best policy, step {best['global_step']}: {frames} frames, "
+                f"return {episode_return:.1f})")
 
     def _save_last(self, out: Path) -> None:
         if self.ranks.is_main:
@@ -940,7 +963,7 @@ class VMPOTrainer:
 
 
 # options of a run, not of the trainer
-RUN_ONLY_OPTIONS = ("total_steps", "out_dir", "overwrite")
+RUN_ONLY_OPTIONS = ("total_steps", "out_dir", "overwrite", "capture_video", "wandb_project")
 # the optimiser's parameter groups, in order, and the option each group's rate comes from
 OPTIMIZER_GROUP_LRS = ("policy_lr", "value_lr", "temperature_lr", "alpha_lr")
 # options a resumed run must keep, and why
@@ -948,6 +971,7 @@ RESUME_FIXED_OPTIONS = {
     "policy_layer_sizes": "the policy network's shape",
     "value_layer_sizes": "the value network's shape",
     "shared_encoder": "the networks' shape",
+    "encoder": "the networks' shape",
     "activation": "what the networks' weights were trained with",
     "state_dependent_std": "the policy's parameters",
     "min_log_std": "how the policy's weights map to its std",
@@ -957,6 +981,19 @@ RESUME_FIXED_OPTIONS = {
     "alpha_init": "an initial value: the checkpoint's multipliers carry on",
     "init_log_std": "an initial value: the checkpoint's policy carries on",
 }
+
+
+def check_run_outputs(config: TrainConfig, env_id: str) -> None:
+    """Raises ValueError (``capture_video: ...``, ``wandb_project: ...``) for an output a
+    run of ``env_id`` (resolved) is asked for and cannot produce, before it starts."""
+    run_logging.check_wandb(config.wandb_project)
+    if config.capture_video:
+        from minerva.evaluate import check_can_record
+
+        try:
+            check_can_record(env_id)
+        except ValueError as error:
+            raise ValueError(f"capture_video: {error}") from None
 
 
 def check_total_steps(total_steps: int, trained_steps: int) -> None:
@@ -979,8 +1016,10 @@ def _check_rollout_memory(config: TrainConfig, observation_space: gym.spaces.Spa
     discrete = isinstance(action_space, gym.spaces.Discrete)
     action_size = 1 if discrete else int(np.prod(action_space.shape))
     params_size = int(action_space.n) if discrete else 2 * action_size
-    # float32 observations, dist_params and 6 scalars, the actions, and 3 bool flags
-    bytes_per_step = 4 * (observation_size + params_size + 6) + 8 * action_size + 3
+    observation_bytes = torch.empty((), dtype=storage_dtype(observation_space)).element_size()
+    # the observations, float32 dist_params and 6 scalars, the actions, and 3 bool flags
+    bytes_per_step = (observation_bytes * observation_size + 4 * (params_size + 6)
+                      + 8 * action_size + 3)
     needed = config.rollout_steps * config.num_envs * bytes_per_step
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if needed > available:
@@ -988,6 +1027,13 @@ def _check_rollout_memory(config: TrainConfig, observation_space: gym.spaces.Spa
             f"rollout_steps: a rollout of {config.rollout_steps:_} steps x {config.num_envs:_} "
             f"envs of {config.env_id} needs {_gib(needed)} of storage, more than this "
             f"machine's {_gib(available)} of memory")
+
+
+def storage_dtype(observation_space: gym.spaces.Space) -> torch.dtype:
+    """uint8 observations (images) are stored as uint8, a quarter of float32's size; any
+    other as float32."""
+    uint8 = isinstance(observation_space, gym.spaces.Box) and observation_space.dtype == np.uint8
+    return torch.uint8 if uint8 else torch.float32
 
 
 def _gib(size: float) -> str:
