@@ -197,3 +197,18 @@ def test_an_atari_video_is_rendered_by_ale_with_envpools_observations(pong, tmp_
     assert result.returncode == 0, result.stderr
     assert f"video: {video} (41 frames" in result.stdout
     assert imageio.imread(video).shape[1:] == (210, 160, 3)
+
+
+def test_checkpoints_from_before_the_encoder_option_keep_their_mlp(pong, tmp_path):
+    from minerva.checkpoint import load, saved_config
+    from minerva.trainers.vmpo.trainer import VMPOTrainer
+
+    pong.train(pong.global_step + 16, str(tmp_path), overwrite=True)
+    state = load(tmp_path / "vmpo_last.pt")
+    # an older minerva had no encoder option: its agents were MLPs on any observation
+    del state["config"]["encoder"]
+    assert saved_config(state, tmp_path)["encoder"] == "mlp"
+    # and a CNN run cannot be resumed as another encoder
+    with pytest.raises(ValueError, match="encoder: the checkpoint has 'auto' \\(the networks' "
+                                         "shape\\); a resumed run cannot change it"):
+        VMPOTrainer.from_checkpoint(tmp_path / "vmpo_last.pt", encoder="impala")
