@@ -8,6 +8,7 @@ import tempfile
 
 import pytest
 
+from minerva.config import TrainConfig
 from minerva.logging import check_wandb
 from minerva.trainers.vmpo.trainer import VMPOTrainer
 
@@ -23,9 +24,15 @@ def cli(*args, hide=()):
                           cwd=tempfile.gettempdir())
 
 
-def cartpole(**options):
-    return VMPOTrainer("CartPole-v1", 0, "cpu", (16,), (16,), 16, num_envs=4, eval_every=64,
-                       eval_episodes=2, progress=False, **options)
+def train_with_wandb(out, steps):
+    config = TrainConfig(env_id="CartPole-v1", seed=0, policy_layer_sizes=(16,),
+                         value_layer_sizes=(16,), rollout_steps=16, num_envs=4, eval_every=64,
+                         eval_episodes=2, progress=False, wandb_project="minerva-tests")
+    trainer = VMPOTrainer.from_config(config)
+    try:
+        trainer.train(steps, str(out))
+    finally:
+        trainer.close()
 
 
 def events(out):
@@ -54,17 +61,11 @@ def offline_wandb(monkeypatch):
 
 def test_wandb_gets_the_same_events_and_the_config(offline_wandb, tmp_path):
     runs, logged = offline_wandb
-    trainer = cartpole()
-    trainer.config = trainer.config.__class__(**{**trainer.config.__dict__,
-                                                 "wandb_project": "minerva-tests"})
-    try:
-        trainer.train(128, str(tmp_path))
-    finally:
-        trainer.close()
+    train_with_wandb(tmp_path, 128)
     (run, kwargs), = runs
     assert kwargs["project"] == "minerva-tests" and kwargs["name"] == tmp_path.name
     assert kwargs["config"]["env_id"] == "CartPole-v1" and kwargs["config"]["num_envs"] == 4
-    # every metrics.jsonl event, with the same names and values (null there: NaN here)
+    # every metrics.jsonl event, with the same names and values
     assert logged == events(tmp_path)
     assert json.loads((tmp_path / "run.json").read_text())["wandb_run_id"] == run.id
     assert list((tmp_path / "wandb").glob(f"offline-run-*-{run.id}/run-{run.id}.wandb"))
@@ -72,13 +73,7 @@ def test_wandb_gets_the_same_events_and_the_config(offline_wandb, tmp_path):
 
 def test_a_resumed_run_continues_its_wandb_run(offline_wandb, tmp_path):
     runs, logged = offline_wandb
-    first = cartpole()
-    first.config = first.config.__class__(**{**first.config.__dict__,
-                                             "wandb_project": "minerva-tests"})
-    try:
-        first.train(64, str(tmp_path))
-    finally:
-        first.close()
+    train_with_wandb(tmp_path, 64)
     resumed = VMPOTrainer.from_checkpoint(tmp_path / "vmpo_last.pt")
     try:
         assert resumed.config.wandb_project == "minerva-tests"
