@@ -6,7 +6,7 @@ action / argmax), or sampled actions with ``--stochastic``. Prints a summary tab
 returns and lengths (raw rewards); ``--json`` writes it too. ``--video out.mp4`` also records
 one more episode (seeded with ``--seed``) on gymnasium's renderer, envpool having none
 (``pip install "minerva[video]"``: imageio's ffmpeg writer, and pygame for the classic
-control envs).
+control envs; envpool's Atari ids render through ALE, ``pip install "minerva[atari]"``).
 
     python -m minerva.evaluate runs/<run>/vmpo_best.pt --episodes 20 --video best.mp4
     python -m minerva.evaluate runs/<run>/vmpo_last.pt --stochastic --seed 3 --backend gymnasium

@@ -1016,7 +1016,7 @@ def _check_rollout_memory(config: TrainConfig, observation_space: gym.spaces.Spa
     discrete = isinstance(action_space, gym.spaces.Discrete)
     action_size = 1 if discrete else int(np.prod(action_space.shape))
     params_size = int(action_space.n) if discrete else 2 * action_size
-    observation_bytes = torch.empty((), dtype=storage_dtype(observation_space)).element_size()
+    observation_bytes = storage_dtype(observation_space).itemsize
     # the observations, float32 dist_params and 6 scalars, the actions, and 3 bool flags
     bytes_per_step = (observation_bytes * observation_size + 4 * (params_size + 6)
                       + 8 * action_size + 3)
