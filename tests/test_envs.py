@@ -173,17 +173,20 @@ class _DictObservationEnv(gym.Env):
 
 @pytest.fixture
 def registered():
-    """Registers test env ids with gymnasium for one test."""
-    ids = []
+    """Registers test env ids with gymnasium for one test (one already registered, such as
+    shimmy's, is put back after it)."""
+    replaced = {}
 
     def register(env_id: str, entry_point, **kwargs) -> str:
+        replaced.setdefault(env_id, gym.registry.get(env_id))
         gym.register(env_id, entry_point=entry_point, kwargs=kwargs)
-        ids.append(env_id)
         return env_id
 
     yield register
-    for env_id in ids:
+    for env_id, spec in replaced.items():
         gym.registry.pop(env_id, None)
+        if spec is not None:
+            gym.registry[env_id] = spec
 
 
 def test_resolve_env_id():
@@ -204,7 +207,8 @@ def test_resolve_envpool_only_id():
 
 def test_resolve_dm_control_id(monkeypatch, registered):
     monkeypatch.setitem(sys.modules, "shimmy", None)  # makes `import shimmy` fail
-    with pytest.raises(ValueError, match=r"'dm_control/cheetah/run'.*needs shimmy"):
+    with pytest.raises(ValueError, match=r"'dm_control/cheetah/run'.*needs dm_control through "
+                                         r"shimmy: pip install 'minerva\[dmc\]'"):
         _resolve_env_id("dm_control/cheetah/run")
 
     monkeypatch.setitem(sys.modules, "shimmy", types.ModuleType("shimmy"))

@@ -12,6 +12,8 @@ import collections
 import contextlib
 import dataclasses
 import difflib
+import functools
+import logging
 import math
 import os
 import random
@@ -145,15 +147,18 @@ def _resolve_env_id(env_id: str) -> str:
         raise ValueError(f"environment id must be a non-empty string, got {env_id!r}")
     resolved = env_id
     parts = env_id.split("/")
-    if len(parts) == 3 and parts[0] == "dm_control":
-        resolved = f"dm_control/{parts[1]}-{parts[2]}-v0"
+    if parts[0] == "dm_control":
+        if len(parts) == 3:
+            resolved = f"dm_control/{parts[1]}-{parts[2]}-v0"
         try:
             import shimmy  # noqa: F401  (importing it registers the dm_control ids)
         except ImportError as error:
+            named = f" (gymnasium id {resolved!r})" if resolved != env_id else ""
             raise ValueError(
-                f"environment id {env_id!r} (gymnasium id {resolved!r}) needs shimmy: "
-                "pip install 'shimmy[dm-control]'"
+                f"environment id {env_id!r}{named} needs dm_control through shimmy: "
+                "pip install 'minerva[dmc]'"
             ) from error
+        _quiet_dm_control()
     if envs.available_backends(resolved):
         return resolved
     known = sorted(envs.envpool_env_ids() | set(gym.registry))
@@ -166,6 +171,14 @@ def _resolve_env_id(env_id: str) -> str:
         suggestion = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
         message += f"; did you mean {suggestion}?"
     raise ValueError(message)
+
+
+@functools.cache
+def _quiet_dm_control() -> None:
+    """dm_control's models set a compiler attribute MuJoCo deprecates, and absl logs a
+    warning about it for every env made: dozens of lines before a run starts."""
+    logging.getLogger("absl").addFilter(
+        lambda record: "'settotalmass' is deprecated" not in record.getMessage())
 
 
 def _make_env(gym_id: str, seed: int):
