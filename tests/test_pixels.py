@@ -212,3 +212,30 @@ def test_checkpoints_from_before_the_encoder_option_keep_their_mlp(pong, tmp_pat
     with pytest.raises(ValueError, match="encoder: the checkpoint has 'auto' \\(the networks' "
                                          "shape\\); a resumed run cannot change it"):
         VMPOTrainer.from_checkpoint(tmp_path / "vmpo_last.pt", encoder="impala")
+
+
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason="needs a CUDA GPU"))])
+def test_frames_move_to_the_device_as_uint8_and_are_scaled_there(device, tmp_path):
+    pytest.importorskip("envpool")
+    from minerva.rollout import DeviceRollout
+    from minerva.trainers.vmpo.trainer import VMPOTrainer
+
+    trainer = VMPOTrainer("Breakout-v5", 0, device, (), (), 8, num_envs=2, activation="relu",
+                          eval_episodes=1, eval_max_steps=20, progress=False)
+    try:
+        if device == "cpu":  # the GPU path's transfer and update, run on the CPU
+            trainer.collector.device_rollout = DeviceRollout(trainer.storage,
+                                                             torch.device("cpu"))
+        batch = trainer._collect_rollout().batch
+        # a quarter of float32's bytes cross to the device; the CNN scales them there
+        assert batch.observations.dtype == torch.uint8
+        assert batch.observations.device.type == device
+        assert batch.observations.data_ptr() != trainer.storage.observations.data_ptr()
+        with torch.no_grad():
+            expected = trainer.agent.value(trainer.storage.observations.flatten(0, 1).to(device))
+        torch.testing.assert_close(batch.values, expected)
+        trainer.train(48, str(tmp_path))
+    finally:
+        trainer.close()
