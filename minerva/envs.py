@@ -90,11 +90,6 @@ def env_spaces(env_id: str) -> tuple[spaces.Space, spaces.Space]:
         env.close()
 
 
-def action_space(env_id: str) -> spaces.Space:
-    """The action space of ``env_id`` (:func:`env_spaces`)."""
-    return env_spaces(env_id)[1]
-
-
 def supported_observation_box(env_id: str, observation_space: spaces.Space,
                               action_space: spaces.Space) -> spaces.Box:
     """The Box observations are stored as (Dict/Tuple of Boxes flattened).
@@ -480,6 +475,14 @@ def make_vector_env(
     raise ValueError(f"unknown backend {backend!r}; expected one of {list(BACKENDS)}")
 
 
+def flatten_observations(env: gym.Env) -> gym.Env:
+    """``env`` with Dict/Tuple observations flattened into one Box (as the vector envs
+    flatten them); ``env`` itself when they are a Box already."""
+    if isinstance(env.observation_space, (spaces.Dict, spaces.Tuple)):
+        return gym.wrappers.FlattenObservation(env)
+    return env
+
+
 def atari_config(env_id: str) -> Any | None:
     """envpool's configuration of an Atari id (``Pong-v5``: frame skip, stacking, image size,
     ...); None for any other id."""
@@ -514,10 +517,7 @@ def make_render_env(env_id: str) -> gym.Env:
     """
     config = atari_config(env_id)
     if config is None:
-        env = gym.make(env_id, render_mode="rgb_array")
-        if isinstance(env.observation_space, (spaces.Dict, spaces.Tuple)):
-            env = gym.wrappers.FlattenObservation(env)
-        return env
+        return flatten_observations(gym.make(env_id, render_mode="rgb_array"))
     import ale_py
 
     gym.register_envs(ale_py)
@@ -527,8 +527,7 @@ def make_render_env(env_id: str) -> gym.Env:
                    max_episode_steps=config.max_episode_steps * config.frame_skip)
     env = gym.wrappers.AtariPreprocessing(
         env, noop_max=config.noop_max, frame_skip=config.frame_skip,
-        screen_size=(config.img_width, config.img_height),
-        grayscale_obs=config.gray_scale, grayscale_newaxis=not config.gray_scale)
+        screen_size=(config.img_width, config.img_height), grayscale_obs=config.gray_scale)
     if config.use_fire_reset and "FIRE" in env.unwrapped.get_action_meanings():
         env = _FireOnReset(env)
     env = gym.wrappers.FrameStackObservation(env, config.stack_num)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from minerva.errors import first_line
+
 
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo where there is one)."""
@@ -145,9 +147,8 @@ def _start_wandb(project: str, out: Path, config: Mapping, resumed_id: str | Non
         run = wandb.init(project=project, dir=str(out), name=out.name, config=dict(config),
                          id=resumed_id, resume="allow" if resumed_id else None)
     except Exception as error:  # noqa: BLE001  (wandb's own errors: login, network, ...)
-        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise RuntimeError(f"wandb_project: wandb could not start a run in project {project!r} "
-                           f"({message}); log in with `wandb login`, or set "
+                           f"({first_line(error)}); log in with `wandb login`, or set "
                            "WANDB_MODE=offline to log without an account") from None
     # the charts' x axis is the environment step: wandb's own step counts calls
     run.define_metric("global_step")

@@ -110,7 +110,6 @@ def _option_message(error: Exception) -> str:
     return f"{_flag(name)}: {why}" if name in OPTION_DEFAULTS else str(error)
 
 
-
 def _explicit_options(args: argparse.Namespace) -> dict:
     explicit = {k: (None if v is EXPLICIT_NONE else v) for k, v in vars(args).items()
                 if k in OPTION_DEFAULTS and v is not None}

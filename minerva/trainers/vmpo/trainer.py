@@ -192,10 +192,7 @@ def _make_env(gym_id: str, seed: int):
     """
 
     def thunk() -> gym.Env:
-        env = gym.make(gym_id)
-        if isinstance(env.observation_space, (gym.spaces.Dict, gym.spaces.Tuple)):
-            env = gym.wrappers.FlattenObservation(env)
-        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env = gym.wrappers.RecordEpisodeStatistics(envs.flatten_observations(gym.make(gym_id)))
         env.action_space.seed(seed)
         return env
 
