@@ -71,10 +71,12 @@ def env_folder(out: Path, env_id: str) -> Path:
 
 def plan(envs: Sequence[str], seeds: int, out: Path, steps: int | None = None,
          extra_args: Sequence[str] = (), first_seed: int = 1) -> list[Job]:
-    """One job per (env, seed), seeds ``first_seed`` .. ``first_seed + seeds - 1``."""
+    """One job per (env, seed), seeds ``first_seed`` .. ``first_seed + seeds - 1``, every
+    env's first seed before any env's second."""
     jobs = []
-    for env_id in envs:
-        for seed in range(first_seed, first_seed + seeds):
+    # seed-major: a sweep stopped part-way has every env's first seeds
+    for seed in range(first_seed, first_seed + seeds):
+        for env_id in envs:
             run_dir = env_folder(out, env_id) / f"seed{seed}"
             # -P: the working directory stays off sys.path, so a source checkout there (with
             # no compiled modules) cannot shadow the installed minerva

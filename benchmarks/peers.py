@@ -3,6 +3,7 @@ measured in one run on one machine.
 
     python benchmarks/peers.py cartpole [--seeds 5]
     python benchmarks/peers.py throughput --baseline-python OLD/bin/python [--iterations 5]
+    python benchmarks/peers.py ppo [--env-id Hopper-v5] [--steps 100000] [--repeats 2]
 
 ``cartpole``: wall clock to an evaluation return of 475 on CartPole-v1: minerva's V-MPO (the
 CartPole-v1 preset, envpool) against Stable-Baselines3's PPO with the RL Baselines3 Zoo
@@ -24,6 +25,14 @@ process (:mod:`timed_run`), one after another, ``--repeats`` times interleaved; 
 median run is reported (this machine's speed drifts by 10-20% from run to run). Evaluation
 and compile time are left out of the clock (the compile time is reported).
 
+``ppo``: PPO's training speed (environment steps/s, and the wall clock that makes per 1M
+steps) on a MuJoCo env: minerva's PPO (its continuous-control preset, envpool) against
+Stable-Baselines3's PPO with the same hyperparameters (CleanRL's ``ppo_continuous_action``:
+one env, 2,048 steps per rollout, 10 epochs of minibatches of 64, lr 3e-4 annealed, gamma
+0.99, lambda 0.95, clip 0.2, (64, 64) tanh, observation and reward normalisation with
+VecNormalize) on gymnasium's env, one after the other, ``--repeats`` times interleaved; the
+clock covers training only (no evaluation). SB3 runs with one torch thread, as minerva does.
+
 Results print as GitHub-markdown tables and go to ``benchmarks/results/peers_<name>.json``.
 """
 
@@ -43,6 +52,7 @@ from pathlib import Path
 from minerva.config import TrainConfig
 from minerva.logging import cpu_model
 from minerva.presets import preset
+from minerva.trainers.ppo.trainer import PPOTrainer
 from minerva.trainers.vmpo.trainer import VMPOTrainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -153,6 +163,62 @@ def cartpole(seeds: int) -> dict:
 
 # --- throughput -------------------------------------------------------------------------------
 
+# --- PPO speed -----------------------------------------------------------------------------
+
+def minerva_ppo(env_id: str, steps: int, seed: int) -> dict:
+    options = {**preset(env_id, "ppo"), "env_id": env_id, "seed": seed, "total_steps": steps,
+               "eval_every": steps, "eval_episodes": 1, "progress": False, "torch_threads": 1}
+    trainer = PPOTrainer.from_config(TrainConfig(**options))
+    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
+        start = time.perf_counter()
+        trainer.train(steps, out)
+        seconds = time.perf_counter() - start - trainer.timer.seconds["evaluation"]
+    trainer.close()
+    return {"steps": trainer.global_step, "seconds": seconds}
+
+
+def sb3_ppo(env_id: str, steps: int, seed: int) -> dict:
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    env = VecNormalize(make_vec_env(env_id, n_envs=1, seed=seed), gamma=0.99)
+    model = PPO("MlpPolicy", env, n_steps=2048, batch_size=64, n_epochs=10,
+                learning_rate=lambda remaining: 3e-4 * remaining, gamma=0.99, gae_lambda=0.95,
+                clip_range=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5, seed=seed,
+                device="cpu", verbose=0)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        model.learn(total_timesteps=steps)
+        seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(previous_threads)
+    env.close()
+    return {"steps": model.num_timesteps, "seconds": seconds}
+
+
+def ppo_speed(env_id: str, steps: int, repeats: int) -> dict:
+    sides = {"minerva PPO (envpool)": minerva_ppo, "SB3 PPO (gymnasium)": sb3_ppo}
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    for repeat in range(repeats):  # interleaved, so drifts in machine speed hit both
+        for side, run in sides.items():
+            runs[side].append(run(env_id, steps, repeat + 1))
+    results = {side: {"runs": side_runs, "steps_per_second": statistics.median(
+        r["steps"] / r["seconds"] for r in side_runs)} for side, side_runs in runs.items()}
+    ours = results["minerva PPO (envpool)"]["steps_per_second"]
+    print(f"{env_id}: PPO training speed, median of {repeats} runs of {steps:,} steps each "
+          "(one torch thread, no evaluation)\n")
+    print("| trainer | steps/s | wall clock per 1M steps | minerva's speed-up |")
+    print("| --- | ---: | ---: | ---: |")
+    for side, result in results.items():
+        rate = result["steps_per_second"]
+        print(f"| {side} | {rate:,.0f} | {1e6 / rate / 60:.1f} min | {ours / rate:.2f}x |")
+    return {"env_id": env_id, "steps": steps, **results}
+
+
 ORIGINAL = {"num_envs": 8, "rollout_steps": 4096, "m_steps": 16, "num_minibatches": 1,
             "policy_layer_sizes": [512, 256], "value_layer_sizes": [512, 256]}
 FAST = {"precision": "bfloat16", "compile_update": True}
@@ -214,9 +280,16 @@ def main() -> None:
                                    help="rollouts + updates per run")
     throughput_parser.add_argument("--repeats", type=int, default=3,
                                    help="runs per side (the median is reported)")
+    ppo_parser = commands.add_parser("ppo")
+    ppo_parser.add_argument("--env-id", default="Hopper-v5")
+    ppo_parser.add_argument("--steps", type=int, default=100_000, help="steps per run")
+    ppo_parser.add_argument("--repeats", type=int, default=2,
+                            help="runs per side (the median is reported)")
     args = parser.parse_args()
     if args.command == "cartpole":
         results = cartpole(args.seeds)
+    elif args.command == "ppo":
+        results = ppo_speed(args.env_id, args.steps, args.repeats)
     else:
         results = throughput(args.baseline_python, args.iterations, args.repeats)
     RESULTS.mkdir(parents=True, exist_ok=True)

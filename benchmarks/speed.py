@@ -102,8 +102,8 @@ def update(repeats: int) -> dict:
     for name, options in variants.items():
         trainer = trainer_for("HalfCheetah-v5", **ORIGINAL, **options)
         batch = trainer._collect_rollout().batch
-        trainer._update(batch)  # warm-up (and compile)
-        seconds = median_seconds(lambda: trainer._update(batch), repeats)
+        trainer.algorithm(batch)  # warm-up (and compile)
+        seconds = median_seconds(lambda: trainer.algorithm(batch), repeats)
         shapes = update_matmuls(trainer.agent, batch.valid.shape[0], trainer.config.m_steps)
         flops = sum(2 * n * k * m for n, k, m in shapes)
         dtype = torch.bfloat16 if options.get("precision") == "bfloat16" else torch.float32
@@ -111,7 +111,7 @@ def update(repeats: int) -> dict:
         rows[name] = {"seconds": seconds, "gflops": flops / seconds / 1e9,
                       "mm_seconds": mm_seconds, "mm_gflops": flops / mm_seconds / 1e9,
                       "fraction_of_mm": mm_seconds / seconds,
-                      "compile_seconds": trainer.compile_seconds}
+                      "compile_seconds": trainer.algorithm.compile_seconds}
         trainer.close()
     print(f"One update at the original trainer's hyperparameters (HalfCheetah-v5, 32,768 "
           f"samples, 16 full-batch M-steps, (512, 256) tanh), {torch.get_num_threads()} "

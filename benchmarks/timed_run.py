@@ -36,7 +36,7 @@ def timed_run(options: dict) -> dict:
         seconds = time.perf_counter() - start
     trainer.close()
     phases = dict(trainer.timer.seconds)
-    compile_seconds = getattr(trainer, "compile_seconds", 0.0)
+    compile_seconds = trainer.algorithm.compile_seconds
     phases["update"] -= compile_seconds  # compiling happens in the first steps of an update
     seconds -= phases.pop("evaluation", 0.0) + compile_seconds
     return {"steps": trainer.global_step, "seconds": seconds,

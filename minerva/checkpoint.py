@@ -1,11 +1,12 @@
 """Checkpoint files: written atomically, read without running any code.
 
-A checkpoint (``vmpo_last.pt``, ``vmpo_best.pt``) is a ``torch.save`` of a dict of tensors
-and plain Python values (numbers, strings, lists, tuples, dicts, None): the format version,
-the run's configuration, the networks' weights and the observation normaliser's statistics,
-the duals, the optimiser's state, the reward scaler's return statistics, the step and
-iteration counters, the best evaluation return, the last 100 training episodes' returns and
-the random number generators' states (Python's, numpy's, torch's, CUDA's). It is read with
+A checkpoint (``<algo>_last.pt``, ``<algo>_best.pt``: ``vmpo_last.pt``, ``ppo_best.pt``) is a
+``torch.save`` of a dict of tensors and plain Python values (numbers, strings, lists, tuples,
+dicts, None): the format version, the run's configuration, the networks' weights and the
+observation normaliser's statistics, the algorithm's state (the optimiser's, and V-MPO's
+duals), the reward scaler's return statistics, the step and iteration counters, the best
+evaluation return, the last 100 training episodes' returns and the random number generators'
+states (Python's, numpy's, torch's, CUDA's). It is read with
 ``torch.load(weights_only=True)``: unpickling refuses every object other than those, so a
 crafted file cannot run code.
 
@@ -80,9 +81,11 @@ def _legacy_globals() -> list:
             (reconstruct, "numpy._core.multiarray._reconstruct")]
 
 
-# what every format holds (format 1 and 2 files hold more, which upgrade() converts)
-REQUIRED_KEYS = ("format", "config", "env_id", "agent", "duals", "optimizer", "reward_scaler",
+# what every format holds (format 1 and 2 files hold more, which upgrade() converts), and
+# what each algorithm's update adds (a checkpoint without an algo is V-MPO's)
+REQUIRED_KEYS = ("format", "config", "env_id", "agent", "optimizer", "reward_scaler",
                  "global_step", "iteration", "best_return", "rng")
+ALGORITHM_KEYS = {"vmpo": ("duals",), "ppo": ()}
 
 
 def load(path: str | Path) -> dict:
@@ -98,7 +101,8 @@ def load(path: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"no such checkpoint: {path}")
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file (vmpo_last.pt)")
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file (such as "
+                              "vmpo_last.pt)")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty")
     if not zipfile.is_zipfile(path):
@@ -124,10 +128,17 @@ def load(path: str | Path) -> dict:
     if version not in (1, 2, FORMAT):
         raise CheckpointError(f"{path} is a minerva checkpoint of format {version!r}; this "
                               f"minerva reads formats 1 to {FORMAT}")
-    missing = [key for key in REQUIRED_KEYS if key not in state]
-    if missing or not isinstance(state["config"], dict):
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path} is an incomplete minerva checkpoint (it lacks a config "
+                              "dict)")
+    algo = state["config"].get("algo", "vmpo")
+    if algo not in ALGORITHM_KEYS:
+        raise CheckpointError(f"{path} is a checkpoint of an algorithm this minerva does not "
+                              f"know: {algo!r}")
+    missing = [key for key in (*REQUIRED_KEYS, *ALGORITHM_KEYS[algo]) if key not in state]
+    if missing:
         raise CheckpointError(f"{path} is an incomplete minerva checkpoint (it lacks "
-                              f"{', '.join(missing) or 'a config dict'})")
+                              f"{', '.join(missing)})")
     try:
         return upgrade(state) if version != FORMAT else state
     except (KeyError, TypeError, ValueError) as error:

@@ -28,7 +28,7 @@ import torch
 from minerva.envs import SplitVectorEnv, StepResult, VectorEnv, concatenate_steps
 from minerva.errors import NonFiniteError
 from minerva.logging import PhaseTimer
-from minerva.networks import Action, VMPOAgent
+from minerva.networks import Action, Agent
 from minerva.normalization import RewardScaler
 from minerva.rollout import DeviceRollout, RolloutBatch, RolloutViews, flatten
 from minerva.threads import threads_for, torch_threads
@@ -59,7 +59,7 @@ class RolloutCollector:
             autocast).
     """
 
-    def __init__(self, envs: VectorEnv | SplitVectorEnv, storage: RolloutViews, agent: VMPOAgent,
+    def __init__(self, envs: VectorEnv | SplitVectorEnv, storage: RolloutViews, agent: Agent,
                  device: torch.device, reward_scaler: RewardScaler | None, gae: Callable,
                  gamma: float, lam: float, timer: PhaseTimer, threads: int = 1,
                  value_precision: Callable[[], contextlib.AbstractContextManager] =

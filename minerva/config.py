@@ -17,6 +17,8 @@ ACTIVATIONS = ("tanh", "relu", "elu", "silu")
 LR_SCHEDULES = ("constant", "linear", "adaptive")
 PRECISIONS = ("float32", "bfloat16")
 ENCODERS = ("auto", "mlp", "nature", "impala")
+ALGORITHMS = ("vmpo", "ppo")
+ACTION_BOUNDS = ("squash", "clip")
 MAX_SEED = 2_000_000_000  # envpool seeds are int32, and env i gets seed + i
 MAX_ENVS = 65_536
 MAX_M_STEPS = 1_000
@@ -29,6 +31,10 @@ def _option(default, help: str, **extra):
 @dataclass
 class TrainConfig:
     # --- run -------------------------------------------------------------------------------
+    algo: str = _option(
+        "vmpo", "algorithm: vmpo (V-MPO) or ppo (PPO, clipped surrogate); each has its own "
+                "presets in presets.toml, and the options below marked V-MPO or PPO are its "
+                "alone", choices=ALGORITHMS)
     env_id: str = _option("CartPole-v1", "environment id (gymnasium or envpool)")
     seed: int = _option(1, "random seed (env i is seeded with seed + i)")
     total_steps: int = _option(200_000, "environment steps to train for")
@@ -37,7 +43,7 @@ class TrainConfig:
         False, "a fresh run into an out_dir that holds a run deletes that run's files (without "
                "it, such a run is refused)")
     checkpoint_every_s: float = _option(
-        300.0, "write vmpo_last.pt at least this often, in wall-clock seconds, besides at every "
+        300.0, "write <algo>_last.pt at least this often, in wall-clock seconds, besides at every "
                "evaluation (0: only at evaluations)")
     device: str = _option("cpu", "torch device for the networks and the update, e.g. cpu, cuda")
     backend: str = _option("auto", "environment backend; auto = envpool when it has the id",
@@ -52,18 +58,28 @@ class TrainConfig:
     reference_ops: bool = _option(
         False, "use the pure-Python reference ops and storage instead of the native ones "
                "(to measure what the native core buys)")
-    # --- V-MPO -----------------------------------------------------------------------------
+    # --- V-MPO (and the advantages both use) ------------------------------------------------
     advantage_estimator: str = _option("gae", "advantage estimator", choices=ESTIMATORS)
     gamma: float = _option(0.99, "discount factor")
     gae_lambda: float = _option(0.95, "lambda of the gae estimator")
-    normalize_advantages: bool = _option(True, "standardise advantages over valid samples")
-    topk_fraction: float = _option(0.5, "fraction of the valid samples the E-step keeps")
-    temperature_init: float = _option(1.0, "initial temperature eta")
-    epsilon_eta: float = _option(0.1, "temperature (E-step) KL bound")
-    epsilon_mu: float = _option(0.01, "KL bound on the Gaussian mean")
-    epsilon_sigma: float = _option(0.01, "KL bound on the Gaussian standard deviation")
-    epsilon_categorical: float = _option(0.01, "KL bound of a categorical policy")
-    alpha_init: float = _option(1.0, "initial KL Lagrange multipliers")
+    normalize_advantages: bool = _option(
+        True, "standardise advantages over valid samples (V-MPO: over the rollout, before the "
+              "top-k; PPO: per minibatch)")
+    topk_fraction: float = _option(0.5, "V-MPO: fraction of the valid samples the E-step keeps")
+    temperature_init: float = _option(1.0, "V-MPO: initial temperature eta")
+    epsilon_eta: float = _option(0.1, "V-MPO: temperature (E-step) KL bound")
+    epsilon_mu: float = _option(0.01, "V-MPO: KL bound on the Gaussian mean")
+    epsilon_sigma: float = _option(0.01, "V-MPO: KL bound on the Gaussian standard deviation")
+    epsilon_categorical: float = _option(0.01, "V-MPO: KL bound of a categorical policy")
+    alpha_init: float = _option(1.0, "V-MPO: initial KL Lagrange multipliers")
+    # --- PPO -------------------------------------------------------------------------------
+    clip_coef: float = _option(
+        0.2, "PPO: the surrogate's ratio is clipped to [1 - clip_coef, 1 + clip_coef] (and the "
+             "value's change to +-clip_coef with clip_value_loss)")
+    clip_value_loss: bool = _option(
+        True, "PPO: clip the critic's change per update around the rollout's values")
+    entropy_coef: float = _option(0.0, "PPO: weight of the entropy bonus")
+    value_coef: float = _option(0.5, "PPO: weight of the value loss")
     m_steps: int = _option(
         8, "passes (epochs) over each rollout; each pass is num_minibatches gradient steps")
     num_minibatches: int = _option(
@@ -83,21 +99,28 @@ class TrainConfig:
         -5.0, "lower bound of a Gaussian policy's log-std (a floor on its exploration)")
     state_dependent_std: bool = _option(
         True, "a Gaussian policy's std depends on the state (else one vector for all states)")
+    action_bounds: str = _option(
+        "squash", "how a Gaussian policy's actions meet a bounded Box: squash (tanh into the "
+                  "bounds, softplus for one bound) or clip (the Gaussian's sample clipped to the "
+                  "bounds, as CleanRL and SB3 do)", choices=ACTION_BOUNDS)
     optimizer_type: str = _option("adam", "optimizer", choices=OPTIMIZERS)
     sgd_momentum: float = _option(0.9, "momentum when optimizer_type is sgd")
     policy_lr: float = _option(5e-4, "policy learning rate")
     value_lr: float = _option(1e-3, "value function learning rate")
     temperature_lr: float = _option(
-        1e-2, "temperature (eta) learning rate, on log(eta): each gradient step (m_steps x "
+        1e-2, "V-MPO: temperature (eta) learning rate, on log(eta): each gradient step (m_steps x "
               "num_minibatches per rollout) changes eta by a factor of about exp(lr)")
     alpha_lr: float = _option(
-        1e-2, "KL multipliers (alpha) learning rate, on log(alpha), likewise per gradient step")
+        1e-2, "V-MPO: KL multipliers (alpha) learning rate, on log(alpha), likewise per "
+              "gradient step")
     max_grad_norm: float = _option(
-        10.0, "gradient clipping norm, applied to the policy and the value network separately")
+        10.0, "gradient clipping norm (V-MPO: of the policy and the value network separately; "
+              "PPO: of both together, as CleanRL)")
     lr_schedule: str = _option(
-        "constant", "policy learning rate schedule: constant; linear (to 0 at total_steps); "
-        "adaptive (x1.5 while the policy's KL after an update is under half its bound, /1.5 "
-        "while over twice it; between 1e-5 and 10 x policy_lr)", choices=LR_SCHEDULES)
+        "constant", "learning rate schedule: constant; linear (to 0 at total_steps: V-MPO's "
+        "policy rate, PPO's policy and value rates); adaptive (V-MPO only: the policy's rate "
+        "x1.5 while its KL after an update is under half its bound, /1.5 while over twice it; "
+        "between 1e-5 and 10 x policy_lr)", choices=LR_SCHEDULES)
     precision: str = _option(
         "float32", "the networks' precision in the update: bfloat16 runs their layers under "
                    "autocast (log-probs, KLs, losses and duals stay float32)",
@@ -122,7 +145,7 @@ class TrainConfig:
         None, "stop once the evaluation return mean reaches this (none: never)")
     progress: bool = _option(True, "show a progress bar")
     capture_video: bool = _option(
-        False, "at the end of training, record one episode of the best policy (vmpo_best.pt) "
+        False, "at the end of training, record one episode of the best policy (<algo>_best.pt) "
                "to <out_dir>/videos/best.mp4 with gymnasium's renderer (pip install "
                "'minerva[video]')")
     wandb_project: str = _option(
@@ -168,10 +191,15 @@ class TrainConfig:
             bad("topk_fraction", "must be in (0, 1]")
         for name in ("temperature_init", "epsilon_eta", "epsilon_mu", "epsilon_sigma",
                      "epsilon_categorical", "alpha_init", "policy_lr", "value_lr",
-                     "temperature_lr", "alpha_lr", "max_grad_norm"):
+                     "temperature_lr", "alpha_lr", "max_grad_norm", "clip_coef", "value_coef"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 bad(name, "must be a positive number")
+        if not (math.isfinite(self.entropy_coef) and self.entropy_coef >= 0):
+            bad("entropy_coef", "must be a number >= 0")
+        if self.algo == "ppo" and self.lr_schedule == "adaptive":
+            bad("lr_schedule", "adaptive follows V-MPO's KL bound on the policy's mean; PPO "
+                "takes constant or linear")
         if not 0.0 <= self.sgd_momentum < 1.0:
             bad("sgd_momentum", "must be in [0, 1)")
         for name in ("policy_layer_sizes", "value_layer_sizes"):

@@ -20,7 +20,6 @@ batch through :func:`validate_actions` first, whichever the backend.
 from __future__ import annotations
 
 import abc
-import functools
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple, Self
@@ -29,10 +28,16 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-BACKENDS = ("envpool", "gymnasium")
+from minerva.env_ids import (  # noqa: F401  (this module's names too)
+    BACKENDS,
+    available_backends,
+    default_backend,
+    env_spaces,
+    envpool_env_ids,
+    supported_observation_box,
+)
 
-#: ``make_env(env_id, seed) -> thunk`` creating one gymnasium env (the trainer passes its
-#: ``_make_env``; taking it as an argument keeps this module free of trainer imports).
+#: ``make_env(env_id, seed) -> thunk`` creating one gymnasium env
 EnvFactory = Callable[[str, int], Callable[[], gym.Env]]
 
 # Box actions may exceed the bounds by float rounding (e.g. a tanh squash rescaled in
@@ -48,66 +53,6 @@ class StepResult(NamedTuple):
     terminated: np.ndarray  # bool
     truncated: np.ndarray  # bool
     infos: dict[str, Any]
-
-
-@functools.cache
-def envpool_env_ids() -> frozenset[str]:
-    """Ids envpool can make; empty when envpool is not installed (it is optional)."""
-    try:
-        import envpool
-    except ImportError:
-        return frozenset()
-    return frozenset(envpool.list_all_envs())
-
-
-def available_backends(env_id: str) -> tuple[str, ...]:
-    """Backends that know ``env_id``, in order of preference."""
-    # gym.registry is read each time: importing a plugin (e.g. shimmy) can add ids.
-    known = {"envpool": envpool_env_ids(), "gymnasium": gym.registry}
-    return tuple(backend for backend in BACKENDS if env_id in known[backend])
-
-
-def default_backend(env_id: str) -> str:
-    """``"envpool"`` when envpool is installed and has ``env_id``, else ``"gymnasium"``."""
-    return "envpool" if env_id in envpool_env_ids() else "gymnasium"
-
-
-@functools.cache
-def env_spaces(env_id: str) -> tuple[spaces.Space, spaces.Space]:
-    """The observation and action spaces of ``env_id``, from envpool's spec when it has the
-    id (no env is made), else from one gymnasium env made and closed at once."""
-    if env_id in envpool_env_ids():
-        import envpool
-
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*precision lowered by casting")
-            spec = envpool.make_spec(env_id)
-            return spec.observation_space, spec.action_space
-    env = gym.make(env_id)
-    try:
-        return env.observation_space, env.action_space
-    finally:
-        env.close()
-
-
-def supported_observation_box(env_id: str, observation_space: spaces.Space,
-                              action_space: spaces.Space) -> spaces.Box:
-    """The Box observations are stored as (Dict/Tuple of Boxes flattened).
-
-    Raises:
-        ValueError: naming ``env_id`` and its unsupported observation or action space.
-    """
-    # Box leaves only: flatten_space would one-hot encode Discrete ones, which
-    # _flatten_observations does not.
-    if not _is_box_tree(observation_space):
-        raise ValueError(f"{env_id}: unsupported observation space {observation_space} "
-                         "(minerva supports Box, and Dict/Tuple of Box which it flattens)")
-    if not isinstance(action_space, (spaces.Box, spaces.Discrete)):
-        raise ValueError(f"{env_id}: unsupported action space {action_space} "
-                         "(minerva supports Box and Discrete)")
-    if isinstance(observation_space, spaces.Box):
-        return observation_space
-    return spaces.flatten_space(observation_space)
 
 
 def validate_actions(actions: Any, action_space: spaces.Space, num_envs: int) -> np.ndarray:
@@ -180,15 +125,6 @@ def validate_actions(actions: Any, action_space: spaces.Space, num_envs: int) ->
         return actions
 
     raise ValueError(f"unsupported action space {action_space}")
-
-
-def _is_box_tree(space: spaces.Space) -> bool:
-    """A Box, or Dict/Tuple spaces nesting only Boxes."""
-    if isinstance(space, spaces.Dict):
-        return all(_is_box_tree(s) for s in space.values())
-    if isinstance(space, spaces.Tuple):
-        return all(_is_box_tree(s) for s in space)
-    return isinstance(space, spaces.Box)
 
 
 def _flatten_observations(space: spaces.Space, observations: Any, num_envs: int) -> np.ndarray:
@@ -419,10 +355,19 @@ def concatenate_steps(results: list[StepResult]) -> StepResult:
                       results[0].infos)
 
 
-def _plain_env_factory(env_id: str, seed: int) -> Callable[[], gym.Env]:
-    """``gym.make`` with no wrappers; seeding happens at the vector env's first reset."""
-    del seed
-    return functools.partial(gym.make, env_id)
+def gymnasium_env_factory(env_id: str, seed: int) -> Callable[[], gym.Env]:
+    """A thunk making one gymnasium env for a vector env: make, FlattenObservation
+    (Dict/Tuple observations only), RecordEpisodeStatistics, with the action space seeded (the
+    env itself is seeded by the vector env's first reset). Deliberately no reward
+    normalisation and no ClipAction: minerva normalises rewards itself, identically for the
+    envpool and gymnasium backends, and its policy maps actions into the action bounds."""
+
+    def thunk() -> gym.Env:
+        env = gym.wrappers.RecordEpisodeStatistics(flatten_observations(gym.make(env_id)))
+        env.action_space.seed(seed)
+        return env
+
+    return thunk
 
 
 def make_vector_env(
@@ -436,13 +381,13 @@ def make_vector_env(
     """Makes ``num_envs`` copies of ``env_id`` on ``backend``.
 
     Args:
-        env_id: an envpool or gymnasium id (resolve user input with the trainer's
-            ``_resolve_env_id`` first).
+        env_id: an envpool or gymnasium id (resolve user input with
+            :func:`~minerva.env_ids.resolve_env_id` first).
         num_envs: environments stepped together (>= 1).
         seed: env ``i`` gets ``seed + i`` on both backends.
         backend: ``"envpool"``, ``"gymnasium"`` or None for :func:`default_backend`.
         make_env: gymnasium backend only: ``make_env(env_id, seed) -> thunk`` for one env
-            (default: plain ``gym.make``). envpool makes its own environments.
+            (default: :func:`gymnasium_env_factory`). envpool makes its own environments.
         split: two halves (:class:`SplitVectorEnv`, for a pipelined rollout) when
             ``num_envs >= 2``.
     """
@@ -471,7 +416,7 @@ def make_vector_env(
             )
         return EnvpoolVectorEnv(env_id, num_envs, seed)
     if backend == "gymnasium":
-        return GymnasiumVectorEnv(env_id, num_envs, seed, make_env or _plain_env_factory)
+        return GymnasiumVectorEnv(env_id, num_envs, seed, make_env or gymnasium_env_factory)
     raise ValueError(f"unknown backend {backend!r}; expected one of {list(BACKENDS)}")
 
 
@@ -480,61 +425,4 @@ def flatten_observations(env: gym.Env) -> gym.Env:
     flatten them); ``env`` itself when they are a Box already."""
     if isinstance(env.observation_space, (spaces.Dict, spaces.Tuple)):
         return gym.wrappers.FlattenObservation(env)
-    return env
-
-
-def atari_config(env_id: str) -> Any | None:
-    """envpool's configuration of an Atari id (``Pong-v5``: frame skip, stacking, image size,
-    ...); None for any other id."""
-    if env_id not in envpool_env_ids():
-        return None
-    import envpool
-
-    config = envpool.make_spec(env_id).config
-    return config if hasattr(config, "stack_num") and hasattr(config, "gray_scale") else None
-
-
-class _FireOnReset(gym.Wrapper):
-    """Presses FIRE after each reset, as envpool's Atari does (``use_fire_reset``): games
-    such as Breakout wait for it to start."""
-
-    def reset(self, **kwargs):
-        self.env.reset(**kwargs)
-        observation, _, terminated, truncated, info = self.env.step(1)
-        if terminated or truncated:
-            return self.env.reset(**kwargs)
-        return observation, info
-
-
-def make_render_env(env_id: str) -> gym.Env:
-    """One gymnasium env of ``env_id`` that renders ``rgb_array`` frames and observes what
-    the training envs observe (Dict/Tuple observations flattened).
-
-    envpool renders nothing, so its Atari ids become ALE's (``ALE/Pong-v5``, ``pip install
-    "minerva[atari]"``) with envpool's preprocessing rebuilt from its configuration: no-op
-    starts, frame skip with max-pooling, grayscale, resize, frame stacking, FIRE at reset,
-    no sticky actions, and the same time limit.
-    """
-    config = atari_config(env_id)
-    if config is None:
-        return flatten_observations(gym.make(env_id, render_mode="rgb_array"))
-    import ale_py
-
-    gym.register_envs(ale_py)
-    env = gym.make(f"ALE/{env_id}", render_mode="rgb_array", frameskip=1,
-                   repeat_action_probability=config.repeat_action_probability,
-                   full_action_space=config.full_action_space,
-                   max_episode_steps=config.max_episode_steps * config.frame_skip)
-    env = gym.wrappers.AtariPreprocessing(
-        env, noop_max=config.noop_max, frame_skip=config.frame_skip,
-        screen_size=(config.img_width, config.img_height), grayscale_obs=config.gray_scale)
-    if config.use_fire_reset and "FIRE" in env.unwrapped.get_action_meanings():
-        env = _FireOnReset(env)
-    env = gym.wrappers.FrameStackObservation(env, config.stack_num)
-    env.metadata = {**env.metadata, "render_fps": 60 // config.frame_skip}  # real time
-    expected = env_spaces(env_id)[0]
-    if env.observation_space != expected:
-        env.close()
-        raise ValueError(f"cannot rebuild envpool's {env_id} observations ({expected}) with "
-                         f"ALE's, which give {env.observation_space}")
     return env

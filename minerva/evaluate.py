@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 import torch
 
 from minerva.checkpoint import CheckpointError, load, saved_config
 from minerva.config import BACKENDS, MAX_ENVS, MAX_SEED, TrainConfig
-from minerva.envs import atari_config, make_render_env, validate_actions
+from minerva.envs import make_vector_env
 from minerva.errors import first_line
-from minerva.networks import VMPOAgent
+from minerva.evaluation import check_can_record, evaluate_vectorized, record_video
+from minerva.networks import Agent, agent_for
 
 SUMMARY_KEYS = ("return_mean", "return_std", "return_min", "return_median", "return_max",
                 "length_mean", "cut_episodes")
@@ -38,7 +37,8 @@ SUMMARY_KEYS = ("return_mean", "return_std", "return_min", "return_median", "ret
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m minerva.evaluate",
-        description="Evaluate a minerva checkpoint (vmpo_last.pt or vmpo_best.pt).")
+        description="Evaluate a minerva checkpoint (<algo>_last.pt or <algo>_best.pt, e.g. "
+                    "vmpo_best.pt).")
     parser.add_argument("checkpoint", help="the checkpoint file")
     parser.add_argument("--episodes", type=int, default=10, help="episodes (default: 10)")
     parser.add_argument("--seed", type=int, default=0,
@@ -107,80 +107,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def check_can_record(env_id: str) -> None:
-    """Raises ValueError unless a video of ``env_id`` can be recorded: imageio's ffmpeg
-    writer is installed, and gymnasium knows the id (envpool cannot render)."""
-    try:
-        import imageio_ffmpeg  # noqa: F401  (imageio's mp4 writer)
-    except ImportError:
-        raise ValueError('recording a video needs imageio\'s ffmpeg writer: pip install '
-                         '"minerva[video]"') from None
-    if atari_config(env_id) is not None:
-        try:
-            import ale_py  # noqa: F401
-            import cv2  # noqa: F401  (gymnasium's AtariPreprocessing resizes with it)
-        except ImportError:
-            raise ValueError(f"recording {env_id} needs ALE and OpenCV (envpool, which runs "
-                             'it, cannot render): pip install "minerva[atari]"') from None
-    elif env_id not in gym.registry:
-        raise ValueError(f"{env_id} has no gymnasium version to render (envpool, which "
-                         "runs it, cannot render)")
-
-
-def record_video(agent: VMPOAgent, env_id: str, path: Path, seed: int, deterministic: bool,
-                 max_steps: int) -> tuple[int, float]:
-    """Records one episode of ``agent`` in ``env_id`` (gymnasium's ``rgb_array`` renderer,
-    :func:`~minerva.envs.make_render_env`) into ``path``; returns the number of frames and
-    the episode's return."""
-    import imageio.v3 as imageio
-
-    # headless: MuJoCo through EGL, pygame (classic control) without a display
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    env = make_render_env(env_id)
-    device = next(agent.parameters()).device
-    try:
-        observation, _ = env.reset(seed=seed)
-        frames, episode_return = [env.render()], 0.0
-        with torch.inference_mode():
-            for _ in range(max_steps):
-                action = agent.act(torch.as_tensor(observation[None], device=device),
-                                   deterministic=deterministic, with_value=False)
-                env_action = validate_actions(agent.policy.to_env(action.raw).cpu().numpy(),
-                                              env.action_space, 1)[0]
-                observation, reward, terminated, truncated, _ = env.step(env_action)
-                frames.append(env.render())
-                episode_return += float(reward)
-                if terminated or truncated:
-                    break
-        fps = env.metadata.get("render_fps") or 30
-    finally:
-        env.close()
-    # macro_block_size 1: keep the env's frame size (ffmpeg would pad it to 16s, warning)
-    imageio.imwrite(path, np.stack(frames), fps=fps, macro_block_size=1)
-    return len(frames), episode_return
-
-
 def evaluate(state: dict, config: TrainConfig, episodes: int, seed: int, deterministic: bool,
              backend: str, device: torch.device,
-             max_steps: int) -> tuple[dict[str, float], VMPOAgent]:
+             max_steps: int) -> tuple[dict[str, float], Agent]:
     """The summary of ``episodes`` episodes of the checkpoint's policy (``eval/`` metrics
     without their prefix), and the agent.
 
     Raises:
         CheckpointError: when the checkpoint's weights do not fit its env's spaces.
     """
-    from minerva.envs import make_vector_env
-    from minerva.trainers.vmpo.trainer import _evaluate_vectorized, _make_env, agent_for
-
-    with make_vector_env(state["env_id"], episodes, seed, backend, make_env=_make_env) as envs:
-        agent = agent_for(config, envs)
+    with make_vector_env(state["env_id"], episodes, seed, backend) as envs:
+        agent = agent_for(config, envs.single_observation_space, envs.single_action_space)
         try:
             agent.load_state_dict(state["agent"])
         except RuntimeError as error:
             raise CheckpointError(f"the checkpoint's weights do not fit {state['env_id']}: "
                                   f"{first_line(error)}") from None
-        result = _evaluate_vectorized(agent.to(device), envs, seed=seed, max_steps=max_steps,
+        result = evaluate_vectorized(agent.to(device), envs, seed=seed, max_steps=max_steps,
                                       deterministic=deterministic)
     return {key.removeprefix("eval/"): value for key, value in result.items()}, agent
 

@@ -32,7 +32,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-RUN_FILES = ("metrics.jsonl", "run.json", "vmpo_last.pt", "vmpo_best.pt", "videos/best.mp4")
+RUN_FILES = ("metrics.jsonl", "run.json", "videos/best.mp4")
+# a run's checkpoints: <algo>_last.pt and <algo>_best.pt (vmpo_last.pt, ppo_best.pt, ...)
+LAST_CHECKPOINTS, BEST_CHECKPOINTS = "*_last.pt", "*_best.pt"
 LOCK_FILE = ".minerva.lock"
 
 
@@ -61,7 +63,7 @@ def prepare_out_dir(out_dir: str | Path, resumed_step: int | None = None,
     """:func:`create_out_dir`, and refuses a folder that holds another run.
 
     A fresh run (``resumed_step`` None) needs a folder without a run; a resumed one, a
-    folder without a run or holding this run at the resumed step (its ``vmpo_last.pt``
+    folder without a run or holding this run at the resumed step (its ``<algo>_last.pt``
     there): continuing another run's folder would drop or mix its events. With
     ``overwrite`` the other run's files (metrics, TensorBoard events, checkpoints) are
     deleted instead.
@@ -71,6 +73,8 @@ def prepare_out_dir(out_dir: str | Path, resumed_step: int | None = None,
     """
     out = create_out_dir(out_dir)
     earlier = [out / name for name in RUN_FILES if (out / name).exists()]
+    last = sorted(out.glob(LAST_CHECKPOINTS))
+    earlier += last + sorted(out.glob(BEST_CHECKPOINTS))
     earlier += sorted(out.glob("events.out.tfevents.*"))
     if not earlier or (resumed_step is not None and _saved_step(out) == resumed_step):
         return out
@@ -79,10 +83,10 @@ def prepare_out_dir(out_dir: str | Path, resumed_step: int | None = None,
         if resumed_step is None:
             raise ValueError(
                 f"out_dir: {out} already holds a run ({held}); resume it with --resume "
-                f"{out / 'vmpo_last.pt'}, replace it with --overwrite, or choose another "
-                "--out-dir")
+                f"{last[0] if last else out / 'vmpo_last.pt'}, replace it with --overwrite, or "
+                "choose another --out-dir")
         raise ValueError(
-            f"out_dir: {out} holds another run ({held}; its vmpo_last.pt is not at this "
+            f"out_dir: {out} holds another run ({held}; its last checkpoint is not at this "
             f"checkpoint's step {resumed_step}): continuing there would drop or mix its "
             "events; choose another --out-dir, or replace that run with --overwrite")
     for path in earlier:
@@ -93,10 +97,12 @@ def prepare_out_dir(out_dir: str | Path, resumed_step: int | None = None,
 def _saved_step(out: Path) -> int | None:
     from minerva import checkpoint  # here: checkpoints need torch, logging does not
 
-    try:
-        return checkpoint.load(out / "vmpo_last.pt")["global_step"]
-    except (OSError, checkpoint.CheckpointError):
-        return None
+    for path in sorted(out.glob(LAST_CHECKPOINTS)):
+        try:
+            return checkpoint.load(path)["global_step"]
+        except (OSError, checkpoint.CheckpointError):
+            continue
+    return None
 
 
 @contextmanager

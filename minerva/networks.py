@@ -1,4 +1,5 @@
-"""The V-MPO agent: observation normaliser, policy (Gaussian or categorical) and value nets.
+"""The agent every algorithm trains: observation encoder, policy (Gaussian or categorical) and
+value networks.
 
 Continuous actions use a diagonal Gaussian over pre-squash actions ``u``, which a fixed map per
 dimension takes into the action space's bounds:
@@ -16,7 +17,10 @@ unbounded side) so that float rounding never leaves them. Finite bounds beyond `
 warning at construction: float32 actions squashed at that scale jump between the extremes
 (tanh) or lose their precision.
 
-Log-probabilities and KLs are those of ``u``: each map is a bijection, so the KL is
+With ``action_bounds="clip"`` (CleanRL's and SB3's PPO) the map is instead ``u`` clipped to the
+bounds: every ``u`` beyond a bound is the same action there.
+
+Log-probabilities and KLs are those of ``u``: each squashing map is a bijection, so the KL is
 unchanged, and its Jacobian does not depend on the policy's parameters, so the weighted
 likelihood's gradient is unchanged too. Discrete actions use a categorical over logits. The
 behaviour distribution's parameters (``dist_params``) are ``[mean, log_std]`` or the logits.
@@ -34,11 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minerva.config import ENCODERS
-from minerva.errors import first_line
+from minerva.encoders import ImageEncoder, mlp, orthogonal_linear, resolve_encoder
 from minerva.normalization import RunningMeanStd
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0  # the default bounds of a Gaussian policy's log-std
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 # Bounds at or beyond float32's largest value are gymnasium's spelling of "unbounded"
@@ -46,144 +48,6 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _UNBOUNDED = float(np.finfo(np.float32).max)
 # Finite bounds beyond this are almost surely stand-ins for "unbounded" (see the docstring).
 _ABSURD_BOUND = 1e6
-
-
-def mlp(in_dim: int, layer_sizes: tuple[int, ...], activation: str) -> tuple[nn.Sequential, int]:
-    """Linear + activation layers (orthogonal init, gain sqrt 2); returns (net, out_dim)."""
-    layers: list[nn.Module] = []
-    for size in layer_sizes:
-        linear = nn.Linear(in_dim, size)
-        nn.init.orthogonal_(linear.weight, math.sqrt(2))
-        nn.init.zeros_(linear.bias)
-        layers += [linear, ACTIVATIONS[activation]()]
-        in_dim = size
-    return nn.Sequential(*layers), in_dim
-
-
-def is_image_space(space: gym.spaces.Space) -> bool:
-    """Image observations: a uint8 ``Box`` of rank 3, channels first (``[C, H, W]``, as
-    envpool's Atari gives them) or last (``[H, W, C]`` with at most 4 channels)."""
-    return (isinstance(space, gym.spaces.Box) and space.dtype == np.uint8
-            and len(space.shape) == 3)
-
-
-def resolve_encoder(encoder: str, observation_space: gym.spaces.Space) -> str:
-    """``auto``: the Nature CNN for image observations (:func:`is_image_space`), else the MLP.
-
-    Raises:
-        ValueError: for an unknown encoder, or a CNN asked of observations that are not images.
-    """
-    if encoder not in ENCODERS:
-        raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
-    image = is_image_space(observation_space)
-    if encoder == "auto":
-        return "nature" if image else "mlp"
-    if encoder != "mlp" and not image:
-        raise ValueError(f"encoder {encoder!r} needs image observations (a uint8 Box of rank 3), "
-                         f"got {observation_space}")
-    return encoder
-
-
-def _conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1,
-          padding: int = 0) -> nn.Conv2d:
-    conv = nn.Conv2d(in_channels, out_channels, kernel, stride, padding)
-    nn.init.orthogonal_(conv.weight, math.sqrt(2))
-    nn.init.zeros_(conv.bias)
-    return conv
-
-
-class NatureCNN(nn.Module):
-    """The torso of Mnih et al. (2015): conv 32x8x8/4, 64x4x4/2, 64x3x3/1, then a 512-unit
-    linear layer, ReLU throughout."""
-
-    def __init__(self, channels: int, height: int, width: int, features: int = 512):
-        super().__init__()
-        self.convs = nn.Sequential(
-            _conv(channels, 32, 8, 4), nn.ReLU(), _conv(32, 64, 4, 2), nn.ReLU(),
-            _conv(64, 64, 3, 1), nn.ReLU(), nn.Flatten())
-        self.linear = _head(_flat_size(self.convs, channels, height, width, "nature"),
-                            features, math.sqrt(2))
-        self.out_dim = features
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.linear(self.convs(images)))
-
-
-class _ResidualBlock(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv0 = _conv(channels, channels, 3, padding=1)
-        self.conv1 = _conv(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv1(F.relu(self.conv0(F.relu(x))))
-
-
-class ImpalaCNN(nn.Module):
-    """The residual torso of Espeholt et al. (2018): three stages of conv 3x3, max-pool
-    3x3/2 and two residual blocks (16, 32 and 32 channels), then a 256-unit linear layer."""
-
-    def __init__(self, channels: int, height: int, width: int, features: int = 256,
-                 stage_channels: tuple[int, ...] = (16, 32, 32)):
-        super().__init__()
-        in_channels = channels
-        layers: list[nn.Module] = []
-        for out_channels in stage_channels:
-            layers += [_conv(channels, out_channels, 3, padding=1),
-                       nn.MaxPool2d(3, stride=2, padding=1),
-                       _ResidualBlock(out_channels), _ResidualBlock(out_channels)]
-            channels = out_channels
-        self.convs = nn.Sequential(*layers, nn.ReLU(), nn.Flatten())
-        self.linear = _head(_flat_size(self.convs, in_channels, height, width, "impala"),
-                            features, math.sqrt(2))
-        self.out_dim = features
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.linear(self.convs(images)))
-
-
-def _flat_size(convs: nn.Module, channels: int, height: int, width: int, name: str) -> int:
-    """The size of ``convs``' output for one ``[channels, height, width]`` image."""
-    try:
-        with torch.no_grad():
-            return int(convs(torch.zeros(1, channels, height, width)).shape[1])
-    except RuntimeError as error:
-        raise ValueError(f"images of {channels}x{height}x{width} are too small for the {name} "
-                         f"encoder ({first_line(error)}); use --encoder impala or mlp, or larger "
-                         "images") from None
-
-
-class ImageEncoder(nn.Module):
-    """uint8 images to features: scaled to [0, 1] by the space's bounds on the networks'
-    device (the rollout keeps them uint8), moved channels-first, and through a CNN."""
-
-    def __init__(self, space: gym.spaces.Box, encoder: str):
-        super().__init__()
-        shape = tuple(space.shape)
-        # [H, W, C] when the last axis looks like channels and the first does not
-        self.channels_last = shape[-1] <= 4 < shape[0]
-        channels, height, width = ((shape[2], shape[0], shape[1]) if self.channels_last
-                                   else shape)
-        low = float(np.min(space.low))
-        span = max(float(np.max(space.high)) - low, 1.0)
-        self.register_buffer("low", torch.tensor(low), persistent=False)
-        self.register_buffer("inverse_span", torch.tensor(1.0 / span), persistent=False)
-        cnn = {"nature": NatureCNN, "impala": ImpalaCNN}[encoder]
-        self.cnn = cnn(channels, height, width)
-        self.out_dim = self.cnn.out_dim
-
-    def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        images = (observations.float() - self.low) * self.inverse_span
-        if self.channels_last:
-            images = images.permute(0, 3, 1, 2)
-        return self.cnn(images)
-
-
-def _head(in_dim: int, out_dim: int, gain: float) -> nn.Linear:
-    linear = nn.Linear(in_dim, out_dim)
-    nn.init.orthogonal_(linear.weight, gain)
-    nn.init.zeros_(linear.bias)
-    return linear
 
 
 class Action(NamedTuple):
@@ -194,25 +58,30 @@ class Action(NamedTuple):
 
 
 class GaussianPolicy(nn.Module):
-    """A tanh-squashed diagonal Gaussian with a bounded log-std: a head of the features
-    (state-dependent, the default) or one learned vector shared by all states."""
+    """A diagonal Gaussian with a bounded log-std (a head of the features, state-dependent,
+    the default; or one learned vector shared by all states), squashed into the action
+    bounds (``action_bounds="squash"``) or clipped to them (``"clip"``)."""
 
     def __init__(self, in_dim: int, space: gym.spaces.Box, init_log_std: float = 0.0,
-                 state_dependent_std: bool = True, min_log_std: float = LOG_STD_MIN):
+                 state_dependent_std: bool = True, min_log_std: float = LOG_STD_MIN,
+                 action_bounds: str = "squash"):
         super().__init__()
+        if action_bounds not in ("squash", "clip"):
+            raise ValueError(f"action_bounds must be squash or clip, got {action_bounds!r}")
+        self.clip_actions = action_bounds == "clip"
         if not min_log_std < init_log_std < LOG_STD_MAX:
             raise ValueError(f"init_log_std must lie between min_log_std ({min_log_std}) and "
                              f"{LOG_STD_MAX}, got {init_log_std}")
         self.min_log_std = min_log_std
         self.action_dim = int(np.prod(space.shape))
         self.action_shape = space.shape
-        self.mean = _head(in_dim, self.action_dim, 0.01)
+        self.mean = orthogonal_linear(in_dim, self.action_dim, 0.01)
         # log_std = MIN + (MAX - MIN) * sigmoid(z): start z where log_std = init_log_std
         fraction = (init_log_std - min_log_std) / (LOG_STD_MAX - min_log_std)
         logit = math.log(fraction / (1 - fraction))
         self.state_dependent_std = state_dependent_std
         if state_dependent_std:
-            self.log_std = _head(in_dim, self.action_dim, 0.01)
+            self.log_std = orthogonal_linear(in_dim, self.action_dim, 0.01)
             nn.init.constant_(self.log_std.bias, logit)
         else:
             self.log_std_logit = nn.Parameter(torch.full((self.action_dim,), logit))
@@ -285,10 +154,20 @@ class GaussianPolicy(nn.Module):
         z = (raw - mean) * torch.exp(-log_std)
         return (-0.5 * z.square() - log_std - _HALF_LOG_2PI).sum(-1)
 
+    def entropy(self, params: torch.Tensor) -> torch.Tensor:
+        r"""The Gaussian's entropy per sample (of ``u``, before the map into the bounds).
+
+        .. math:: H = \sum_d \big(\log \sigma_d + \tfrac12 + \tfrac12 \log 2\pi\big)
+        """
+        _, log_std = params.split(self.action_dim, dim=-1)
+        return (log_std + 0.5 + _HALF_LOG_2PI).sum(-1)
+
     def to_env(self, raw: torch.Tensor) -> torch.Tensor:
         """Pre-squash actions ``[B, D]`` as the environment's ``[B, *shape]`` actions."""
         if self._identity:
             return raw.reshape(-1, *self.action_shape)
+        if self.clip_actions:
+            return raw.clamp(self.clip_low, self.clip_high).reshape(-1, *self.action_shape)
         squashed = torch.tanh(raw)
         if not self.bounded:
             one_sided = self.sign * F.softplus(self.sign * raw)
@@ -317,7 +196,7 @@ class CategoricalPolicy(nn.Module):
         super().__init__()
         self.num_actions = int(space.n)
         self.start = int(space.start)
-        self.logits = _head(in_dim, self.num_actions, 0.01)
+        self.logits = orthogonal_linear(in_dim, self.num_actions, 0.01)
 
     @property
     def params_dim(self) -> int:
@@ -334,11 +213,16 @@ class CategoricalPolicy(nn.Module):
     def log_prob(self, params: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(params, -1).gather(-1, raw.long().unsqueeze(-1)).squeeze(-1)
 
+    def entropy(self, params: torch.Tensor) -> torch.Tensor:
+        r""":math:`H = -\sum_a p_a \log p_a` per sample."""
+        log_p = torch.log_softmax(params, -1)
+        return -(log_p.exp() * log_p).sum(-1)
+
     def to_env(self, raw: torch.Tensor) -> torch.Tensor:
         return raw + self.start
 
 
-class VMPOAgent(nn.Module):
+class Agent(nn.Module):
     """Observation encoder, policy and value function.
 
     The encoder (``encoder``, :func:`resolve_encoder`) is the observation normaliser for
@@ -362,6 +246,7 @@ class VMPOAgent(nn.Module):
         state_dependent_std: bool = True,
         min_log_std: float = LOG_STD_MIN,
         encoder: str = "auto",
+        action_bounds: str = "squash",
     ):
         super().__init__()
         self.encoder_type = resolve_encoder(encoder, observation_space)
@@ -378,10 +263,11 @@ class VMPOAgent(nn.Module):
         self.shared_encoder = shared_encoder
         value_in = policy_out if shared_encoder else in_dim
         self.value_trunk, value_out = mlp(value_in, value_layer_sizes, activation)
-        self.value_head = _head(value_out, 1, 1.0)
+        self.value_head = orthogonal_linear(value_out, 1, 1.0)
         if isinstance(action_space, gym.spaces.Box):
             self.policy: GaussianPolicy | CategoricalPolicy = GaussianPolicy(
-                policy_out, action_space, init_log_std, state_dependent_std, min_log_std)
+                policy_out, action_space, init_log_std, state_dependent_std, min_log_std,
+                action_bounds)
         elif isinstance(action_space, gym.spaces.Discrete):
             self.policy = CategoricalPolicy(policy_out, action_space)
         else:
@@ -434,32 +320,18 @@ class VMPOAgent(nn.Module):
         return x
 
 
-class Duals(nn.Module):
-    """V-MPO's Lagrange multipliers, parameterised by their logarithms so they stay positive.
+# the seed API's name of the agent
+VMPOAgent = Agent
 
-    ``eta`` is the E-step temperature; ``alphas`` are the KL multipliers (mean and std for a
-    Gaussian policy, one for a categorical). In log space each optimiser step changes a
-    multiplier by a factor (about ``exp(lr)`` for Adam), so one that climbed far comes back
-    as fast as it went; a softplus is linear above ~2 and needs hundreds of updates to return.
-    :meth:`project_` keeps the logarithms in a bounded range after every optimiser step.
-    """
 
-    LOG_MIN, LOG_MAX = math.log(1e-8), math.log(1e4)
-
-    def __init__(self, temperature_init: float, alpha_init: float, num_alphas: int):
-        super().__init__()
-        self.log_eta = nn.Parameter(torch.tensor(math.log(temperature_init)))
-        self.log_alpha = nn.Parameter(torch.full((num_alphas,), math.log(alpha_init)))
-
-    @property
-    def eta(self) -> torch.Tensor:
-        return self.log_eta.exp()
-
-    @property
-    def alphas(self) -> torch.Tensor:
-        return self.log_alpha.exp()
-
-    @torch.no_grad()
-    def project_(self) -> None:
-        self.log_eta.clamp_(self.LOG_MIN, self.LOG_MAX)
-        self.log_alpha.clamp_(self.LOG_MIN, self.LOG_MAX)
+def agent_for(config, observation_space: gym.spaces.Space,
+              action_space: gym.spaces.Space) -> Agent:
+    """A freshly initialised agent of ``config``'s (a :class:`~minerva.config.TrainConfig`)
+    networks for these spaces (a vector env's single-env spaces)."""
+    return Agent(
+        observation_space, action_space, config.policy_layer_sizes, config.value_layer_sizes,
+        shared_encoder=config.shared_encoder, activation=config.activation,
+        normalize_observations=config.normalize_observations,
+        init_log_std=config.init_log_std, state_dependent_std=config.state_dependent_std,
+        min_log_std=config.min_log_std, encoder=config.encoder,
+        action_bounds=config.action_bounds)

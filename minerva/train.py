@@ -1,9 +1,9 @@
-"""``python -m minerva.train``: train V-MPO from the command line.
+"""``python -m minerva.train``: train V-MPO (or PPO, ``--algo ppo``) from the command line.
 
-Every option is a field of :class:`minerva.config.TrainConfig`; for an env with continuous
-actions the continuous-control configuration (``minerva/presets.toml``) overrides the
-defaults, the env's own preset overrides that, and flags override the preset. With no
-arguments it trains CartPole-v1 (envpool backend) until the evaluation return reaches 475.
+Every option is a field of :class:`minerva.config.TrainConfig`; the algorithm's presets
+(``minerva/presets.toml``: its own defaults, its continuous-control or image configuration,
+the env's table) override the defaults, and flags override the presets. With no arguments it
+trains V-MPO on CartPole-v1 (envpool backend) until the evaluation return reaches 475.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from minerva import envs
 from minerva.config import OPTION_DEFAULTS, TrainConfig
+from minerva.env_ids import resolve_env_id
 from minerva.presets import CONTINUOUS_CONTROL, IMAGES, all_presets, preset
 
 
@@ -41,11 +42,11 @@ def _optional_float(text: str) -> float | _ExplicitNone:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m minerva.train",
-        description="Train a V-MPO agent. Defaults come from TrainConfig, then (for an env "
-                    f"with continuous actions) presets.toml's [{CONTINUOUS_CONTROL}] table, for "
-                    f"one with image observations its [{IMAGES}] table, "
-                    f"then the env's preset (presets exist for: {', '.join(all_presets())}), "
-                    "then these flags.",
+        description="Train a V-MPO (or, with --algo ppo, a PPO) agent. Defaults come from "
+                    "TrainConfig, then presets.toml's tables of the algorithm: its own, for an "
+                    f"env with continuous actions its [{CONTINUOUS_CONTROL}] table, for one "
+                    f"with image observations its [{IMAGES}] table; then the env's table "
+                    f"(tables exist for: {', '.join(all_presets())}), then these flags.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     hints = typing.get_type_hints(TrainConfig)
@@ -66,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["type"] = kind
         parser.add_argument(_flag(f.name), **kwargs)
     parser.add_argument("--resume", metavar="CHECKPOINT", default=None,
-                        help="continue from a checkpoint (vmpo_last.pt); flags override its "
-                             "config, e.g. a larger --total-steps (the options that fix the "
-                             "networks, the optimiser or initial values cannot change)")
+                        help="continue from a checkpoint (vmpo_last.pt, ppo_last.pt); flags "
+                             "override its config, e.g. a larger --total-steps (the options "
+                             "that fix the algorithm, the networks, the optimiser or initial "
+                             "values cannot change)")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an unexpected error")
     # defaults are shown inside each help text (they depend on the preset)
@@ -79,11 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TrainConfig:
     """Defaults <- the env's preset <- explicit flags; any bad value is a parser error that
     names its flag."""
-    from minerva.trainers.vmpo.trainer import _resolve_env_id
-
     explicit = _explicit_options(args)
     try:
-        env_id = _resolve_env_id(explicit.get("env_id", TrainConfig.env_id))
+        env_id = resolve_env_id(explicit.get("env_id", TrainConfig.env_id))
     except ValueError as error:
         parser.error(f"--env-id: {error}")
     try:  # the preset depends on the action space; a broken env install fails here
@@ -94,7 +94,8 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         envs.supported_observation_box(env_id, *spaces)
     except ValueError as error:
         parser.error(f"--env-id: {error}")
-    options = {**preset(env_id), **explicit, "env_id": env_id}
+    options = {**preset(env_id, explicit.get("algo", TrainConfig.algo)), **explicit,
+               "env_id": env_id}
     if "out_dir" not in explicit:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         options["out_dir"] = f"runs/{env_id.replace('/', '_')}-seed{options.get('seed', 1)}-{stamp}"
@@ -143,7 +144,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from minerva.checkpoint import CheckpointError
     from minerva.errors import NonFiniteError, TrainingInterrupted
     from minerva.logging import create_out_dir, prepare_out_dir
-    from minerva.trainers.vmpo.trainer import VMPOTrainer, check_run_outputs
+    from minerva.trainers import OnPolicyTrainer
+    from minerva.trainers.checks import check_run_outputs
 
     def option_error(check, *check_args):
         try:
@@ -159,7 +161,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         overrides = {"out_dir": str(Path(args.resume).parent), **_explicit_options(args)}
         option_error(create_out_dir, overrides["out_dir"])
         try:
-            trainer = VMPOTrainer.from_checkpoint(args.resume, **overrides)
+            trainer = OnPolicyTrainer.from_checkpoint(args.resume, **overrides)
         except FileNotFoundError:
             parser.error(f"--resume: no such checkpoint: {args.resume}")
         except CheckpointError as error:
@@ -175,7 +177,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if not config.overwrite:  # (overwriting deletes only once the run starts)
             option_error(prepare_out_dir, config.out_dir)
         try:
-            trainer = option_error(VMPOTrainer.from_config, config)
+            trainer = option_error(OnPolicyTrainer.from_config, config)
         except BaseException:
             if new_folder:  # a run that never started leaves no empty folder behind
                 shutil.rmtree(new_folder, ignore_errors=True)

@@ -153,7 +153,7 @@ def test_the_e_step_selection_is_global(tmp_path):
         # rank 1's advantages are all larger: a per-rank top half would keep half of each
         advantages = torch.randn(16, generator=generator) + 5.0 * rank
         valid = torch.rand(16, generator=generator) < 0.8
-        selection = trainer._selection(advantages, valid)
+        selection = trainer.algorithm.selection(advantages, valid)
         torch.save({"advantages": advantages, "valid": valid, "selection": selection},
                    f"{folder}/rank{rank}.pt")
         trainer.close()
@@ -216,13 +216,14 @@ def test_a_rank_that_dies_stops_the_others_with_a_clear_error(tmp_path):
                               eval_episodes=1, progress=False, backend="envpool",
                               dist_timeout_s=30)
         if trainer.ranks.rank == 1:  # dies during its second update
-            update, calls = trainer._update, []
-            def dying(batch):
+            update_class = type(trainer.algorithm)
+            update, calls = update_class.__call__, []
+            def dying(self, batch):
                 if calls:
                     os._exit(3)
                 calls.append(batch)
-                return update(batch)
-            trainer._update = dying
+                return update(self, batch)
+            update_class.__call__ = dying
         try:
             trainer.train(100_000, folder + "/run")
         except DistributedError as error:

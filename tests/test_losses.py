@@ -8,6 +8,7 @@ import torch
 
 from minerva import losses
 from minerva.normalization import RewardScaler, RunningMeanStd
+from minerva.trainers.vmpo import losses as vmpo_losses
 
 F = torch.float64
 
@@ -27,7 +28,7 @@ def test_e_step_weights_and_temperature_loss():
     # L_eta = eta * eps + eta * log mean exp = 0.5 * 0.1 + 0.5 * ln 2 = 0.396574
     # dL/deta = eps + ln 2 + eta * d(lme)/deta = 0.1 + ln 2 - 0.5 * 1.5 ln 3 = -0.030812
     eta = torch.tensor(0.5, dtype=F, requires_grad=True)
-    out = losses.e_step(t(0.0, math.log(3) / 2), torch.tensor([True, True]), eta, 0.1)
+    out = vmpo_losses.e_step(t(0.0, math.log(3) / 2), torch.tensor([True, True]), eta, 0.1)
     torch.testing.assert_close(out.weights, t(0.25, 0.75))
     assert not out.weights.requires_grad
     expected_loss = torch.tensor(0.05 + 0.5 * math.log(2), dtype=F)
@@ -38,24 +39,24 @@ def test_e_step_weights_and_temperature_loss():
 
 def test_weighted_nll():
     # -(0.25 * -1 + 0.75 * -2) = 1.75
-    assert losses.weighted_nll(t(-1.0, -2.0), t(0.25, 0.75)).item() == 1.75
+    assert vmpo_losses.weighted_nll(t(-1.0, -2.0), t(0.25, 0.75)).item() == 1.75
 
 
 def test_gaussian_kl_mean():
     # 0.5 * ((1 - 0) / 1)^2 + 0.5 * ((2 - 0) / 2)^2 = 1.0
-    assert losses.gaussian_kl_mean(t(0, 0), t(1, 2), t(1, 2)).item() == 1.0
+    assert vmpo_losses.gaussian_kl_mean(t(0, 0), t(1, 2), t(1, 2)).item() == 1.0
 
 
 def test_gaussian_kl_std_matches_closed_form():
     # KL(N(0, 1) || N(0, 2)) = ln 2 + 1 / 8 - 1 / 2 = 0.318147
-    got = losses.gaussian_kl_std(t(1.0), t(2.0)).item()
+    got = vmpo_losses.gaussian_kl_std(t(1.0), t(2.0)).item()
     assert abs(got - (math.log(2) + 0.125 - 0.5)) < 1e-12
-    assert losses.gaussian_kl_std(t(0.7, 3.0), t(0.7, 3.0)).item() == 0.0
+    assert vmpo_losses.gaussian_kl_std(t(0.7, 3.0), t(0.7, 3.0)).item() == 0.0
 
 
 def test_categorical_kl():
     # p_old = [0.5, 0.5], p = [0.75, 0.25]: 0.5 ln(0.5 / 0.75) + 0.5 ln(0.5 / 0.25) = 0.143841
-    got = losses.categorical_kl(t(0.0, 0.0), t(math.log(3), 0.0)).item()
+    got = vmpo_losses.categorical_kl(t(0.0, 0.0), t(math.log(3), 0.0)).item()
     assert abs(got - (0.5 * math.log(2 / 3) + 0.5 * math.log(2))) < 1e-12
 
 
@@ -64,7 +65,7 @@ def test_kl_penalty_splits_gradients():
     # policy term 2 * 0.03 = 0.06, alpha term 2 * (0.01 - 0.03) = -0.04, dL_alpha/dalpha = -0.02
     kl = t(0.02, 0.04, 1.0).requires_grad_()
     alpha = torch.tensor(2.0, dtype=F, requires_grad=True)
-    out = losses.kl_penalty(kl, torch.tensor([True, True, False]), alpha, 0.01)
+    out = vmpo_losses.kl_penalty(kl, torch.tensor([True, True, False]), alpha, 0.01)
     torch.testing.assert_close(out.policy_loss, torch.tensor(0.06, dtype=F))
     torch.testing.assert_close(out.alpha_loss, torch.tensor(-0.04, dtype=F))
     (grad_alpha,) = torch.autograd.grad(out.alpha_loss, alpha, retain_graph=True)
@@ -115,14 +116,14 @@ def test_reward_scaler_divides_by_the_return_std_and_skips_invalid_steps():
 def test_minibatch_weights_estimate_the_rollout_likelihood():
     # weights [0.1, 0.2, 0.3, 0.4] over 4 samples; minibatch {1, 3}: [0.2, 0.4] * 4 / 2
     weights, log_probs = t(0.1, 0.2, 0.3, 0.4), t(-1.0, -2.0, -3.0, -4.0)
-    torch.testing.assert_close(losses.minibatch_weights(weights, torch.tensor([1, 3])),
+    torch.testing.assert_close(vmpo_losses.minibatch_weights(weights, torch.tensor([1, 3])),
                                t(0.4, 0.8))
     # averaged over an equal partition, the minibatch losses are the rollout's (3.0)
     parts = torch.tensor([3, 0, 2, 1]).chunk(2)
-    mean = sum(losses.weighted_nll(log_probs[p], losses.minibatch_weights(weights, p))
+    mean = sum(vmpo_losses.weighted_nll(log_probs[p], vmpo_losses.minibatch_weights(weights, p))
                for p in parts) / len(parts)
-    torch.testing.assert_close(mean, losses.weighted_nll(log_probs, weights))
-    assert losses.weighted_nll(log_probs, weights).item() == 3.0
+    torch.testing.assert_close(mean, vmpo_losses.weighted_nll(log_probs, weights))
+    assert vmpo_losses.weighted_nll(log_probs, weights).item() == 3.0
 
 
 def test_explained_variance_over_valid_samples():
@@ -138,15 +139,15 @@ def test_explained_variance_over_valid_samples():
 
 
 def test_effective_sample_size():
-    assert losses.effective_sample_size(t(0.25, 0.25, 0.25, 0.25, 0)).item() == 4.0
-    assert losses.effective_sample_size(t(1, 0, 0)).item() == 1.0
+    assert vmpo_losses.effective_sample_size(t(0.25, 0.25, 0.25, 0.25, 0)).item() == 4.0
+    assert vmpo_losses.effective_sample_size(t(1, 0, 0)).item() == 1.0
     # [0.5, 0.25, 0.25]: 1 / (0.25 + 0.0625 + 0.0625) = 2.6667
-    torch.testing.assert_close(losses.effective_sample_size(t(0.5, 0.25, 0.25)),
+    torch.testing.assert_close(vmpo_losses.effective_sample_size(t(0.5, 0.25, 0.25)),
                                torch.tensor(8 / 3, dtype=F))
 
 
 def test_duals_are_log_parameterised():
-    from minerva.networks import Duals
+    from minerva.trainers.vmpo.update import Duals
 
     duals = Duals(temperature_init=2.0, alpha_init=0.5, num_alphas=2)
     torch.testing.assert_close(duals.eta, torch.tensor(2.0))

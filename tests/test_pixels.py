@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from minerva.networks import ImageEncoder, ImpalaCNN, NatureCNN, VMPOAgent, resolve_encoder
+from minerva.encoders import ImageEncoder, ImpalaCNN, NatureCNN, resolve_encoder
+from minerva.networks import VMPOAgent
 from minerva.presets import preset
 
 ATARI = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
@@ -158,13 +159,13 @@ def test_a_short_pong_run_trains_and_evaluates(pong, tmp_path):
 
 def test_the_rollout_memory_check_counts_uint8_frames():
     from minerva.config import TrainConfig
-    from minerva.trainers.vmpo.trainer import _check_rollout_memory
+    from minerva.trainers.checks import check_rollout_memory
 
     # 2**32 steps of 28,224-byte frames (and 59 bytes of the rest) take 113,132 GiB as
     # uint8; as float32 they would take four times as much
     config = TrainConfig(env_id="Pong-v5", num_envs=65_536, rollout_steps=65_536)
     with pytest.raises(ValueError, match=r"needs 113,132\.0 GiB of storage"):
-        _check_rollout_memory(config, ATARI, ACTIONS)
+        check_rollout_memory(config, ATARI, ACTIONS)
 
 
 def test_an_atari_video_is_rendered_by_ale_with_envpools_observations(pong, tmp_path):
@@ -177,7 +178,8 @@ def test_an_atari_video_is_rendered_by_ale_with_envpools_observations(pong, tmp_
 
     import imageio.v3 as imageio
 
-    from minerva.envs import env_spaces, make_render_env
+    from minerva.envs import env_spaces
+    from minerva.evaluation import make_render_env
 
     env = make_render_env("Pong-v5")
     try:

@@ -212,6 +212,12 @@ def test_learning_summarize_only_writes_table_json_and_curves(learning, runs_roo
     assert (runs_root / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_learning_plan_runs_every_envs_first_seed_first(learning, tmp_path):
+    jobs = learning.plan(["Hopper-v5", "Ant-v5"], 2, tmp_path)
+    assert [(job.env_id, job.seed) for job in jobs] == [
+        ("Hopper-v5", 1), ("Ant-v5", 1), ("Hopper-v5", 2), ("Ant-v5", 2)]
+
+
 def test_learning_plan_can_start_at_another_seed(learning, tmp_path):
     jobs = learning.plan(["Hopper-v5"], 2, tmp_path, steps=1000, first_seed=4)
     assert [job.seed for job in jobs] == [4, 5]

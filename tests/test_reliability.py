@@ -22,6 +22,7 @@ from minerva import checkpoint
 from minerva.config import TrainConfig
 from minerva.errors import NonFiniteError, TrainingInterrupted
 from minerva.trainers.vmpo.trainer import VMPOTrainer, _evaluate_vectorized
+from minerva.trainers.vmpo.update import VMPOUpdate
 
 pytest.importorskip("envpool")
 
@@ -170,7 +171,7 @@ def test_a_failed_run_leaves_the_last_checkpoint_as_it_was(tmp_path, saved_run, 
     def failing_update(self, batch):
         raise RuntimeError("the update failed")
 
-    monkeypatch.setattr(VMPOTrainer, "_update", failing_update)
+    monkeypatch.setattr(VMPOUpdate, "__call__", failing_update)
     with pytest.raises(RuntimeError, match="the update failed"):
         trainer.train(1024, str(out))
     trainer.close()
@@ -237,14 +238,17 @@ def test_checkpoints_are_also_written_on_a_wall_clock_cadence(tmp_path, monkeypa
 def test_a_signal_stops_after_the_iteration_with_a_consistent_checkpoint(tmp_path, monkeypatch):
     before = signal.getsignal(signal.SIGTERM)
     trainer = make_trainer(eval_every=10_000)
-    original = VMPOTrainer._update
+    original = VMPOUpdate.__call__
+
+    updates = []
 
     def signalling_update(self, batch):
-        if self.iteration == 2:  # mid-iteration: after the rollout, before the update
+        updates.append(batch)
+        if len(updates) == 3:  # mid-iteration: after the rollout, before the update
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, batch)
 
-    monkeypatch.setattr(VMPOTrainer, "_update", signalling_update)
+    monkeypatch.setattr(VMPOUpdate, "__call__", signalling_update)
     with pytest.raises(TrainingInterrupted) as stopped:
         trainer.train(100_000, str(tmp_path))
     trainer.close()
@@ -507,7 +511,7 @@ def test_configuration_bounds_keep_runs_finite(options, message):
 @pytest.mark.parametrize("rollout_steps", [10**9, 2**62])
 def test_a_rollout_that_cannot_fit_in_memory_is_refused_before_any_env(rollout_steps,
                                                                        monkeypatch):
-    import minerva.trainers.vmpo.trainer as trainer_module
+    import minerva.trainers.on_policy as trainer_module
 
     def no_envs(*args, **kwargs):
         raise AssertionError("an env was made")
@@ -578,7 +582,7 @@ def test_an_unexpected_error_is_one_line_unless_debug(tmp_path):
     args = ["--env-id", "CartPole-v1", "--total-steps", "64", "--out-dir", str(out),
             "--backend", "gymnasium", "--torch-threads", "1", "--no-progress"]
     env = {**os.environ, "MINERVA_TEST_FAIL": "1"}
-    script = ("import sys, minerva.trainers.vmpo.trainer as t\n"
+    script = ("import sys, minerva.trainers.on_policy as t\n"
               "def broken(*a, **k): raise RuntimeError('the env exploded')\n"
               "t.make_vector_env = broken\n"
               "from minerva.train import main\n"

@@ -16,6 +16,7 @@ from minerva.networks import VMPOAgent
 from minerva.rollout import DeviceRollout, RolloutBatch
 from minerva.threads import PARALLEL_MIN_ROWS, threads_for
 from minerva.trainers.vmpo.trainer import VMPOTrainer, _evaluate_vectorized, _make_env
+from minerva.trainers.vmpo.update import VMPOUpdate
 
 pytest.importorskip("envpool")
 
@@ -72,36 +73,36 @@ def test_reference_ops_switch_trains_on_the_pure_python_core(tmp_path):
 def test_linear_schedule_lowers_the_policy_learning_rate_to_zero():
     trainer = make_trainer("Pendulum-v1", lr_schedule="linear", policy_lr=1e-3)
     trainer.global_step = 250
-    assert trainer._schedule_policy_lr({}, 1000) == pytest.approx(0.75e-3)
+    assert trainer.algorithm.schedule({}, trainer.global_step, 1000) == pytest.approx(0.75e-3)
     trainer.global_step = 2000
-    assert trainer._schedule_policy_lr({}, 1000) == 0.0
+    assert trainer.algorithm.schedule({}, trainer.global_step, 1000) == 0.0
     assert trainer.optimizer.param_groups[1]["lr"] == trainer.config.value_lr  # value keeps its
     trainer.close()
 
 
 def test_adaptive_schedule_follows_the_kl_after_each_update():
     trainer = make_trainer("Pendulum-v1", lr_schedule="adaptive", policy_lr=1e-3, epsilon_mu=0.01)
-    factor = VMPOTrainer.ADAPTIVE_LR_FACTOR
+    factor = VMPOUpdate.ADAPTIVE_LR_FACTOR
     def step(kl):
         # the KL during the M-steps (measured before each step) is not what drives it
-        return trainer._schedule_policy_lr({"losses/kl_mean_after": kl, "losses/kl_mean": 0.0},
-                                           1000)
+        return trainer.algorithm.schedule(
+            {"losses/kl_mean_after": kl, "losses/kl_mean": 0.0}, 0, 1000)
 
     assert step(0.001) == pytest.approx(1e-3 * factor)  # under half the bound: up
     assert step(0.01) == pytest.approx(1e-3 * factor)  # within: unchanged
     assert step(0.05) == pytest.approx(1e-3)  # over twice the bound: down
     for _ in range(100):  # bounded
         step(1.0)
-    assert trainer.optimizer.param_groups[0]["lr"] == VMPOTrainer.ADAPTIVE_LR_MIN
+    assert trainer.optimizer.param_groups[0]["lr"] == VMPOUpdate.ADAPTIVE_LR_MIN
 
     trainer.close()
     discrete = make_trainer("CartPole-v1", lr_schedule="adaptive", policy_lr=2e-4)
-    assert discrete._schedule_policy_lr({"losses/kl_after": 1.0}, 1000) == pytest.approx(
+    assert discrete.algorithm.schedule({"losses/kl_after": 1.0}, 0, 1000) == pytest.approx(
         2e-4 / factor)
     for _ in range(100):  # bounded above by a multiple of policy_lr
-        discrete._schedule_policy_lr({"losses/kl_after": 0.0}, 1000)
+        discrete.algorithm.schedule({"losses/kl_after": 0.0}, 0, 1000)
     assert discrete.optimizer.param_groups[0]["lr"] == pytest.approx(
-        VMPOTrainer.ADAPTIVE_LR_MAX_FACTOR * 2e-4)
+        VMPOUpdate.ADAPTIVE_LR_MAX_FACTOR * 2e-4)
     discrete.close()
 
 
@@ -110,7 +111,7 @@ def test_adaptive_schedule_follows_the_kl_after_each_update():
                                      dict(min_log_std=-2.0, init_log_std=-1.0)])
 def test_update_options_train(options):
     trainer = make_trainer("Pendulum-v1", **options)
-    metrics = trainer._update(trainer._collect_rollout().batch)
+    metrics = trainer.algorithm(trainer._collect_rollout().batch)
     assert all(math.isfinite(value) for value in metrics.values())
     assert {"losses/policy_grad_norm", "losses/value_grad_norm",
             "charts/policy_std_min"} <= set(metrics)
@@ -197,7 +198,7 @@ def test_the_rollout_acts_on_one_thread_and_the_update_on_what_its_size_warrants
     monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), original(n)))
     trainer = make_trainer("Pendulum-v1", torch_threads=2)  # 4 envs x 16 steps = 64 samples
     seen.clear()
-    trainer._update(trainer._collect_rollout().batch)
+    trainer.algorithm(trainer._collect_rollout().batch)
     assert set(seen) == {1, 2}  # one while acting, scoring and updating; then restored
     assert threads_for(PARALLEL_MIN_ROWS, 8) == 8 and threads_for(PARALLEL_MIN_ROWS - 1, 8) == 1
     trainer.close()
@@ -210,7 +211,7 @@ def test_update_precision_and_compile_options(options):
     trainer = make_trainer("Pendulum-v1", num_minibatches=3, **options)  # sizes 22, 21
     batch = trainer._collect_rollout().batch
     with torch.no_grad():
-        loss, terms = trainer._losses({"observations": batch.observations,
+        loss, terms = trainer.algorithm.compute_losses({"observations": batch.observations,
                                        "actions": batch.actions,
                                        "behaviour": batch.dist_params,
                                        "returns": batch.returns, "valid": batch.valid},
@@ -218,10 +219,11 @@ def test_update_precision_and_compile_options(options):
     assert loss.dtype == torch.float32  # the losses stay in float32 under autocast
     assert all(term.dtype == torch.float32 for term in terms.values())
     for _ in range(2):
-        metrics = trainer._update(trainer._collect_rollout().batch)
+        metrics = trainer.algorithm(trainer._collect_rollout().batch)
         assert all(math.isfinite(value) for value in metrics.values())
     if options.get("compile_update"):
-        assert trainer._compiled_sizes == {21, 22} and trainer.compile_seconds > 0
+        update = trainer.algorithm
+        assert update._compiled_sizes == {21, 22} and update.compile_seconds > 0
     trainer.close()
 
 
@@ -231,11 +233,11 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning():
     def broken(*args):
         raise RuntimeError("no C++ compiler\nmore detail")
 
-    trainer._compiled_losses = broken
+    trainer.algorithm._compiled = broken
     with pytest.warns(RuntimeWarning, match=r"torch.compile of the update failed "
                                             r"\(RuntimeError: no C\+\+ compiler\)"):
-        metrics = trainer._update(trainer._collect_rollout().batch)
-    assert trainer._compiled_losses is None
+        metrics = trainer.algorithm(trainer._collect_rollout().batch)
+    assert trainer.algorithm._compiled is None
     assert all(math.isfinite(value) for value in metrics.values())
     trainer.close()
 
@@ -295,14 +297,14 @@ def test_last_100_training_episodes_are_logged_and_checkpointed(tmp_path):
 def test_minibatches_split_each_pass(monkeypatch):
     trainer = make_trainer("Pendulum-v1", m_steps=3, num_minibatches=5)  # 64 samples
     sizes = []
-    original = VMPOTrainer._m_step
+    original = VMPOUpdate.m_step
 
     def counting(self, minibatch, advantages, selected, indices):
         sizes.append(indices.numel())
         return original(self, minibatch, advantages, selected, indices)
 
-    monkeypatch.setattr(VMPOTrainer, "_m_step", counting)
-    trainer._update(trainer._collect_rollout().batch)
+    monkeypatch.setattr(VMPOUpdate, "m_step", counting)
+    trainer.algorithm(trainer._collect_rollout().batch)
     assert sizes == [13, 13, 13, 13, 12] * 3  # every pass covers the rollout once
     policy_weight = trainer.agent.policy.mean.weight
     assert trainer.optimizer.state[policy_weight]["step"].item() == 15
@@ -413,7 +415,7 @@ def test_training_with_the_rollout_on_the_device(env_id, device, tmp_path):
     torch.testing.assert_close(batch.values.cpu(), storage.values.flatten(0, 1))
     torch.testing.assert_close(batch.advantages.cpu(), storage.advantages.flatten(0, 1))
     torch.testing.assert_close(batch.returns.cpu(), storage.returns.flatten(0, 1))
-    assert all(math.isfinite(value) for value in trainer._update(batch).values())
+    assert all(math.isfinite(value) for value in trainer.algorithm(batch).values())
     trainer.train(3 * SMALL["num_envs"] * SMALL["rollout_steps"], str(tmp_path))
     assert (tmp_path / "vmpo_last.pt").exists()
     trainer.close()

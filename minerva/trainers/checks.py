@@ -1,0 +1,89 @@
+"""Checks a run makes before it starts (each a ValueError naming the option), and the options
+a run treats specially."""
+
+from __future__ import annotations
+
+import os
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from minerva import logging as run_logging
+from minerva.config import TrainConfig
+from minerva.evaluation import check_can_record
+
+# options of a run, not of the trainer
+RUN_ONLY_OPTIONS = ("total_steps", "out_dir", "overwrite", "capture_video", "wandb_project")
+# options a resumed run must keep, and why
+RESUME_FIXED_OPTIONS = {
+    "algo": "the algorithm the checkpoint's state belongs to",
+    "policy_layer_sizes": "the policy network's shape",
+    "value_layer_sizes": "the value network's shape",
+    "shared_encoder": "the networks' shape",
+    "encoder": "the networks' shape",
+    "activation": "what the networks' weights were trained with",
+    "state_dependent_std": "the policy's parameters",
+    "min_log_std": "how the policy's weights map to its std",
+    "action_bounds": "how the policy's outputs map to actions",
+    "normalize_observations": "what the networks' inputs were during training",
+    "optimizer_type": "the optimiser's state",
+    "temperature_init": "an initial value: the checkpoint's temperature carries on",
+    "alpha_init": "an initial value: the checkpoint's multipliers carry on",
+    "init_log_std": "an initial value: the checkpoint's policy carries on",
+}
+
+
+def check_run_outputs(config: TrainConfig, env_id: str) -> None:
+    """Raises ValueError (``capture_video: ...``, ``wandb_project: ...``) for an output a
+    run of ``env_id`` (resolved) is asked for and cannot produce, before it starts."""
+    run_logging.check_wandb(config.wandb_project)
+    if config.capture_video:
+        try:
+            check_can_record(env_id)
+        except ValueError as error:
+            raise ValueError(f"capture_video: {error}") from None
+
+
+def check_total_steps(total_steps: int, trained_steps: int) -> None:
+    """Raises ValueError (``total_steps: ...``) unless ``total_steps`` leaves steps to train
+    after the ``trained_steps`` a trainer (or its checkpoint) has done."""
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps: must be a positive integer, got {total_steps!r}")
+    if total_steps <= trained_steps:
+        raise ValueError(f"total_steps: {total_steps} is not above the {trained_steps} steps "
+                         "already trained; give a larger one to train on")
+
+
+def check_rollout_memory(config: TrainConfig, observation_space: gym.spaces.Space,
+                          action_space: gym.spaces.Space) -> None:
+    """Refuses a rollout whose storage cannot fit in this machine's memory, before any env
+    or buffer is made (a ValueError naming the size it would need)."""
+    observation_size = (int(np.prod(observation_space.shape))
+                        if isinstance(observation_space, gym.spaces.Box)
+                        else int(gym.spaces.flatdim(observation_space)))
+    discrete = isinstance(action_space, gym.spaces.Discrete)
+    action_size = 1 if discrete else int(np.prod(action_space.shape))
+    params_size = int(action_space.n) if discrete else 2 * action_size
+    observation_bytes = storage_dtype(observation_space).itemsize
+    # the observations, float32 dist_params and 6 scalars, the actions, and 3 bool flags
+    bytes_per_step = (observation_bytes * observation_size + 4 * (params_size + 6)
+                      + 8 * action_size + 3)
+    needed = config.rollout_steps * config.num_envs * bytes_per_step
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ValueError(
+            f"rollout_steps: a rollout of {config.rollout_steps:_} steps x {config.num_envs:_} "
+            f"envs of {config.env_id} needs {_gib(needed)} of storage, more than this "
+            f"machine's {_gib(available)} of memory")
+
+
+def storage_dtype(observation_space: gym.spaces.Space) -> torch.dtype:
+    """uint8 observations (images) are stored as uint8, a quarter of float32's size; any
+    other as float32."""
+    uint8 = isinstance(observation_space, gym.spaces.Box) and observation_space.dtype == np.uint8
+    return torch.uint8 if uint8 else torch.float32
+
+
+def _gib(size: float) -> str:
+    return f"{size / 2**30:,.1f} GiB"

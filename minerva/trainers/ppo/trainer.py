@@ -1,0 +1,31 @@
+"""PPO trainer: the on-policy loop (:class:`~minerva.trainers.on_policy.OnPolicyTrainer`)
+with PPO's update (:class:`~minerva.trainers.ppo.update.PPOUpdate`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from minerva.config import TrainConfig
+from minerva.trainers.on_policy import OnPolicyTrainer
+from minerva.trainers.ppo.update import PPOUpdate
+
+
+class PPOTrainer(OnPolicyTrainer):
+    """PPO (Schulman et al. 2017) on a vectorised environment, on the same machinery as
+    :class:`~minerva.trainers.vmpo.trainer.VMPOTrainer`: the same collector, native storage
+    and ``gae``, normalisers, networks, evaluation and checkpoints.
+
+    ``PPOTrainer(env_id="Hopper-v5", seed=2, ...)`` takes any :class:`~minerva.config.
+    TrainConfig` option by name (``algo`` is ``ppo``); :meth:`from_config` takes a whole
+    config. ``python -m minerva.train --algo ppo`` adds the PPO presets.
+    """
+
+    ALGORITHM = "ppo"
+    NAME = "PPO"
+    UPDATE = PPOUpdate
+    CONSOLE_KEYS = ("charts/episode_return", "charts/steps_per_second",
+                    "losses/approx_kl_after", "losses/value")
+
+    def __init__(self, config: TrainConfig | None = None, **options):
+        base = dataclasses.asdict(config) if config is not None else {}
+        super().__init__(TrainConfig(**{**base, **options, "algo": "ppo"}))

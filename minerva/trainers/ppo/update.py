@@ -1,0 +1,106 @@
+"""The PPO update (Schulman et al. 2017), in the form of CleanRL's ``ppo.py`` and
+``ppo_continuous_action.py``.
+
+``m_steps`` epochs over the rollout, each in ``num_minibatches`` random minibatches; each
+gradient step minimises
+
+    clipped surrogate - entropy_coef * entropy + value_coef * value loss
+
+with the advantages standardised per minibatch (``normalize_advantages``), the value loss
+clipped around the rollout's values (``clip_value_loss``), and one gradient norm over the
+policy and the value function clipped to ``max_grad_norm``. The advantages and returns are the
+rollout's (native ``gae``), computed once per rollout by the collector. The losses are pure
+functions in :mod:`minerva.trainers.ppo.losses`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from minerva import losses
+from minerva.config import TrainConfig
+from minerva.distributed import Ranks
+from minerva.networks import Agent
+from minerva.rollout import RolloutBatch
+from minerva.threads import threads_for, torch_threads
+from minerva.trainers.ppo import losses as ppo_losses
+from minerva.trainers.update import Update, stack_history
+
+# CleanRL's Adam epsilon (torch's default is 1e-8)
+ADAM_EPSILON = 1e-5
+
+
+class PPOUpdate(Update):
+    """PPO's update of ``agent``: see the module docstring. Its optimiser has two groups,
+    the policy and the value function, both annealed by the ``linear`` schedule."""
+
+    def __init__(self, agent: Agent, config: TrainConfig, device: torch.device, ranks: Ranks,
+                 ops, threads: int) -> None:
+        super().__init__(agent, config, device, ranks, ops, self.compute_losses, threads)
+        self.optimizer = self.make_optimizer(self.network_groups(), eps=ADAM_EPSILON)
+
+    def __call__(self, batch: RolloutBatch) -> dict[str, float]:
+        valid = batch.valid
+        size = valid.shape[0]
+        samples = {"observations": batch.observations, "actions": batch.actions,
+                   "log_probs": batch.log_probs, "advantages": batch.advantages,
+                   "returns": batch.returns, "values": batch.values, "valid": valid}
+        history: dict[str, list[torch.Tensor]] = {}
+        for indices in self.minibatches(size):
+            minibatch = (samples if indices is None
+                         else {name: t[indices] for name, t in samples.items()})
+            self.optimizer.zero_grad(set_to_none=True)
+            terms = self.backward(minibatch)
+            self.average_gradients()
+            [terms["losses/grad_norm"]] = self.clip_gradients(
+                [*self.policy_params, *self.value_params])
+            self.optimizer.step()
+            for name, value in terms.items():
+                history.setdefault(name, []).append(value.detach())
+        statistics = stack_history(history)
+        with torch.no_grad():
+            with torch_threads(threads_for(size, self.threads)):
+                params, values = self.forward(batch.observations)
+            after = ppo_losses.clipped_surrogate(
+                self.agent.policy.log_prob(params, batch.actions), batch.log_probs,
+                batch.advantages, self.config.clip_coef, valid)
+        # how far the whole update moved the policy, on the rollout's actions
+        statistics["losses/approx_kl_after"] = after.approx_kl
+        statistics.update(self.rollout_statistics(batch, values))
+        return self.to_host(statistics, batch)
+
+    def compute_losses(self, minibatch: dict[str, torch.Tensor]
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """PPO's loss on a minibatch and its terms (what ``compile_update`` compiles)."""
+        cfg = self.config
+        valid = minibatch["valid"]
+        params, values = self.forward(minibatch["observations"])
+        advantages = minibatch["advantages"]
+        if cfg.normalize_advantages:
+            advantages = losses.normalize_advantages(advantages, valid)
+        surrogate = ppo_losses.clipped_surrogate(
+            self.agent.policy.log_prob(params, minibatch["actions"]), minibatch["log_probs"],
+            advantages, cfg.clip_coef, valid)
+        if cfg.clip_value_loss:
+            critic = ppo_losses.clipped_value_loss(values, minibatch["values"],
+                                                   minibatch["returns"], cfg.clip_coef, valid)
+        else:
+            critic = losses.value_loss(values, minibatch["returns"], valid)
+        entropy = losses.masked_mean(self.agent.policy.entropy(params), valid)
+        loss = surrogate.loss - cfg.entropy_coef * entropy + cfg.value_coef * critic
+        return loss, {"losses/policy": surrogate.loss, "losses/value": critic,
+                      "losses/entropy": entropy, "losses/approx_kl": surrogate.approx_kl,
+                      "charts/clip_fraction": surrogate.clip_fraction}
+
+    def schedule(self, metrics: Mapping[str, float], global_step: int,
+                 total_steps: int) -> float:
+        """``linear``: both networks' rates anneal to 0 at ``total_steps`` (CleanRL's
+        ``anneal_lr``); ``constant`` leaves them. Returns the policy's."""
+        cfg = self.config
+        groups = self.optimizer.param_groups
+        if cfg.lr_schedule == "linear":
+            self.linear_schedule(groups, [cfg.policy_lr, cfg.value_lr], global_step,
+                                 total_steps)
+        return groups[0]["lr"]

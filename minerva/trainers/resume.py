@@ -1,0 +1,121 @@
+"""How a trainer saves itself and resumes (:class:`Resumable`, a mixin of
+:class:`~minerva.trainers.on_policy.OnPolicyTrainer`): everything a run needs in one
+checkpoint of tensors and plain values (:mod:`minerva.checkpoint`), and the rules of which
+options a resumed run may change."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from minerva import checkpoint
+from minerva.config import TrainConfig
+from minerva.env_ids import resolve_env_id
+from minerva.errors import first_line
+from minerva.trainers.checks import RESUME_FIXED_OPTIONS, check_total_steps
+
+
+class Resumable:
+    """:meth:`state_dict`, :meth:`load_state_dict`, :meth:`save_checkpoint` and
+    :meth:`from_checkpoint` of an on-policy trainer."""
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume training or evaluate the policy, as tensors and plain
+        values (:mod:`minerva.checkpoint`)."""
+        return {
+            "format": checkpoint.FORMAT,
+            "config": dataclasses.asdict(self.config),
+            "env_id": self.env_id,
+            "backend": self.backend,
+            "agent": self.agent.state_dict(),
+            **self.algorithm.state_dict(),
+            "reward_scaler": self.reward_scaler.state_dict(),
+            "global_step": self.global_step,
+            "iteration": self.iteration,
+            "best_return": self.best_return,
+            "recent_returns": list(self._recent_returns),
+            "rng": {**checkpoint.rng_state(),
+                    # the minibatches' permutations on a GPU draw from its generator
+                    "torch_cuda": (torch.cuda.get_rng_state(self.device) if self._on_gpu
+                                   else None)},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores :meth:`state_dict`'s output. The envs are not in it: they start new
+        episodes, and the reward scaler's per-env discounted returns restart with them.
+
+        Raises:
+            CheckpointError: when the networks' or the optimiser's shapes do not match.
+        """
+        try:
+            self.agent.load_state_dict(state["agent"])
+            self.algorithm.load_state_dict(state)
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise checkpoint.CheckpointError(f"the checkpoint does not fit this {self.env_id} "
+                                             f"trainer: {first_line(error)}") from None
+        self.global_step = state["global_step"]
+        self.iteration = state["iteration"]
+        self.best_return = state["best_return"]
+        self._recent_returns.clear()
+        self._recent_returns.extend(state.get("recent_returns", []))
+        checkpoint.set_rng_state(state["rng"])
+        if self._on_gpu and state["rng"].get("torch_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["torch_cuda"], self.device)
+        self._decorrelate_ranks()
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        checkpoint.save(self.state_dict(), path)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **overrides):
+        """Rebuilds the trainer saved at ``path``, with ``overrides`` of its configuration
+        (called on :class:`~minerva.trainers.on_policy.OnPolicyTrainer`: the trainer of the
+        checkpoint's ``algo``).
+
+        Every option applies on resume (learning rates and momentum go into the optimiser,
+        whatever the checkpoint's schedule had reached), except those that fix the networks,
+        the optimiser or the initial values (:data:`RESUME_FIXED_OPTIONS`): changing one of
+        them is an error naming it. A ``total_steps`` given must exceed the saved step.
+
+        Raises:
+            FileNotFoundError: no such file.
+            CheckpointError: not a readable minerva checkpoint, or one that does not fit.
+            ValueError: ``option: ...`` for an override that cannot apply.
+        """
+        state = checkpoint.load(path)
+        saved = checkpoint.saved_config(state, path)
+        if "env_id" in overrides:
+            try:
+                resolved = resolve_env_id(overrides["env_id"])
+            except ValueError as error:
+                raise ValueError(f"env_id: {error}") from None
+            if resolved != state["env_id"]:
+                raise ValueError(f"env_id: the checkpoint was trained on {state['env_id']!r}; "
+                                 f"a resumed run cannot change it, got {overrides['env_id']!r}")
+        for name, why in RESUME_FIXED_OPTIONS.items():
+            if name in overrides and overrides[name] != saved[name]:
+                raise ValueError(f"{name}: the checkpoint has {saved[name]!r} ({why}); a "
+                                 f"resumed run cannot change it, got {overrides[name]!r}")
+        if cls.ALGORITHM and saved["algo"] != cls.ALGORITHM:
+            raise checkpoint.CheckpointError(
+                f"{path} is a {saved['algo']} checkpoint; {cls.__name__} trains {cls.ALGORITHM}")
+        config = TrainConfig(**{**saved, **overrides}).validate()
+        if "total_steps" in overrides:  # asked for: it must leave steps to train
+            check_total_steps(config.total_steps, state["global_step"])
+        trainer = cls.from_config(config)
+        try:
+            trainer.load_state_dict(state)
+        except BaseException:
+            trainer.close()
+            raise
+        for group, name in zip(trainer.optimizer.param_groups,
+                               trainer.algorithm.OPTIMIZER_GROUP_LRS):
+            if name in overrides:
+                group["lr"] = overrides[name]
+            if config.optimizer_type == "sgd" and "sgd_momentum" in overrides:
+                group["momentum"] = overrides["sgd_momentum"]
+        trainer.last_checkpoint, trainer._last_saved_step = Path(path), trainer.global_step
+        return trainer
