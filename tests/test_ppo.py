@@ -168,14 +168,17 @@ def test_the_linear_schedule_anneals_both_networks():
 
 
 def test_ppo_solves_cartpole():
-    config = TrainConfig(**{**preset("CartPole-v1", "ppo"), "env_id": "CartPole-v1", "seed": 1,
-                            "progress": False, "total_steps": 150_000, "torch_threads": 1})
+    config = TrainConfig(**{**preset("CartPole-v1", "ppo"), "algo": "ppo", "seed": 1,
+                            "env_id": "CartPole-v1", "progress": False,
+                            "total_steps": 150_000, "torch_threads": 1})
     trainer = OnPolicyTrainer.from_config(config)
     assert isinstance(trainer, PPOTrainer)
     with tempfile.TemporaryDirectory() as out:
         result = trainer.train(config.total_steps, out)
     trainer.close()
+    # the preset's target return (475) stops the run once an evaluation reaches it
     assert result["eval/return_mean"] >= 475, result
+    assert trainer.global_step < config.total_steps
 
 
 # --- the loop's features ---------------------------------------------------------------------
