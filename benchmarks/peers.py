@@ -166,7 +166,8 @@ def cartpole(seeds: int) -> dict:
 # --- PPO speed -----------------------------------------------------------------------------
 
 def minerva_ppo(env_id: str, steps: int, seed: int) -> dict:
-    options = {**preset(env_id, "ppo"), "env_id": env_id, "seed": seed, "total_steps": steps,
+    options = {**preset(env_id, "ppo"), "algo": "ppo", "env_id": env_id, "seed": seed,
+               "total_steps": steps,
                "eval_every": steps, "eval_episodes": 1, "progress": False, "torch_threads": 1}
     trainer = PPOTrainer.from_config(TrainConfig(**options))
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
