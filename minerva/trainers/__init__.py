@@ -5,7 +5,4 @@ from minerva.trainers.on_policy import OnPolicyTrainer
 from minerva.trainers.ppo.trainer import PPOTrainer
 from minerva.trainers.vmpo.trainer import VMPOTrainer
 
-# the trainer of each ``algo``
-TRAINERS: dict[str, type[OnPolicyTrainer]] = {"vmpo": VMPOTrainer, "ppo": PPOTrainer}
-
-__all__ = ["OnPolicyTrainer", "PPOTrainer", "VMPOTrainer", "TRAINERS"]
+__all__ = ["OnPolicyTrainer", "PPOTrainer", "VMPOTrainer"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import importlib
 import math
 import random
 import signal
@@ -26,7 +27,7 @@ import torch
 from minerva import checkpoint, distributed, ops, reference
 from minerva import logging as run_logging
 from minerva.collector import Rollout, RolloutCollector
-from minerva.config import TrainConfig
+from minerva.config import ALGORITHMS, TrainConfig
 from minerva.env_ids import default_backend, env_spaces, resolve_env_id
 from minerva.envs import make_vector_env
 from minerva.errors import NonFiniteError, TrainingInterrupted
@@ -53,10 +54,13 @@ def format_metrics(metrics: Mapping[str, float]) -> str:
 
 
 def trainer_class_for(algo: str) -> type["OnPolicyTrainer"]:
-    """The trainer of ``algo`` (``vmpo``, ``ppo``)."""
-    from minerva.trainers import TRAINERS
-
-    return TRAINERS[algo]
+    """The trainer of ``algo`` (``vmpo``, ``ppo``): the class its package
+    ``minerva.trainers.<algo>.trainer`` defines (imported here by name, so the loop does not
+    import the algorithms that build on it)."""
+    if algo not in ALGORITHMS:
+        raise ValueError(f"algo: must be one of {', '.join(ALGORITHMS)}, got {algo!r}")
+    importlib.import_module(f"minerva.trainers.{algo}.trainer")
+    return OnPolicyTrainer.TRAINERS[algo]
 
 
 class OnPolicyTrainer(Resumable):
@@ -74,10 +78,19 @@ class OnPolicyTrainer(Resumable):
     UPDATE: ClassVar[type[Update]]
     CONSOLE_KEYS: ClassVar[tuple[str, ...]] = (
         "charts/episode_return", "charts/steps_per_second", "losses/value")
+    TRAINERS: ClassVar[dict[str, type["OnPolicyTrainer"]]] = {}  # algo -> its trainer
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.ALGORITHM:
+            OnPolicyTrainer.TRAINERS[cls.ALGORITHM] = cls
 
     def __init__(self, config: TrainConfig):
+        if not self.ALGORITHM:
+            raise TypeError("OnPolicyTrainer is the loop of an algorithm: make a VMPOTrainer "
+                            "or a PPOTrainer, or call OnPolicyTrainer.from_config(config)")
         self.config = config.validate()
-        if self.ALGORITHM and config.algo != self.ALGORITHM:
+        if config.algo != self.ALGORITHM:
             raise ValueError(f"algo: {type(self).__name__} trains {self.ALGORITHM}, got "
                              f"{config.algo!r}")
         cfg = self.config
@@ -192,8 +205,6 @@ class OnPolicyTrainer(Resumable):
                 np.mean(self._recent_returns))
         return rollout
 
-    # --- update -------------------------------------------------------------------------------
-
     # --- update ------------------------------------------------------------------------------
 
     def _update_normalizers(self, batch: RolloutBatch) -> None:
@@ -203,9 +214,6 @@ class OnPolicyTrainer(Resumable):
         self.reward_scaler.update_statistics(gather)
         if self.agent.normalize_observations:
             self.agent.obs_normalizer.update(batch.observations[batch.valid], gather)
-
-
-    # --- training -----------------------------------------------------------------------------
 
     def _gather(self, rows: torch.Tensor) -> torch.Tensor:
         """Every rank's ``rows``, concatenated in rank order."""
