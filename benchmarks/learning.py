@@ -2,6 +2,7 @@
 
     python benchmarks/learning.py --envs CartPole-v1 Pendulum-v1 --seeds 3 --steps 200000
     python benchmarks/learning.py --summarize-only [--out DIR] [--envs ...]
+    python benchmarks/learning.py --compare V-MPO=DIR PPO=DIR [--envs ...]
 
 Seeds 1..K (``--first-seed F``: F..F+K-1) of each env run as separate processes, at most
 ``--jobs`` at once (default: the number of CPUs), each with ``--torch-threads 1
@@ -21,6 +22,10 @@ over seeds; the environment steps, wall-clock seconds and steps/s (the run's las
 ``charts/steps_per_second``) per run, averaged over seeds; and the machine (from the runs'
 ``run.json``).
 ``OUT/curves.png`` plots all envs' learning curves (:mod:`minerva.plot`).
+
+``--compare LABEL=DIR ...`` prints the summaries already written in those folders side by
+side, per env and per seed (the seeds every folder has), e.g. two algorithms on the same
+seeds.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ SETTINGS_FILE = "benchmark.json"  # per env folder: how its runs were launched
 LOG_TAIL_LINES = 15
 # CleanRL's metric: the mean return of the last 100 training episodes, at the end of a run
 LAST100_METRIC = "charts/episode_return_last100"
+ALGORITHM_NAMES = {"vmpo": "V-MPO", "ppo": "PPO"}
 
 
 @dataclass(frozen=True)
@@ -237,8 +243,46 @@ def write_summary(out: Path, envs: Sequence[str] | None = None) -> str:
     table = markdown(summary)
     (out / "summary.md").write_text(table + "\n", encoding="utf-8")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    plot_runs(runs, out / "curves.png", title="minerva V-MPO: evaluation return")
+    algorithms = sorted({run.info.get("config", {}).get("algo", "vmpo") for run in runs})
+    names = " and ".join(ALGORITHM_NAMES.get(algo, algo) for algo in algorithms)
+    plot_runs(runs, out / "curves.png", title=f"minerva {names}: evaluation return")
     return table
+
+
+def compare(folders: dict[str, Path], envs: Sequence[str] | None = None) -> str:
+    """The ``summary.json`` of each labelled folder side by side: per env, each label's final,
+    best and last-100 returns (mean ± std over the seeds all labels have), then per seed."""
+    summaries = {label: json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+                 for label, folder in folders.items()}
+    shared_envs = [env for env in next(iter(summaries.values()))["envs"]
+                   if all(env in s["envs"] for s in summaries.values())
+                   and (not envs or env in envs)]
+    lines = ["| env | seeds | " + " | ".join(
+        f"{label} final | {label} best | {label} last 100" for label in summaries) + " |",
+        "|---|---|" + "---:|" * (3 * len(summaries))]
+    seed_lines = ["| env | seed | " + " | ".join(
+        f"{label} final | {label} last 100" for label in summaries) + " |",
+        "|---|---:|" + "---:|" * (2 * len(summaries))]
+    for env in shared_envs:
+        by_label = {label: {run["seed"]: run for run in s["envs"][env]["runs"]}
+                    for label, s in summaries.items()}
+        seeds = sorted(set.intersection(*(set(runs) for runs in by_label.values())))
+        if not seeds:
+            continue
+        cells = []
+        for runs in by_label.values():
+            for key in ("final_return", "best_return", "last100_train_return"):
+                values = [runs[seed][key] for seed in seeds if runs[seed][key] is not None]
+                stats = _mean_std(values) if values else None
+                cells.append(f"{stats['mean']:.0f} ± {stats['std']:.0f}" if stats else "–")
+        lines.append(f"| {env} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+        for seed in seeds:
+            seed_cells = [f"{runs[seed]['final_return']:.0f} | "
+                          + (f"{runs[seed]['last100_train_return']:.0f}"
+                             if runs[seed]["last100_train_return"] is not None else "–")
+                          for runs in by_label.values()]
+            seed_lines.append(f"| {env} | {seed} | " + " | ".join(seed_cells) + " |")
+    return "\n".join(lines + [""] + seed_lines)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -266,12 +310,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help='further flags for every run, e.g. "--num-envs 16"')
     parser.add_argument("--summarize-only", action="store_true",
                         help="summarise the runs already in --out without training")
+    parser.add_argument("--compare", nargs="+", metavar="LABEL=DIR",
+                        help="print the summaries already in these folders side by side")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.compare:
+        folders = {}
+        for item in args.compare:
+            label, _, folder = item.partition("=")
+            if not folder or not (Path(folder) / "summary.json").is_file():
+                parser.error(f"--compare: {item!r} is not LABEL=DIR with a summary.json in DIR")
+            folders[label] = Path(folder)
+        print(compare(folders, args.envs))
+        return 0
     if not args.summarize_only:
         if not args.envs:
             parser.error("--envs is required unless --summarize-only")

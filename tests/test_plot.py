@@ -212,6 +212,24 @@ def test_learning_summarize_only_writes_table_json_and_curves(learning, runs_roo
     assert (runs_root / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_learning_compare_puts_two_summaries_side_by_side(learning, runs_root, tmp_path,
+                                                         capsys):
+    assert learning.main(["--summarize-only", "--out", str(runs_root)]) == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    summary = json.loads((runs_root / "summary.json").read_text())
+    del summary["envs"]["CartPole-v1"]["runs"][0]  # seed 1: not in both
+    (other / "summary.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+    assert learning.main(["--compare", f"A={runs_root}", f"B={other}"]) == 0
+    table = capsys.readouterr().out
+    # the seeds both have (2 and 3: finals 500 and 400, last 100 125 and 100)
+    assert "| CartPole-v1 | 2, 3 | 450 ± 71 | 450 ± 71 | 112 ± 18 | 450 ± 71 |" in table
+    assert "| CartPole-v1 | 2 | 500 | 125 | 500 | 125 |" in table
+    with pytest.raises(SystemExit):
+        learning.main(["--compare", f"A={tmp_path / 'missing'}"])
+
+
 def test_learning_plan_runs_every_envs_first_seed_first(learning, tmp_path):
     jobs = learning.plan(["Hopper-v5", "Ant-v5"], 2, tmp_path)
     assert [(job.env_id, job.seed) for job in jobs] == [
