@@ -8,8 +8,6 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-import torch
-
 ESTIMATORS = ("returns", "dae", "gae")
 OPTIMIZERS = ("adam", "sgd")
 BACKENDS = ("auto", "envpool", "gymnasium")
@@ -215,6 +213,8 @@ class TrainConfig:
                 bad(name, "must be a finite number")
         if not self.min_log_std < self.init_log_std < 1.0:
             bad("init_log_std", f"must lie between min_log_std ({self.min_log_std}) and 1")
+        import torch  # here: the options themselves (and the run files' names) need no torch
+
         try:
             device = torch.device(self.device)
         except RuntimeError:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from minerva.config import ALGORITHMS
 from minerva.errors import first_line
 
 
@@ -32,9 +33,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-RUN_FILES = ("metrics.jsonl", "run.json", "videos/best.mp4")
-# a run's checkpoints: <algo>_last.pt and <algo>_best.pt (vmpo_last.pt, ppo_best.pt, ...)
-LAST_CHECKPOINTS, BEST_CHECKPOINTS = "*_last.pt", "*_best.pt"
+def checkpoint_name(algo: str, which: str) -> str:
+    """A run's checkpoint file: ``<algo>_last.pt`` or ``<algo>_best.pt`` (``which``)."""
+    return f"{algo}_{which}.pt"
+
+
+RUN_FILES = ("metrics.jsonl", "run.json",
+             *(checkpoint_name(algo, which) for algo in ALGORITHMS for which in ("last", "best")),
+             "videos/best.mp4")
 LOCK_FILE = ".minerva.lock"
 
 
@@ -59,13 +65,13 @@ def create_out_dir(out_dir: str | Path) -> Path:
 
 
 def prepare_out_dir(out_dir: str | Path, resumed_step: int | None = None,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, algo: str = "vmpo") -> Path:
     """:func:`create_out_dir`, and refuses a folder that holds another run.
 
-    A fresh run (``resumed_step`` None) needs a folder without a run; a resumed one, a
-    folder without a run or holding this run at the resumed step (its ``<algo>_last.pt``
-    there): continuing another run's folder would drop or mix its events. With
-    ``overwrite`` the other run's files (metrics, TensorBoard events, checkpoints) are
+    A fresh run (``resumed_step`` None) needs a folder without a run (of any algorithm); a
+    resumed one of ``algo``, a folder without a run or holding this run at the resumed step
+    (its ``<algo>_last.pt`` there): continuing another run's folder would drop or mix its
+    events. With ``overwrite`` the other run's files (metrics, TensorBoard events, checkpoints) are
     deleted instead.
 
     Raises:
@@ -73,18 +79,17 @@ def prepare_out_dir(out_dir: str | Path, resumed_step: int | None = None,
     """
     out = create_out_dir(out_dir)
     earlier = [out / name for name in RUN_FILES if (out / name).exists()]
-    last = sorted(out.glob(LAST_CHECKPOINTS))
-    earlier += last + sorted(out.glob(BEST_CHECKPOINTS))
     earlier += sorted(out.glob("events.out.tfevents.*"))
-    if not earlier or (resumed_step is not None and _saved_step(out) == resumed_step):
+    last = [path for path in earlier if path.name.endswith("_last.pt")]
+    if not earlier or (resumed_step is not None and _saved_step(out, algo) == resumed_step):
         return out
     if not overwrite:
         held = ", ".join(path.name for path in earlier[:3]) + (", ..." if earlier[3:] else "")
         if resumed_step is None:
             raise ValueError(
                 f"out_dir: {out} already holds a run ({held}); resume it with --resume "
-                f"{last[0] if last else out / 'vmpo_last.pt'}, replace it with --overwrite, or "
-                "choose another --out-dir")
+                f"{last[0] if last else out / checkpoint_name(algo, 'last')}, replace it with "
+                "--overwrite, or choose another --out-dir")
         raise ValueError(
             f"out_dir: {out} holds another run ({held}; its last checkpoint is not at this "
             f"checkpoint's step {resumed_step}): continuing there would drop or mix its "
@@ -94,15 +99,13 @@ def prepare_out_dir(out_dir: str | Path, resumed_step: int | None = None,
     return out
 
 
-def _saved_step(out: Path) -> int | None:
+def _saved_step(out: Path, algo: str) -> int | None:
     from minerva import checkpoint  # here: checkpoints need torch, logging does not
 
-    for path in sorted(out.glob(LAST_CHECKPOINTS)):
-        try:
-            return checkpoint.load(path)["global_step"]
-        except (OSError, checkpoint.CheckpointError):
-            continue
-    return None
+    try:
+        return checkpoint.load(out / checkpoint_name(algo, "last"))["global_step"]
+    except (OSError, checkpoint.CheckpointError):
+        return None
 
 
 @contextmanager

@@ -101,7 +101,7 @@ class GaussianPolicy(nn.Module):
         has_low, has_high = low > -_UNBOUNDED, high < _UNBOUNDED
         absurd = (has_low & (np.abs(low) > _ABSURD_BOUND)) | (
             has_high & (np.abs(high) > _ABSURD_BOUND))
-        if absurd.any():
+        if absurd.any() and not self.clip_actions:  # (clipped actions keep their precision)
             warnings.warn(
                 f"Box action space of shape {space.shape}: bounds beyond ±{_ABSURD_BOUND:g} at "
                 f"{_dimensions(space.shape, low, high, absurd)}: the policy's float32 actions "

@@ -298,3 +298,15 @@ def test_the_seed_api_keeps_its_names():
     for name in ("_reset_rollout", "_rollout_full", "train"):
         assert callable(getattr(VMPOTrainer, name)), name
     assert Path(seed.__file__).read_text().count("\n") < 400
+
+
+def test_only_minervas_own_checkpoint_names_mark_a_run(tmp_path):
+    from minerva.logging import prepare_out_dir
+
+    (tmp_path / "model_best.pt").write_bytes(b"a user's file")
+    assert prepare_out_dir(tmp_path) == tmp_path  # not a run: kept, and no refusal
+    (tmp_path / "ppo_best.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="already holds a run"):
+        prepare_out_dir(tmp_path)
+    prepare_out_dir(tmp_path, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["model_best.pt"]

@@ -249,7 +249,8 @@ class OnPolicyTrainer(Resumable):
         if not self.ranks.is_main:  # only rank 0 writes
             return self._train(total_steps, Path(out_dir))
         with run_logging.locked_out_dir(run_logging.create_out_dir(out_dir)):
-            out = run_logging.prepare_out_dir(out_dir, self.global_step or None, overwrite)
+            out = run_logging.prepare_out_dir(out_dir, self.global_step or None, overwrite,
+                                              self.config.algo)
             return self._train(total_steps, out)
 
     def _train(self, total_steps: int, out: Path) -> dict[str, float]:
@@ -384,7 +385,7 @@ class OnPolicyTrainer(Resumable):
 
     def checkpoint_path(self, out: Path, which: str) -> Path:
         """``out/<algo>_last.pt`` or ``out/<algo>_best.pt`` (``which``: last or best)."""
-        return out / f"{self.config.algo}_{which}.pt"
+        return out / run_logging.checkpoint_name(self.config.algo, which)
 
     def close(self) -> None:
         self.envs.close()

@@ -15,7 +15,7 @@ import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import torch
@@ -113,17 +113,19 @@ class Update:
             params, values = self.agent(observations)
         return params.float(), values.float()
 
-    def minibatches(self, size: int) -> Iterator[torch.Tensor | None]:
+    def minibatches(self, size: int) -> list[torch.Tensor | None]:
         """``m_steps`` passes over ``size`` samples, each in ``num_minibatches`` random
         minibatches of (nearly) equal size: their indices, or None for one full-batch step."""
         cfg = self.config
-        with torch_threads(threads_for(size // cfg.num_minibatches, self.threads)):
-            for _ in range(cfg.m_steps):
-                if cfg.num_minibatches == 1:
-                    yield None
-                    continue
-                order = torch.randperm(size, device=self.device)
-                yield from order.tensor_split(cfg.num_minibatches)
+        if cfg.num_minibatches == 1:
+            return [None] * cfg.m_steps
+        return [indices for _ in range(cfg.m_steps) for indices in
+                torch.randperm(size, device=self.device).tensor_split(cfg.num_minibatches)]
+
+    def step_threads(self, size: int) -> contextlib.AbstractContextManager:
+        """The torch threads a gradient step on a minibatch of a ``size``-sample rollout
+        warrants (:mod:`minerva.threads`)."""
+        return torch_threads(threads_for(size // self.config.num_minibatches, self.threads))
 
     def backward(self, *args: torch.Tensor | dict,
                  extra_loss: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -16,8 +16,10 @@ class PPOTrainer(OnPolicyTrainer):
     and ``gae``, normalisers, networks, evaluation and checkpoints.
 
     ``PPOTrainer(env_id="Hopper-v5", seed=2, ...)`` takes any :class:`~minerva.config.
-    TrainConfig` option by name (``algo`` is ``ppo``); :meth:`from_config` takes a whole
-    config. ``python -m minerva.train --algo ppo`` adds the PPO presets.
+    TrainConfig` option by name (``algo`` is ``ppo``) over ``TrainConfig``'s defaults, which
+    are V-MPO's: for PPO's presets (CleanRL's settings), which ``python -m minerva.train
+    --algo ppo`` applies, pass ``**minerva.presets.preset(env_id, "ppo")`` too.
+    :meth:`from_config` takes a whole config.
     """
 
     ALGORITHM = "ppo"
@@ -27,5 +29,11 @@ class PPOTrainer(OnPolicyTrainer):
                     "losses/approx_kl_after", "losses/value")
 
     def __init__(self, config: TrainConfig | None = None, **options):
-        base = dataclasses.asdict(config) if config is not None else {}
-        super().__init__(TrainConfig(**{**base, **options, "algo": "ppo"}))
+        options = {**(dataclasses.asdict(config) if config is not None else {}), **options,
+                   "algo": "ppo"}
+        for name in ("policy_layer_sizes", "value_layer_sizes"):
+            if name in options:
+                options[name] = tuple(options[name])
+        if "device" in options:
+            options["device"] = str(options["device"])
+        super().__init__(TrainConfig(**options))

@@ -48,17 +48,18 @@ class PPOUpdate(Update):
                    "log_probs": batch.log_probs, "advantages": batch.advantages,
                    "returns": batch.returns, "values": batch.values, "valid": valid}
         history: dict[str, list[torch.Tensor]] = {}
-        for indices in self.minibatches(size):
-            minibatch = (samples if indices is None
-                         else {name: t[indices] for name, t in samples.items()})
-            self.optimizer.zero_grad(set_to_none=True)
-            terms = self.backward(minibatch)
-            self.average_gradients()
-            [terms["losses/grad_norm"]] = self.clip_gradients(
-                [*self.policy_params, *self.value_params])
-            self.optimizer.step()
-            for name, value in terms.items():
-                history.setdefault(name, []).append(value.detach())
+        with self.step_threads(size):
+            for indices in self.minibatches(size):
+                minibatch = (samples if indices is None
+                             else {name: t[indices] for name, t in samples.items()})
+                self.optimizer.zero_grad(set_to_none=True)
+                terms = self.backward(minibatch)
+                self.average_gradients()
+                [terms["losses/grad_norm"]] = self.clip_gradients(
+                    [*self.policy_params, *self.value_params])
+                self.optimizer.step()
+                for name, value in terms.items():
+                    history.setdefault(name, []).append(value.detach())
         statistics = stack_history(history)
         with torch.no_grad():
             with torch_threads(threads_for(size, self.threads)):

@@ -107,12 +107,13 @@ class VMPOUpdate(Update):
         whole = (None if not self.ranks.distributed
                  else torch.arange(size, device=self.device) + offset)
         history: dict[str, list[torch.Tensor]] = {}
-        for indices in self.minibatches(size):
-            minibatch = (samples if indices is None
-                         else {name: t[indices] for name, t in samples.items()})
-            rows = whole if indices is None else indices + offset
-            for name, value in self.m_step(minibatch, advantages, selected, rows).items():
-                history.setdefault(name, []).append(value.detach())
+        with self.step_threads(size):
+            for indices in self.minibatches(size):
+                minibatch = (samples if indices is None
+                             else {name: t[indices] for name, t in samples.items()})
+                rows = whole if indices is None else indices + offset
+                for name, value in self.m_step(minibatch, advantages, selected, rows).items():
+                    history.setdefault(name, []).append(value.detach())
         selected = selected[offset:offset + size]  # this rank's, for its statistics
         statistics = stack_history(history)
         with torch.no_grad():
