@@ -93,6 +93,12 @@ def average_gradients(parameters: list[torch.Tensor], world_size: int) -> None:
         parameter.grad = value.view_as(parameter).clone()
 
 
+def gather_rows(rows: torch.Tensor, device: torch.device, world_size: int) -> torch.Tensor:
+    """:func:`all_gather_rows` of ``rows`` through ``device`` (the process group's: NCCL
+    gathers on the GPU), returned where ``rows`` were."""
+    return all_gather_rows(rows.to(device), world_size).to(rows.device)
+
+
 def all_gather_rows(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
     """Every rank's ``tensor`` (the same shape on each), concatenated along dim 0 in rank
     order."""

@@ -217,8 +217,7 @@ class OnPolicyTrainer(Resumable):
 
     def _gather(self, rows: torch.Tensor) -> torch.Tensor:
         """Every rank's ``rows``, concatenated in rank order."""
-        gathered = distributed.all_gather_rows(rows.to(self.device), self.ranks.world_size)
-        return gathered.to(rows.device)
+        return distributed.gather_rows(rows, self.device, self.ranks.world_size)
 
     # --- training -----------------------------------------------------------------------------
 

@@ -122,6 +122,12 @@ class Update:
         return [indices for _ in range(cfg.m_steps) for indices in
                 torch.randperm(size, device=self.device).tensor_split(cfg.num_minibatches)]
 
+    @staticmethod
+    def minibatch(samples: dict[str, torch.Tensor],
+                  indices: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The rows ``indices`` of every tensor in ``samples`` (all of them for None)."""
+        return samples if indices is None else {name: t[indices] for name, t in samples.items()}
+
     def step_threads(self, size: int) -> contextlib.AbstractContextManager:
         """The torch threads a gradient step on a minibatch of a ``size``-sample rollout
         warrants (:mod:`minerva.threads`)."""

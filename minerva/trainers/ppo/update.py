@@ -50,8 +50,7 @@ class PPOUpdate(Update):
         history: dict[str, list[torch.Tensor]] = {}
         with self.step_threads(size):
             for indices in self.minibatches(size):
-                minibatch = (samples if indices is None
-                             else {name: t[indices] for name, t in samples.items()})
+                minibatch = self.minibatch(samples, indices)
                 self.optimizer.zero_grad(set_to_none=True)
                 terms = self.backward(minibatch)
                 self.average_gradients()

@@ -109,8 +109,7 @@ class VMPOUpdate(Update):
         history: dict[str, list[torch.Tensor]] = {}
         with self.step_threads(size):
             for indices in self.minibatches(size):
-                minibatch = (samples if indices is None
-                             else {name: t[indices] for name, t in samples.items()})
+                minibatch = self.minibatch(samples, indices)
                 rows = whole if indices is None else indices + offset
                 for name, value in self.m_step(minibatch, advantages, selected, rows).items():
                     history.setdefault(name, []).append(value.detach())
@@ -141,15 +140,12 @@ class VMPOUpdate(Update):
         offset = 0
         if self.ranks.distributed:
             offset = self.ranks.rank * valid.shape[0]
-            advantages = self._gather(advantages)
-            valid = self._gather(valid.to(torch.uint8)).bool()  # (gloo gathers no bools)
+            advantages = distributed.gather_rows(advantages, self.device, self.ranks.world_size)
+            valid = distributed.gather_rows(valid.to(torch.uint8), self.device,
+                                            self.ranks.world_size).bool()  # (gloo: no bools)
         if cfg.normalize_advantages:
             advantages = losses.normalize_advantages(advantages, valid)
         return advantages, self.ops.topk_mask(advantages, valid, cfg.topk_fraction), offset
-
-    def _gather(self, rows: torch.Tensor) -> torch.Tensor:
-        gathered = distributed.all_gather_rows(rows.to(self.device), self.ranks.world_size)
-        return gathered.to(rows.device)
 
     def m_step(self, minibatch: dict[str, torch.Tensor], advantages: torch.Tensor,
                selected: torch.Tensor, indices: torch.Tensor | None) -> dict[str, torch.Tensor]:
