@@ -19,13 +19,14 @@ The summary, printed as a GitHub-markdown table and saved as ``OUT/summary.md`` 
 evaluation) and the best one (each run's highest), and CleanRL's metric, the mean return
 of the run's last 100 training episodes (fewer early in a run), each as mean +- sample std
 over seeds; the environment steps, wall-clock seconds and steps/s (the run's last
-``charts/steps_per_second``) per run, averaged over seeds; and the machine (from the runs'
-``run.json``).
+``charts/steps_per_second``) per run, averaged over seeds; the machine (from the runs'
+``run.json``); and per run, for the envs of ``REACH_RETURNS``, the env steps and wall-clock
+of its first evaluation at or above each of those returns.
 ``OUT/curves.png`` plots all envs' learning curves (:mod:`minerva.plot`).
 
 ``--compare LABEL=DIR ...`` prints the summaries already written in those folders side by
 side, per env and per seed (the seeds every folder has), e.g. two algorithms on the same
-seeds.
+seeds, and each folder's median time to those returns.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from minerva.plot import DEFAULT_METRIC, Run, find_runs, group_by_env, plot_runs
+import numpy as np
+
+from minerva.plot import DEFAULT_METRIC, Curve, Run, find_runs, group_by_env, plot_runs
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "learning"
 SETTINGS_FILE = "benchmark.json"  # per env folder: how its runs were launched
@@ -53,6 +56,12 @@ LOG_TAIL_LINES = 15
 # CleanRL's metric: the mean return of the last 100 training episodes, at the end of a run
 LAST100_METRIC = "charts/episode_return_last100"
 ALGORITHM_NAMES = {"vmpo": "V-MPO", "ppo": "PPO"}
+# returns whose first reaching (by the evaluation return) each run's summary records, in env
+# steps and wall-clock seconds: speed of learning, for --compare
+REACH_RETURNS = {"HalfCheetah-v5": (1500.0, 4000.0), "Hopper-v5": (1000.0, 2000.0),
+                 "Walker2d-v5": (1000.0, 3000.0), "Ant-v5": (1000.0, 2500.0),
+                 "Humanoid-v5": (500.0, 1000.0), "Pendulum-v1": (-500.0, -300.0),
+                 "CartPole-v1": (200.0, 475.0)}
 
 
 @dataclass(frozen=True)
@@ -141,8 +150,18 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
             "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
+def reached(curve: Curve, threshold: float) -> dict[str, float] | None:
+    """The env steps and wall-clock seconds of the first evaluation at or above
+    ``threshold`` (None when none is)."""
+    hits = np.flatnonzero(curve.values >= threshold)
+    if not hits.size:
+        return None
+    return {"steps": float(curve.steps[hits[0]]), "seconds": float(curve.seconds[hits[0]])}
+
+
 def _run_summary(run: Run, out: Path) -> dict[str, Any]:
-    returns = run.curve(DEFAULT_METRIC).values
+    curve = run.curve(DEFAULT_METRIC)
+    returns = curve.values
     path = run.path.resolve()
     return {"seed": run.seed,
             "path": str(path.relative_to(out.resolve()) if path.is_relative_to(out.resolve())
@@ -150,7 +169,9 @@ def _run_summary(run: Run, out: Path) -> dict[str, Any]:
             "final_return": float(returns[-1]), "best_return": float(returns.max()),
             "last100_train_return": run.last(LAST100_METRIC),
             "env_steps": run.final_step, "wall_clock_s": run.wall_clock_s,
-            "steps_per_second": run.last("charts/steps_per_second")}
+            "steps_per_second": run.last("charts/steps_per_second"),
+            "reached": {f"{threshold:g}": reached(curve, threshold)
+                        for threshold in REACH_RETURNS.get(run.env_id, ())}}
 
 
 def _machine(runs: Sequence[Run]) -> dict[str, Any]:
@@ -251,7 +272,8 @@ def write_summary(out: Path, envs: Sequence[str] | None = None) -> str:
 
 def compare(folders: dict[str, Path], envs: Sequence[str] | None = None) -> str:
     """The ``summary.json`` of each labelled folder side by side: per env, each label's final,
-    best and last-100 returns (mean ± std over the seeds all labels have), then per seed."""
+    best and last-100 returns (mean ± std over the seeds all labels have), then per seed, then
+    the wall-clock and env steps to the env's :data:`REACH_RETURNS` (:func:`_reach_rows`)."""
     summaries = {label: json.loads((folder / "summary.json").read_text(encoding="utf-8"))
                  for label, folder in folders.items()}
     shared_envs = [env for env in next(iter(summaries.values()))["envs"]
@@ -263,6 +285,9 @@ def compare(folders: dict[str, Path], envs: Sequence[str] | None = None) -> str:
     seed_lines = ["| env | seed | " + " | ".join(
         f"{label} final | {label} last 100" for label in summaries) + " |",
         "|---|---:|" + "---:|" * (2 * len(summaries))]
+    reach_lines = ["| env | evaluation return | " + " | ".join(
+        f"{label} median time (steps) to it | {label} seeds reaching it" for label in summaries)
+        + " |", "|---|---:|" + "---:|" * (2 * len(summaries))]
     for env in shared_envs:
         by_label = {label: {run["seed"]: run for run in s["envs"][env]["runs"]}
                     for label, s in summaries.items()}
@@ -282,7 +307,31 @@ def compare(folders: dict[str, Path], envs: Sequence[str] | None = None) -> str:
                              if runs[seed]["last100_train_return"] is not None else "–")
                           for runs in by_label.values()]
             seed_lines.append(f"| {env} | {seed} | " + " | ".join(seed_cells) + " |")
-    return "\n".join(lines + [""] + seed_lines)
+        reach_lines += _reach_rows(env, seeds, by_label)
+    return "\n".join(lines + [""] + seed_lines + ([""] + reach_lines if len(reach_lines) > 2
+                                                  else []))
+
+
+def _reach_rows(env: str, seeds: Sequence[int],
+                by_label: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    """Per return in every label's runs' ``reached``: each label's median wall-clock and env
+    steps to it over ``seeds`` (the lower median, a seed that never reached it counting as
+    slower than all that did: the time by which half the seeds had reached it, "not reached"
+    when fewer than half did) and how many seeds reached it."""
+    thresholds = set.intersection(*(set(runs[seed].get("reached", {})) for runs in
+                                    by_label.values() for seed in seeds))
+    rows = []
+    for threshold in sorted(thresholds, key=float):
+        cells = []
+        for runs in by_label.values():
+            hits = [runs[seed]["reached"][threshold] for seed in seeds]
+            done = sorted((hit for hit in hits if hit is not None), key=lambda h: h["seconds"])
+            middle = (len(hits) - 1) // 2
+            cells.append(f"{done[middle]['seconds']:,.0f} s ({done[middle]['steps']:,.0f}) "
+                         f"| {len(done)}/{len(hits)}" if middle < len(done)
+                         else f"not reached | {len(done)}/{len(hits)}")
+        rows.append(f"| {env} | {threshold} | " + " | ".join(cells) + " |")
+    return rows
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -193,6 +193,11 @@ def test_learning_summary(learning, runs_root):
     assert cartpole["machine"]["processor"] == "Test CPU"
     assert [run["path"] for run in cartpole["runs"]] == [
         f"CartPole-v1/seed{seed}" for seed in (1, 2, 3)]
+    # the first evaluation at or above each of CartPole's REACH_RETURNS (200 and 475)
+    assert [run["reached"] for run in cartpole["runs"]] == [
+        {"200": {"steps": 3000.0, "seconds": 3.0}, "475": None},
+        {"200": {"steps": 2000.0, "seconds": 3.0}, "475": {"steps": 3000.0, "seconds": 4.5}},
+        {"200": {"steps": 3000.0, "seconds": 6.0}, "475": None}]
     pendulum = summary["envs"]["Pendulum-v1"]
     assert pendulum["final_return"]["mean"] == pytest.approx(-600.0)
 
@@ -226,6 +231,10 @@ def test_learning_compare_puts_two_summaries_side_by_side(learning, runs_root, t
     # the seeds both have (2 and 3: finals 500 and 400, last 100 125 and 100)
     assert "| CartPole-v1 | 2, 3 | 450 ± 71 | 450 ± 71 | 112 ± 18 | 450 ± 71 |" in table
     assert "| CartPole-v1 | 2 | 500 | 125 | 500 | 125 |" in table
+    # the wall-clock (and steps) to CartPole's returns: 200 first at 3 s (seed 2) and 6 s
+    # (seed 3), the lower median 3 s; 475 by seed 2 only, at 4.5 s, which is half the seeds
+    assert "| CartPole-v1 | 200 | 3 s (2,000) | 2/2 | 3 s (2,000) | 2/2 |" in table
+    assert "| CartPole-v1 | 475 | 4 s (3,000) | 1/2 | 4 s (3,000) | 1/2 |" in table
     with pytest.raises(SystemExit):
         learning.main(["--compare", f"A={tmp_path / 'missing'}"])
 
