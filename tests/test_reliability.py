@@ -301,12 +301,14 @@ def test_the_cli_exits_on_a_signal_with_a_checkpoint(tmp_path, signum, code):
 
 def test_a_second_signal_exits_at_once_without_a_traceback(tmp_path):
     out = tmp_path / "run"
-    # rollouts of 4,096 steps and 200 passes over each (seconds per iteration): once the
-    # first update is logged, both signals come during the second iteration
-    process = _start_cli(out, "--m-steps", "200", "--num-envs", "64", "--rollout-steps", "64",
+    # rollouts of 4,096 steps and 800 passes over each (several seconds per iteration): once
+    # the first update is logged, both signals come during the second iteration (with 200
+    # passes the first signal could land so late in it that the run had stopped and Python
+    # was shutting down, with SIGINT's default action back, when the second came)
+    process = _start_cli(out, "--m-steps", "800", "--num-envs", "64", "--rollout-steps", "64",
                          "--checkpoint-every-s", "0", events=1)
     process.send_signal(signal.SIGINT)
-    time.sleep(0.5)
+    time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
