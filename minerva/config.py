@@ -12,7 +12,7 @@ ESTIMATORS = ("returns", "dae", "gae")
 OPTIMIZERS = ("adam", "sgd")
 BACKENDS = ("auto", "envpool", "gymnasium")
 ACTIVATIONS = ("tanh", "relu", "elu", "silu")
-LR_SCHEDULES = ("constant", "linear", "adaptive")
+LR_SCHEDULES = ("constant", "linear", "adaptive", "adaptive_annealed")
 PRECISIONS = ("float32", "bfloat16")
 ENCODERS = ("auto", "mlp", "nature", "impala")
 ALGORITHMS = ("vmpo", "ppo")
@@ -118,7 +118,9 @@ class TrainConfig:
         "constant", "learning rate schedule: constant; linear (to 0 at total_steps: V-MPO's "
         "policy rate, PPO's policy and value rates); adaptive (V-MPO only: the policy's rate "
         "x1.5 while its KL after an update is under half its bound, /1.5 while over twice it; "
-        "between 1e-5 and 10 x policy_lr)", choices=LR_SCHEDULES)
+        "between 1e-5 and 10 x policy_lr); adaptive_annealed (V-MPO only: adaptive, with its "
+        "upper bound annealed linearly from 10 x policy_lr to 1e-5 at total_steps)",
+        choices=LR_SCHEDULES)
     precision: str = _option(
         "float32", "the networks' precision in the update: bfloat16 runs their layers under "
                    "autocast (log-probs, KLs, losses and duals stay float32)",
@@ -195,7 +197,7 @@ class TrainConfig:
                 bad(name, "must be a positive number")
         if not (math.isfinite(self.entropy_coef) and self.entropy_coef >= 0):
             bad("entropy_coef", "must be a number >= 0")
-        if self.algo == "ppo" and self.lr_schedule == "adaptive":
+        if self.algo == "ppo" and self.lr_schedule.startswith("adaptive"):
             bad("lr_schedule", "adaptive follows V-MPO's KL bound on the policy's mean; PPO "
                 "takes constant or linear")
         if not 0.0 <= self.sgd_momentum < 1.0:

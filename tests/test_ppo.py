@@ -108,9 +108,10 @@ def test_the_continuous_preset_is_cleanrls_ppo_continuous_action():
     assert not discrete["normalize_observations"]
 
 
-def test_ppo_refuses_the_adaptive_schedule():
+@pytest.mark.parametrize("schedule", ["adaptive", "adaptive_annealed"])
+def test_ppo_refuses_the_adaptive_schedules(schedule):
     with pytest.raises(ValueError, match="lr_schedule: adaptive follows V-MPO"):
-        TrainConfig(algo="ppo", lr_schedule="adaptive").validate()
+        TrainConfig(algo="ppo", lr_schedule=schedule).validate()
     with pytest.raises(ValueError, match="algo: must be one of vmpo, ppo"):
         TrainConfig(algo="a2c").validate()
 

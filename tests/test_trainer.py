@@ -107,6 +107,32 @@ def test_adaptive_schedule_follows_the_kl_after_each_update():
     discrete.close()
 
 
+def test_annealed_adaptive_schedule_lowers_its_upper_bound_to_the_minimum():
+    trainer = make_trainer("Pendulum-v1", lr_schedule="adaptive_annealed", policy_lr=1e-3)
+    update = trainer.algorithm
+    upper = VMPOUpdate.ADAPTIVE_LR_MAX_FACTOR * 1e-3
+    assert update.adaptive_lr_max(0, 1000) == pytest.approx(upper)
+    assert update.adaptive_lr_max(500, 1000) == pytest.approx(
+        VMPOUpdate.ADAPTIVE_LR_MIN + (upper - VMPOUpdate.ADAPTIVE_LR_MIN) / 2)
+    under = {"losses/kl_mean_after": 0.0}  # every update asks for a larger rate
+    for _ in range(100):
+        update.schedule(under, 0, 1000)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(upper)
+    # the bound, not the KL, then sets the rate: halfway, half of it; at the end, the minimum
+    assert update.schedule(under, 500, 1000) == pytest.approx(update.adaptive_lr_max(500, 1000))
+    assert update.schedule(under, 1000, 1000) == pytest.approx(VMPOUpdate.ADAPTIVE_LR_MIN)
+    assert update.schedule(under, 2000, 1000) == pytest.approx(VMPOUpdate.ADAPTIVE_LR_MIN)
+    # below the bound it still follows the KL
+    update.optimizer.param_groups[0]["lr"] = 1e-4
+    assert update.schedule(under, 500, 1000) == pytest.approx(1e-4 * VMPOUpdate.ADAPTIVE_LR_FACTOR)
+    assert update.schedule({"losses/kl_mean_after": 1.0}, 500, 1000) == pytest.approx(1e-4)
+    # the plain adaptive schedule keeps its bound to the end
+    trainer.close()
+    plain = make_trainer("Pendulum-v1", lr_schedule="adaptive", policy_lr=1e-3)
+    assert plain.algorithm.adaptive_lr_max(1000, 1000) == pytest.approx(upper)
+    plain.close()
+
+
 @pytest.mark.parametrize("options", [dict(num_minibatches=4),
                                      dict(state_dependent_std=False, init_log_std=-1.0),
                                      dict(min_log_std=-2.0, init_log_std=-1.0)])

@@ -223,13 +223,25 @@ class VMPOUpdate(Update):
         group = self.optimizer.param_groups[0]  # the policy's
         if cfg.lr_schedule == "linear":
             self.linear_schedule([group], [cfg.policy_lr], global_step, total_steps)
-        elif cfg.lr_schedule == "adaptive":
+        elif cfg.lr_schedule.startswith("adaptive"):
             kl, bound = ((metrics["losses/kl_after"], cfg.epsilon_categorical)
                          if self.agent.discrete
                          else (metrics["losses/kl_mean_after"], cfg.epsilon_mu))
             if kl > 2.0 * bound:
-                group["lr"] = max(group["lr"] / self.ADAPTIVE_LR_FACTOR, self.ADAPTIVE_LR_MIN)
+                group["lr"] /= self.ADAPTIVE_LR_FACTOR
             elif kl < 0.5 * bound:
-                group["lr"] = min(group["lr"] * self.ADAPTIVE_LR_FACTOR,
-                                  self.ADAPTIVE_LR_MAX_FACTOR * cfg.policy_lr)
+                group["lr"] *= self.ADAPTIVE_LR_FACTOR
+            group["lr"] = min(max(group["lr"], self.ADAPTIVE_LR_MIN),
+                              self.adaptive_lr_max(global_step, total_steps))
         return group["lr"]
+
+    def adaptive_lr_max(self, global_step: int, total_steps: int) -> float:
+        """The adaptive schedule's upper bound: ``ADAPTIVE_LR_MAX_FACTOR x policy_lr``;
+        annealed linearly to ``ADAPTIVE_LR_MIN`` at ``total_steps`` (``adaptive_annealed``),
+        so that the policy settles where a fixed bound would keep a solved task's updates at
+        their largest (its advantages are then noise the top-k still selects from)."""
+        upper = self.ADAPTIVE_LR_MAX_FACTOR * self.config.policy_lr
+        if self.config.lr_schedule == "adaptive":
+            return upper
+        fraction = max(0.0, 1.0 - global_step / total_steps)
+        return self.ADAPTIVE_LR_MIN + (upper - self.ADAPTIVE_LR_MIN) * fraction
