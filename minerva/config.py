@@ -12,7 +12,8 @@ ESTIMATORS = ("returns", "dae", "gae")
 OPTIMIZERS = ("adam", "sgd")
 BACKENDS = ("auto", "envpool", "gymnasium")
 ACTIVATIONS = ("tanh", "relu", "elu", "silu")
-LR_SCHEDULES = ("constant", "linear", "adaptive", "adaptive_annealed")
+ADAPTIVE_LR_SCHEDULES = ("adaptive", "adaptive_annealed")  # V-MPO's, from its KL bound
+LR_SCHEDULES = ("constant", "linear", *ADAPTIVE_LR_SCHEDULES)
 PRECISIONS = ("float32", "bfloat16")
 ENCODERS = ("auto", "mlp", "nature", "impala")
 ALGORITHMS = ("vmpo", "ppo")
@@ -197,7 +198,7 @@ class TrainConfig:
                 bad(name, "must be a positive number")
         if not (math.isfinite(self.entropy_coef) and self.entropy_coef >= 0):
             bad("entropy_coef", "must be a number >= 0")
-        if self.algo == "ppo" and self.lr_schedule.startswith("adaptive"):
+        if self.algo == "ppo" and self.lr_schedule in ADAPTIVE_LR_SCHEDULES:
             bad("lr_schedule", "adaptive follows V-MPO's KL bound on the policy's mean; PPO "
                 "takes constant or linear")
         if not 0.0 <= self.sgd_momentum < 1.0:

@@ -214,9 +214,15 @@ class Update:
     def linear_schedule(self, groups: list[dict], initial: list[float], global_step: int,
                         total_steps: int) -> None:
         """Anneals each group's rate linearly from its initial one to 0 at ``total_steps``."""
-        fraction = max(0.0, 1.0 - global_step / total_steps)
+        fraction = remaining_fraction(global_step, total_steps)
         for group, lr in zip(groups, initial):
             group["lr"] = lr * fraction
+
+
+def remaining_fraction(global_step: int, total_steps: int) -> float:
+    """The share of the run still to train, from 1 at the start to 0 at ``total_steps`` (and
+    after it): what the linear schedules anneal by."""
+    return max(0.0, 1.0 - global_step / total_steps)
 
 
 def stack_history(history: Mapping[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:

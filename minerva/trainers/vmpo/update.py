@@ -23,12 +23,12 @@ import torch
 from torch import nn
 
 from minerva import distributed, losses
-from minerva.config import TrainConfig
+from minerva.config import ADAPTIVE_LR_SCHEDULES, TrainConfig
 from minerva.distributed import Ranks
 from minerva.networks import Agent
 from minerva.rollout import RolloutBatch
 from minerva.threads import threads_for, torch_threads
-from minerva.trainers.update import Update, stack_history
+from minerva.trainers.update import Update, remaining_fraction, stack_history
 from minerva.trainers.vmpo import losses as vmpo_losses
 
 
@@ -223,7 +223,7 @@ class VMPOUpdate(Update):
         group = self.optimizer.param_groups[0]  # the policy's
         if cfg.lr_schedule == "linear":
             self.linear_schedule([group], [cfg.policy_lr], global_step, total_steps)
-        elif cfg.lr_schedule.startswith("adaptive"):
+        elif cfg.lr_schedule in ADAPTIVE_LR_SCHEDULES:
             kl, bound = ((metrics["losses/kl_after"], cfg.epsilon_categorical)
                          if self.agent.discrete
                          else (metrics["losses/kl_mean_after"], cfg.epsilon_mu))
@@ -243,5 +243,5 @@ class VMPOUpdate(Update):
         upper = self.ADAPTIVE_LR_MAX_FACTOR * self.config.policy_lr
         if self.config.lr_schedule == "adaptive":
             return upper
-        fraction = max(0.0, 1.0 - global_step / total_steps)
-        return self.ADAPTIVE_LR_MIN + (upper - self.ADAPTIVE_LR_MIN) * fraction
+        return self.ADAPTIVE_LR_MIN + (upper - self.ADAPTIVE_LR_MIN) * remaining_fraction(
+            global_step, total_steps)
