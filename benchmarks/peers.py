@@ -19,8 +19,9 @@ faster of the two. Needs the ``bench`` extra.
 trainer's hyperparameters on HalfCheetah-v5 (8 envs, 4,096 steps per env per rollout, 16
 full-batch M-steps, (512, 256) tanh networks) and at the HalfCheetah-v5 preset, for:
 another installation of minerva (``--baseline-python``: the interpreter of an environment
-where it is installed, e.g. a ``git worktree`` of an earlier commit), this one in float32
-eager, and this one with ``--precision bfloat16 --compile-update``. Every run is its own
+where it is installed, e.g. a ``git worktree`` of an earlier commit) with its defaults, this
+one in float32 eager, with its defaults (the HalfCheetah-v5 preset compiles the update), and
+with ``--precision bfloat16 --compile-update``. Every run is its own
 process (:mod:`timed_run`), one after another, ``--repeats`` times interleaved; each side's
 median run is reported (this machine's speed drifts by 10-20% from run to run). Evaluation
 and compile time are left out of the clock (the compile time is reported).
@@ -240,8 +241,9 @@ def throughput(baseline_python: str, iterations: int, repeats: int) -> dict:
         "original trainer's hyperparameters": {**ORIGINAL, "steps": iterations * 8 * 4096},
         "HalfCheetah-v5 preset": {"steps": iterations * 8 * 2048},
     }
-    sides = {"baseline (float32 eager)": (baseline_python, {}),
-             "this (float32 eager)": (sys.executable, {}),
+    sides = {"baseline (its defaults)": (baseline_python, {}),
+             "this (float32 eager)": (sys.executable, {"compile_update": False}),
+             "this (its defaults)": (sys.executable, {}),
              "this (bfloat16, compiled)": (sys.executable, FAST)}
     runs: dict[str, dict[str, list[dict]]] = {setup: {side: [] for side in sides}
                                               for setup in setups}
@@ -260,7 +262,7 @@ def throughput(baseline_python: str, iterations: int, repeats: int) -> dict:
     print("| setup | code | steps/s | vs baseline | " + " | ".join(PHASES) + " | compile s |")
     print("| --- | --- | ---: | ---: |" + " ---: |" * (len(PHASES) + 1))
     for setup, by_side in results.items():
-        baseline = by_side["baseline (float32 eager)"]["steps_per_second"]
+        baseline = by_side["baseline (its defaults)"]["steps_per_second"]
         for side, run in by_side.items():
             per_k = [1000 * run["phases"].get(p, 0.0) / run["steps"] for p in PHASES]
             print(f"| {setup} | {side} | {run['steps_per_second']:,.0f} | "

@@ -1,6 +1,7 @@
 """Where a training run's time goes, each number measured beside its reference in one run.
 
     python benchmarks/speed.py update             # the update's GFLOP/s against torch.mm's
+    python benchmarks/speed.py step               # one 64-sample gradient step against its matmuls
     python benchmarks/speed.py rollout            # rollout steps/s against raw envpool's
     python benchmarks/speed.py busy --baseline-python OLD/bin/python   # beside a busy core
 
@@ -10,6 +11,12 @@ counted from the layers (forward 2·B·in·out per layer, backward twice that, l
 layers' input gradients, plus the forward pass over the rollout after the M-steps), against
 ``torch.mm`` over the same matrix shapes in the same precision, timed in the same process:
 float32 eager, bfloat16 eager, bfloat16 compiled.
+
+``step``: the default continuous-control update on HalfCheetah-v5 (a rollout of 2,048
+samples, 10 passes of 32 minibatches of 64, (256, 256) tanh networks), per gradient step and
+per part of it (the losses' forward and backward, with the E-step; the gradients' clipping;
+the optimiser's step), eager and compiled, against ``torch.mm`` over the step's matrix
+shapes: what is left is the per-op overhead of small minibatches, not arithmetic.
 
 ``rollout``: the rollout phase (acting, stepping, storing, the batched value pass and the
 advantages) of the HalfCheetah-v5 preset at 8 and 64 envs against envpool stepping the same
@@ -65,11 +72,13 @@ def trainer_for(env_id: str, **options) -> VMPOTrainer:
 
 # --- update -----------------------------------------------------------------------------------
 
-def update_matmuls(agent: nn.Module, rows: int, m_steps: int) -> list[tuple[int, int, int]]:
+def update_matmuls(agent: nn.Module, rows: int, m_steps: int,
+                   rollout_pass: bool = True) -> list[tuple[int, int, int]]:
     """The ``(n, k, m)`` of every matmul ``[n, k] @ [k, m]`` one update runs, per layer:
     forward ``[B, in] @ [in, out]``, input gradient ``[B, out] @ [out, in]`` (not for a
     trunk's first layer, whose input is the data) and weight gradient
-    ``[out, B] @ [B, in]``, for each M-step; then the forward pass over the rollout."""
+    ``[out, B] @ [B, in]``, for each M-step; then (``rollout_pass``) the forward pass over
+    the rollout."""
     first_layers = {id(agent.policy_trunk[0]), id(agent.value_trunk[0])}
     shapes = []
     for layer in agent.modules():
@@ -78,7 +87,7 @@ def update_matmuls(agent: nn.Module, rows: int, m_steps: int) -> list[tuple[int,
             step = [(rows, fan_in, fan_out), (fan_out, rows, fan_in)]
             if id(layer) not in first_layers:
                 step.append((rows, fan_out, fan_in))
-            shapes += step * m_steps + [(rows, fan_in, fan_out)]
+            shapes += step * m_steps + ([(rows, fan_in, fan_out)] if rollout_pass else [])
     return shapes
 
 
@@ -96,7 +105,8 @@ def matmul_seconds(shapes: list[tuple[int, int, int]], dtype: torch.dtype, repea
 
 
 def update(repeats: int) -> dict:
-    variants = {"float32 eager": {}, "bfloat16 eager": {"precision": "bfloat16"},
+    variants = {"float32 eager": {"compile_update": False},
+                "bfloat16 eager": {"precision": "bfloat16", "compile_update": False},
                 "bfloat16 compiled": {"precision": "bfloat16", "compile_update": True}}
     rows = {}
     for name, options in variants.items():
@@ -121,6 +131,61 @@ def update(repeats: int) -> dict:
     for name, row in rows.items():
         print(f"| {name} | {row['seconds']:.3f} | {row['gflops']:.0f} | {row['mm_gflops']:.0f} "
               f"| {100 * row['fraction_of_mm']:.0f}% |")
+    return rows
+
+
+STEP_PARTS = {"forward and backward": "backward", "clipping": "clip_gradients"}
+
+
+def step(repeats: int) -> dict:
+    variants = {"float32 eager": {"compile_update": False},
+                "float32 compiled": {"compile_update": True}}
+    rows = {}
+    for name, options in variants.items():
+        trainer = trainer_for("HalfCheetah-v5", torch_threads=1, **options)
+        update = trainer.algorithm
+        parts: dict[str, float] = {}
+
+        def timed(part: str, function: Callable) -> Callable:
+            def run(*args, **kwargs):
+                start = time.perf_counter()
+                result = function(*args, **kwargs)
+                parts[part] = parts.get(part, 0.0) + time.perf_counter() - start
+                return result
+            return run
+
+        # the instance's methods wrapped with timers (the class is untouched)
+        for part, method in STEP_PARTS.items():
+            setattr(update, method, timed(part, getattr(update, method)))
+        update.optimizer.step = timed("optimiser", update.optimizer.step)
+        batch = trainer._collect_rollout().batch
+        update(batch)  # warm-up (and compile)
+        parts.clear()
+        seconds = median_seconds(lambda: update(batch), repeats)
+        config = trainer.config
+        steps = config.m_steps * config.num_minibatches
+        minibatch = batch.valid.shape[0] // config.num_minibatches
+        shapes = update_matmuls(trainer.agent, minibatch, 1, rollout_pass=False)
+        rows[name] = {
+            "ms_per_step": 1e3 * seconds / steps,
+            "ms_per_part": {part: 1e3 * total / (steps * repeats) for part, total in parts.items()},
+            "mm_ms_per_step": 1e3 * matmul_seconds(shapes, torch.float32, 50 * repeats),
+            "compile_seconds": update.compile_seconds,
+            "minibatch": minibatch, "steps_per_update": steps}
+        trainer.close()
+    print(f"One gradient step of the default continuous-control update (HalfCheetah-v5, "
+          f"minibatches of {minibatch}, {steps} steps per rollout, (256, 256) tanh), one "
+          f"thread, median of {repeats} updates\n")
+    print("| update | ms per step | forward + backward | clipping | optimiser | rest | "
+          "torch.mm over its shapes | overhead share |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, row in rows.items():
+        part = row["ms_per_part"]
+        rest = row["ms_per_step"] - sum(part.values())
+        print(f"| {name} | {row['ms_per_step']:.2f} | {part['forward and backward']:.2f} | "
+              f"{part['clipping']:.2f} | {part['optimiser']:.2f} | {rest:.2f} | "
+              f"{row['mm_ms_per_step']:.2f} | "
+              f"{100 * (1 - row['mm_ms_per_step'] / row['ms_per_step']):.0f}% |")
     return rows
 
 
@@ -218,6 +283,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("update").add_argument("--repeats", type=int, default=3)
+    commands.add_parser("step").add_argument("--repeats", type=int, default=3)
     commands.add_parser("rollout").add_argument("--rollouts", type=int, default=4)
     commands.add_parser("busy").add_argument(
         "--baseline-python", required=True,
@@ -225,6 +291,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "update":
         results = update(args.repeats)
+    elif args.command == "step":
+        results = step(args.repeats)
     elif args.command == "rollout":
         results = rollout(args.rollouts)
     else:

@@ -46,6 +46,11 @@ def test_update_matmuls_count_every_layer_forward_and_backward(speed):
     assert sum(2 * n * k * m for n, k, m in shapes) == 1200 + 2800 + 1800 + 840 + 700 + 700
     assert len(shapes) == 2 * (2 * 2 + 1) + 4 * (3 * 2 + 1)
     assert (10, 3, 4) in shapes and (4, 10, 3) in shapes and (10, 4, 3) not in shapes
+    # one gradient step alone: the same per layer, without the pass over the rollout
+    step = speed.update_matmuls(agent, rows=10, m_steps=1, rollout_pass=False)
+    assert len(step) == 2 * 2 + 4 * 3
+    assert sum(2 * n * k * m for n, k, m in step) == (1200 - 240 + 2800 - 400 + 1800 - 360
+                                                      + 840 - 120 + 700 - 100 + 700 - 100) // 2
 
 
 def test_timed_run_reports_steps_phases_and_leaves_evaluation_out():

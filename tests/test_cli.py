@@ -104,6 +104,12 @@ def test_every_continuous_control_task_trains_with_one_configuration():
             assert options[name] == value, (env_id, name)
     # flags still win over it, and a discrete env without a preset keeps TrainConfig's defaults
     assert config("--env-id", "Hopper-v5", "--num-envs", "3").num_envs == 3
+    # V-MPO compiles the continuous-control update unless told not to; Pendulum's full-batch
+    # table does not, and PPO's continuous-control table keeps the eager default
+    assert config("--env-id", "Hopper-v5").compile_update
+    assert not config("--env-id", "Hopper-v5", "--no-compile-update").compile_update
+    assert not config("--env-id", "Pendulum-v1").compile_update
+    assert not config("--env-id", "Hopper-v5", "--algo", "ppo").compile_update
     acrobot = config("--env-id", "Acrobot-v1")
     assert acrobot.num_envs == TrainConfig.num_envs
     assert acrobot.num_minibatches == TrainConfig.num_minibatches

@@ -237,19 +237,20 @@ def test_the_rollout_acts_on_one_thread_and_the_update_on_what_its_size_warrants
 def test_update_precision_and_compile_options(options):
     trainer = make_trainer("Pendulum-v1", num_minibatches=3, **options)  # sizes 22, 21
     batch = trainer._collect_rollout().batch
+    update = trainer.algorithm
+    advantages, selected, _ = update.selection(batch.advantages, batch.valid)
     with torch.no_grad():
-        loss, terms = trainer.algorithm.compute_losses({"observations": batch.observations,
-                                       "actions": batch.actions,
-                                       "behaviour": batch.dist_params,
-                                       "returns": batch.returns, "valid": batch.valid},
-                                      torch.ones(batch.valid.shape[0]))
+        loss, terms = update.compute_losses({"observations": batch.observations,
+                                             "actions": batch.actions,
+                                             "behaviour": batch.dist_params,
+                                             "returns": batch.returns, "valid": batch.valid},
+                                            advantages, selected, None)
     assert loss.dtype == torch.float32  # the losses stay in float32 under autocast
     assert all(term.dtype == torch.float32 for term in terms.values())
     for _ in range(2):
         metrics = trainer.algorithm(trainer._collect_rollout().batch)
         assert all(math.isfinite(value) for value in metrics.values())
     if options.get("compile_update"):
-        update = trainer.algorithm
         assert update._compiled_sizes == {21, 22} and update.compile_seconds > 0
     trainer.close()
 
@@ -336,6 +337,23 @@ def test_minibatches_split_each_pass(monkeypatch):
     policy_weight = trainer.agent.policy.mean.weight
     assert trainer.optimizer.state[policy_weight]["step"].item() == 15
     trainer.close()
+
+
+def test_minibatches_hold_the_rows_they_name():
+    trainer = make_trainer("Pendulum-v1", m_steps=2, num_minibatches=3)
+    samples = {"observations": torch.arange(40.0).view(20, 2), "valid": torch.ones(20, dtype=bool)}
+    passes = list(trainer.algorithm.minibatches(samples))
+    assert len(passes) == 6
+    for minibatch, rows in passes:
+        assert torch.equal(minibatch["observations"], samples["observations"][rows])
+    for first in (0, 3):  # each pass holds every row once
+        rows = torch.cat([rows for _, rows in passes[first:first + 3]])
+        assert sorted(rows.tolist()) == list(range(20))
+    full = make_trainer("Pendulum-v1", m_steps=2, num_minibatches=1)
+    assert [(minibatch is samples, rows) for minibatch, rows in
+            full.algorithm.minibatches(samples)] == [(True, None)] * 2
+    trainer.close()
+    full.close()
 
 
 def test_format_1_checkpoints_are_upgraded(tmp_path):

@@ -15,7 +15,7 @@ import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import ClassVar
 
 import torch
@@ -113,35 +113,38 @@ class Update:
             params, values = self.agent(observations)
         return params.float(), values.float()
 
-    def minibatches(self, size: int) -> list[torch.Tensor | None]:
-        """``m_steps`` passes over ``size`` samples, each in ``num_minibatches`` random
-        minibatches of (nearly) equal size: their indices, or None for one full-batch step."""
+    def minibatches(self, samples: dict[str, torch.Tensor]
+                    ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor | None]]:
+        """``m_steps`` passes over ``samples`` (tensors of the rollout's rows), each in
+        ``num_minibatches`` random minibatches of (nearly) equal size: each minibatch and the
+        rollout rows it holds (None: one full-batch step, all of them). Each pass gathers the
+        samples once in a random order and cuts the minibatches from it as views, instead of
+        gathering every minibatch on its own: one index per tensor per pass, not per step."""
         cfg = self.config
-        if cfg.num_minibatches == 1:
-            return [None] * cfg.m_steps
-        return [indices for _ in range(cfg.m_steps) for indices in
-                torch.randperm(size, device=self.device).tensor_split(cfg.num_minibatches)]
-
-    @staticmethod
-    def minibatch(samples: dict[str, torch.Tensor],
-                  indices: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """The rows ``indices`` of every tensor in ``samples`` (all of them for None)."""
-        return samples if indices is None else {name: t[indices] for name, t in samples.items()}
+        size = samples["valid"].shape[0]
+        for _ in range(cfg.m_steps):
+            if cfg.num_minibatches == 1:
+                yield samples, None
+                continue
+            order = torch.randperm(size, device=self.device)
+            parts = {name: t[order].tensor_split(cfg.num_minibatches)
+                     for name, t in samples.items()}
+            for k, rows in enumerate(order.tensor_split(cfg.num_minibatches)):
+                yield {name: chunks[k] for name, chunks in parts.items()}, rows
 
     def step_threads(self, size: int) -> contextlib.AbstractContextManager:
         """The torch threads a gradient step on a minibatch of a ``size``-sample rollout
         warrants (:mod:`minerva.threads`)."""
         return torch_threads(threads_for(size // self.config.num_minibatches, self.threads))
 
-    def backward(self, *args: torch.Tensor | dict,
-                 extra_loss: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Backpropagates the algorithm's losses on ``args`` (plus ``extra_loss``); returns
-        their terms. With ``compile_update`` the first step of each minibatch size compiles
+    def backward(self, *args: torch.Tensor | dict | None) -> dict[str, torch.Tensor]:
+        """Backpropagates the algorithm's loss on ``args`` (a minibatch first); returns its
+        terms. With ``compile_update`` the first step of each minibatch size compiles
         (its time goes to ``time/compile_s``); if compiling fails, a warning names the error
         and the update runs eagerly."""
         def run(losses_fn: LossFunction) -> dict[str, torch.Tensor]:
             loss, terms = losses_fn(*args)
-            (loss if extra_loss is None else loss + extra_loss).backward()
+            loss.backward()
             return terms
 
         size = args[0]["valid"].shape[0]

@@ -49,8 +49,7 @@ class PPOUpdate(Update):
                    "returns": batch.returns, "values": batch.values, "valid": valid}
         history: dict[str, list[torch.Tensor]] = {}
         with self.step_threads(size):
-            for indices in self.minibatches(size):
-                minibatch = self.minibatch(samples, indices)
+            for minibatch, _ in self.minibatches(samples):
                 self.optimizer.zero_grad(set_to_none=True)
                 terms = self.backward(minibatch)
                 self.average_gradients()

@@ -108,8 +108,7 @@ class VMPOUpdate(Update):
                  else torch.arange(size, device=self.device) + offset)
         history: dict[str, list[torch.Tensor]] = {}
         with self.step_threads(size):
-            for indices in self.minibatches(size):
-                minibatch = self.minibatch(samples, indices)
+            for minibatch, indices in self.minibatches(samples):
                 rows = whole if indices is None else indices + offset
                 for name, value in self.m_step(minibatch, advantages, selected, rows).items():
                     history.setdefault(name, []).append(value.detach())
@@ -148,21 +147,13 @@ class VMPOUpdate(Update):
         return advantages, self.ops.topk_mask(advantages, valid, cfg.topk_fraction), offset
 
     def m_step(self, minibatch: dict[str, torch.Tensor], advantages: torch.Tensor,
-               selected: torch.Tensor, indices: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """One gradient step on a minibatch (``indices`` of the rollout, of every rank's
-        samples when distributed; None: all of it).
-
-        The E-step's weights are normalised over the whole rollout's selected samples with
-        the current temperature (the temperature's loss is the whole rollout's too); the
-        minibatch takes its share of them (:func:`~minerva.trainers.vmpo.losses.
-        minibatch_weights`)."""
-        cfg = self.config
-        estep = vmpo_losses.e_step(advantages, selected, self.duals.eta, cfg.epsilon_eta,
-                                   vmpo_weights=self.ops.vmpo_weights)
-        weights = (estep.weights if indices is None
-                   else vmpo_losses.minibatch_weights(estep.weights, indices))
+               selected: torch.Tensor, rows: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """One gradient step on a minibatch (``rows`` of the rollout, of every rank's samples
+        when distributed; None: all of it): the losses of :meth:`compute_losses`, the
+        gradients averaged across ranks and clipped, the optimiser's step and the duals
+        projected into their range."""
         self.optimizer.zero_grad(set_to_none=True)
-        metrics = self.backward(minibatch, weights, extra_loss=estep.temperature_loss)
+        metrics = self.backward(minibatch, advantages, selected, rows)
         self.average_gradients()
         # each network clipped on its own: the critic's gradient, often far larger, would
         # otherwise shrink the policy's step
@@ -170,9 +161,6 @@ class VMPOUpdate(Update):
             self.clip_gradients(self.policy_params, self.value_params))
         self.optimizer.step()
         self.duals.project_()
-        metrics["losses/temperature"] = estep.temperature_loss
-        metrics["charts/weights_ess_fraction"] = (
-            vmpo_losses.effective_sample_size(estep.weights) / selected.sum().clamp(min=1))
         return metrics
 
     def kl_penalties(self, behaviour: torch.Tensor, params: torch.Tensor,
@@ -194,18 +182,35 @@ class VMPOUpdate(Update):
                 vmpo_losses.gaussian_kl_std(std_old, std), valid, alphas[1], cfg.epsilon_sigma),
         }
 
-    def compute_losses(self, minibatch: dict[str, torch.Tensor],
-               weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The M-step's and the critic's losses on a minibatch, and their terms (what
-        ``compile_update`` compiles). The networks run in the update's precision; the
-        log-probs, KLs, losses and duals in float32."""
+    def compute_losses(self, minibatch: dict[str, torch.Tensor], advantages: torch.Tensor,
+                       selected: torch.Tensor, rows: torch.Tensor | None,
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one gradient step and its terms (what ``compile_update`` compiles):
+        the E-step's temperature loss, the M-step's weighted likelihood with its KL trust
+        regions, and the critic's regression.
+
+        The E-step's weights are normalised over the whole rollout's selected samples with
+        the current temperature (the temperature's loss is the whole rollout's too); the
+        minibatch (``rows`` of the rollout) takes its share of them
+        (:func:`~minerva.trainers.vmpo.losses.minibatch_weights`). The networks run in the
+        update's precision; the log-probs, KLs, losses and duals in float32."""
+        cfg = self.config
+        estep = vmpo_losses.e_step(advantages, selected, self.duals.eta, cfg.epsilon_eta,
+                                   vmpo_weights=self.ops.vmpo_weights)
+        weights = (estep.weights if rows is None
+                   else vmpo_losses.minibatch_weights(estep.weights, rows))
         params, values = self.forward(minibatch["observations"])
         nll = vmpo_losses.weighted_nll(
             self.agent.policy.log_prob(params, minibatch["actions"]), weights)
         penalties = self.kl_penalties(minibatch["behaviour"], params, minibatch["valid"])
         critic = losses.value_loss(values, minibatch["returns"], minibatch["valid"])
-        loss = nll + critic + sum(p.policy_loss + p.alpha_loss for p in penalties.values())
-        terms = {"losses/policy_nll": nll, "losses/value": critic}
+        loss = (nll + critic + estep.temperature_loss
+                + sum(p.policy_loss + p.alpha_loss for p in penalties.values()))
+        terms = {"losses/policy_nll": nll, "losses/value": critic,
+                 "losses/temperature": estep.temperature_loss.detach(),
+                 "charts/weights_ess_fraction": (
+                     vmpo_losses.effective_sample_size(estep.weights)
+                     / selected.sum().clamp(min=1))}
         terms.update({f"losses/{name}": p.kl for name, p in penalties.items()})
         return loss, terms
 
