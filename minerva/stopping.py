@@ -3,13 +3,17 @@
 The first signal asks training to stop once the current iteration is complete, so the
 checkpoint written then holds exactly what was trained on. It also puts the signals' previous
 handlers back, so a second signal acts as it would without minerva, at once and even while
-native code blocks: SIGINT raises KeyboardInterrupt, SIGTERM ends the process.
+native code blocks: SIGINT raises KeyboardInterrupt, SIGTERM ends the process. Once a run
+has stopped and is only closing, :func:`exit_at_once_on_signals` makes any further signal end
+the process at once, without a traceback from whatever it was closing; and
+:func:`ignore_signals` lets a finished process exit with its status.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -42,9 +46,7 @@ class StopOnSignal:
         self._restore()
 
     def _restore(self) -> None:
-        for signum, handler in self._previous.items():
-            # None: a handler installed outside Python, which cannot be put back; the default
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        restore_handlers(self._previous)
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -55,3 +57,40 @@ class StopOnSignal:
         if line:
             os.write(2, (line + "\n").encode())
         self._restore()
+
+
+def exit_at_once_on_signals() -> dict[int, object]:
+    """From here on, SIGINT or SIGTERM ends the process at once with status 128 + the
+    signal's number: for a run that has stopped (its checkpoint, if any, written and named)
+    and is closing, where a KeyboardInterrupt would surface as a traceback from whichever
+    cleanup or exit handler it interrupted. Returns the handlers it replaced, for
+    :func:`restore_handlers` (none outside the main thread, where it does nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def exit_now(signum: int, frame: FrameType | None) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, RuntimeError):  # closed, or re-entered mid-write
+                pass
+        os._exit(128 + signum)
+
+    return {signum: signal.signal(signum, exit_now) for signum in SIGNALS}
+
+
+def restore_handlers(previous: dict[int, object]) -> None:
+    """Puts back the signal handlers ``previous`` (by signal number) names; None, a handler
+    installed outside Python, which cannot be put back, becomes the default."""
+    for signum, handler in previous.items():
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+def ignore_signals() -> None:
+    """SIGINT and SIGTERM ignored from here on: for a process that has finished and is only
+    exiting. Python sets the handlers it installed back to the default in its shutdown, after
+    which a signal would kill the process instead of letting it exit with its status; an
+    ignored signal stays ignored. Does nothing outside the main thread."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)

@@ -22,6 +22,7 @@ from minerva import envs
 from minerva.config import OPTION_DEFAULTS, TrainConfig
 from minerva.env_ids import resolve_env_id
 from minerva.presets import CONTINUOUS_CONTROL, IMAGES, all_presets, preset
+from minerva.stopping import exit_at_once_on_signals, ignore_signals, restore_handlers
 
 
 def _flag(name: str) -> str:
@@ -183,13 +184,16 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 shutil.rmtree(new_folder, ignore_errors=True)
             raise
     config = trainer.config
+    replaced: dict[int, object] = {}  # handlers put back once the run is closed
     try:
         trainer.train(config.total_steps, config.out_dir)
         distributed.finish()
     except TrainingInterrupted as stopped:
+        replaced = exit_at_once_on_signals()  # stopped: a signal need not wait for the cleanup
         distributed.finish()  # every rank stopped at the same iteration
         return stopped.exit_code  # the trainer has said where its checkpoint is
     except KeyboardInterrupt:  # a second Ctrl-C: the first one's handler was put back
+        replaced = exit_at_once_on_signals()
         print(f"minerva: interrupted again: stopped at once; {trainer.checkpoint_status()}",
               file=sys.stderr)
         return 130
@@ -202,9 +206,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"minerva: error: {error}\n{trainer.checkpoint_status()}", file=sys.stderr)
         return 1
     finally:
+        replaced = replaced or exit_at_once_on_signals()
         trainer.close()
+        restore_handlers(replaced)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    ignore_signals()  # the run is over: the interpreter's shutdown exits with its status
+    sys.exit(status)

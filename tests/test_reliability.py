@@ -312,9 +312,31 @@ def test_a_second_signal_exits_at_once_without_a_traceback(tmp_path):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr and "interrupted again: stopped at once" in stderr
+    assert "Traceback" not in stderr, stderr
+    if "after a complete iteration" in stderr:
+        # on a loaded machine the iteration can end between the two signals: the run then
+        # stopped with its checkpoint, and the second signal came while it was closing
+        assert (out / "vmpo_last.pt").exists()
+        return
+    assert "interrupted again: stopped at once" in stderr
     # no checkpoint existed, and the message does not pretend one does
     assert "no checkpoint was written" in stderr and not (out / "vmpo_last.pt").exists()
+
+
+@pytest.mark.parametrize("script,code", [
+    # a stopped run closing: a signal ends it at once, with the signal's status
+    ("exit_at_once_on_signals()\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)", 130),
+    ("exit_at_once_on_signals()\nos.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(30)", 143),
+    # a finished process exiting: a signal in an exit handler changes nothing
+    ("ignore_signals()\natexit.register(os.kill, os.getpid(), signal.SIGINT)\nsys.exit(7)", 7),
+])
+def test_a_signal_while_a_run_closes_or_exits_prints_no_traceback(script, code):
+    result = subprocess.run(
+        [sys.executable, "-c", "import atexit, os, signal, sys, time\n"
+                               "from minerva.stopping import exit_at_once_on_signals, "
+                               "ignore_signals\n" + script],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == code and result.stderr == "", result.stderr
 
 
 # --- resume ----------------------------------------------------------------------------------
