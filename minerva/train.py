@@ -186,14 +186,15 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     config = trainer.config
     replaced: dict[int, object] = {}  # handlers put back once the run is closed
     try:
-        trainer.train(config.total_steps, config.out_dir)
+        try:
+            trainer.train(config.total_steps, config.out_dir)
+        finally:  # however the run stopped, a signal from here on need not wait for cleanup
+            replaced = exit_at_once_on_signals()
         distributed.finish()
     except TrainingInterrupted as stopped:
-        replaced = exit_at_once_on_signals()  # stopped: a signal need not wait for the cleanup
         distributed.finish()  # every rank stopped at the same iteration
         return stopped.exit_code  # the trainer has said where its checkpoint is
     except KeyboardInterrupt:  # a second Ctrl-C: the first one's handler was put back
-        replaced = exit_at_once_on_signals()
         print(f"minerva: interrupted again: stopped at once; {trainer.checkpoint_status()}",
               file=sys.stderr)
         return 130
@@ -206,7 +207,6 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"minerva: error: {error}\n{trainer.checkpoint_status()}", file=sys.stderr)
         return 1
     finally:
-        replaced = replaced or exit_at_once_on_signals()
         trainer.close()
         restore_handlers(replaced)
     return 0
