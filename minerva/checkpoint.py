@@ -8,7 +8,8 @@ duals), the reward scaler's return statistics, the step and iteration counters, 
 evaluation return, the last 100 training episodes' returns and the random number generators'
 states (Python's, numpy's, torch's, CUDA's). It is read with
 ``torch.load(weights_only=True)``: unpickling refuses every object other than those, so a
-crafted file cannot run code.
+crafted file cannot run code; and its env id must be one minerva makes (a registered one),
+so a crafted id cannot have gymnasium import a module either.
 
 Formats 1 and 2 (earlier minerva) stored numpy arrays; they are read with numpy's array
 reconstruction allowed as well (it builds arrays, nothing else) and upgraded.
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import errno
 import io
+import math
+import numbers
 import os
 import pickle
 import random
@@ -54,20 +57,29 @@ def save(state: dict, path: str | Path) -> None:
     # pos", while a plain write raises the OSError that says why
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=prefix, delete=False) as f:
-        try:
+    temporary = None
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix)
+        # closing flushes what a failed write left buffered, and fails again: the error
+        # that reaches the handler below is then close()'s, the file closed all the same
+        with os.fdopen(descriptor, "wb") as f:
             f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
-        except BaseException as error:
-            f.close()
-            os.unlink(f.name)
-            if isinstance(error, OSError):
-                reason = error.strerror or os.strerror(error.errno or errno.EIO)
-                raise OSError(error.errno, f"cannot write the checkpoint {path}: {reason}") \
-                    from error
-            raise
-    os.replace(f.name, path)
+        os.replace(temporary, path)
+    except BaseException as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            code = error.errno or errno.EIO
+            reason = _DISK_FULL.get(code) or error.strerror or os.strerror(code)
+            raise OSError(code, f"cannot write the checkpoint {path}: {reason}") from error
+        raise
+
+
+# what an errno of a failed write means for the user
+_DISK_FULL = {errno.ENOSPC: "the disk is full (No space left on device)",
+              errno.EDQUOT: "the disk quota is exceeded (Disk quota exceeded)"}
 
 
 def _legacy_globals() -> list:
@@ -95,7 +107,8 @@ def load(path: str | Path) -> dict:
         FileNotFoundError: no such file.
         CheckpointError: naming the file and what it is instead (a folder, empty, truncated
             or corrupt, not a torch file, a torch file holding other objects, another
-            format).
+            format), or the value that is wrong (an env id minerva does not make, non-finite
+            weights, ...).
     """
     path = Path(path)
     if not path.exists():
@@ -140,10 +153,81 @@ def load(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is an incomplete minerva checkpoint (it lacks "
                               f"{', '.join(missing)})")
     try:
-        return upgrade(state) if version != FORMAT else state
+        state = upgrade(state) if version != FORMAT else state
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path} is a damaged minerva checkpoint of format {version} "
                               f"({type(error).__name__}: {error})") from None
+    _check_values(state, path)
+    return state
+
+
+def _check_values(state: dict, path: Path) -> None:
+    """Refuses values nothing should act on: an env id that is not one minerva makes (a
+    ``module:Env`` id would have gymnasium import that module), an unknown backend, counters
+    that are not counts, non-finite tensors (weights, normaliser statistics, optimiser state).
+
+    Raises:
+        CheckpointError: naming the file, the value and what is wrong with it.
+    """
+    from minerva.env_ids import BACKENDS, resolve_env_id
+
+    env_id = state["env_id"]
+    try:  # (checks the registries only: it imports nothing an id names)
+        resolve_env_id(env_id)
+    except ValueError as error:
+        raise CheckpointError(f"{path} has an env_id minerva does not make: {error}") from None
+    configured = state["config"].get("env_id", env_id)
+    try:
+        matches = resolve_env_id(configured) == env_id
+    except ValueError as error:
+        raise CheckpointError(f"{path} has a config env_id minerva does not make: "
+                              f"{error}") from None
+    if not matches:
+        raise CheckpointError(f"{path} is a damaged minerva checkpoint: its env_id {env_id!r} "
+                              f"is not its config's {configured!r}")
+    if state.get("backend", BACKENDS[0]) not in BACKENDS:
+        raise CheckpointError(f"{path} has an unknown backend {state['backend']!r} (minerva's "
+                              f"are {' and '.join(BACKENDS)})")
+    for name in ("global_step", "iteration"):
+        value = state[name]
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+            raise CheckpointError(f"{path} is a damaged minerva checkpoint: {name} must be a "
+                                  f"non-negative integer, got {value!r}")
+    best = state["best_return"]
+    if not isinstance(best, numbers.Real) or isinstance(best, bool) or math.isnan(best):
+        raise CheckpointError(f"{path} is a damaged minerva checkpoint: best_return must be a "
+                              f"number, got {best!r}")
+    for key, tensor in _tensors(state):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            kind = "NaN" if tensor.isnan().any() else "infinity"
+            raise CheckpointError(f"{path} holds non-finite values: {key} has {kind} (the run "
+                                  "that wrote it diverged, or the file is damaged)")
+
+
+def _tensors(value, key: str = ""):
+    """``(dotted key, tensor)`` for every tensor in nested dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        yield key, value
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            yield from _tensors(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _tensors(item, f"{key}.{index}")
+
+
+def load_weights(module: torch.nn.Module, weights: dict, what: str) -> None:
+    """``module.load_state_dict(weights)``, where weights that do not fit are a
+    :class:`CheckpointError` naming ``what`` they do not fit and the first key that does not
+    (torch's message lists each on a line of its own, after a heading)."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).strip().splitlines()]
+        problems = [line for line in lines[1:] if line] or lines[:1]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"the checkpoint's weights do not fit {what}: "
+                              f"{problems[0]}{more}") from None
 
 
 def upgrade(state: dict) -> dict:
@@ -184,7 +268,9 @@ def upgrade(state: dict) -> dict:
 def saved_config(state: dict, path: str | Path) -> dict:
     """The checkpoint's configuration as a full set of options: those newer than its format
     at their defaults (or at :data:`~minerva.config.LEGACY_DEFAULTS`, what minerva did
-    before the option existed), the whole checked by :meth:`TrainConfig.validate`.
+    before the option existed), the whole checked by :meth:`TrainConfig.validate` but for
+    the device, which is the caller's to check or replace (a run trained on a GPU resumes or
+    is evaluated on a CPU).
 
     Raises:
         CheckpointError: for options this minerva does not know, or invalid values.
@@ -196,8 +282,8 @@ def saved_config(state: dict, path: str | Path) -> dict:
         raise CheckpointError(f"{path} has options this minerva does not know: "
                               f"{sorted(unknown)}")
     config = {**OPTION_DEFAULTS, **LEGACY_DEFAULTS, **state["config"]}
-    try:
-        TrainConfig(**config).validate()
+    try:  # but the device: where it runs now is the caller's choice (a GPU run on a CPU)
+        TrainConfig(**{**config, "device": "cpu"}).validate()
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path} has an invalid config: {error}") from None
     return config

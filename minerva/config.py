@@ -7,6 +7,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 ESTIMATORS = ("returns", "dae", "gae")
 OPTIMIZERS = ("adam", "sgd")
@@ -216,23 +220,37 @@ class TrainConfig:
                 bad(name, "must be a finite number")
         if not self.min_log_std < self.init_log_std < 1.0:
             bad("init_log_std", f"must lie between min_log_std ({self.min_log_std}) and 1")
-        import torch  # here: the options themselves (and the run files' names) need no torch
-
         try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            bad("device", "must be a torch device such as cpu, cuda or cuda:1")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            bad("device", "needs torch with CUDA and a visible GPU (torch.cuda.is_available() "
-                "is False)")
-        if device.type not in ("cpu", "cuda"):
-            bad("device", "must be a cpu or cuda device")
+            torch_device(self.device)
+        except ValueError as error:
+            bad("device", str(error))
         return self
 
     @property
     def lam(self) -> float:
         """The lambda the GAE kernel runs with: the estimators are one kernel."""
         return {"gae": self.gae_lambda, "returns": 1.0, "dae": 0.0}[self.advantage_estimator]
+
+
+def torch_device(name: str) -> torch.device:
+    """The torch device ``name`` names, when this machine can run on it (a cpu, or a cuda
+    device with CUDA available).
+
+    Raises:
+        ValueError: saying why not (without the name).
+    """
+    import torch  # here: the options themselves (and the run files' names) need no torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError("must be a torch device such as cpu, cuda or cuda:1") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("needs torch with CUDA and a visible GPU (torch.cuda.is_available() "
+                         "is False)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError("must be a cpu or cuda device")
+    return device
 
 
 # every option and its default, by name

@@ -34,6 +34,19 @@ def available_backends(env_id: str) -> tuple[str, ...]:
     return tuple(backend for backend in BACKENDS if env_id in known[backend])
 
 
+def check_backend(env_id: str, backend: str) -> None:
+    """Raises ValueError unless ``backend`` (envpool or gymnasium) can make ``env_id``, naming
+    the backends that can."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {list(BACKENDS)}")
+    if backend not in available_backends(env_id):
+        reason = ("envpool is not installed" if backend == "envpool" and not envpool_env_ids()
+                  else f"{backend} has no such id")
+        raise ValueError(f"environment {env_id!r} is not available on backend {backend!r} "
+                         f"({reason}); available backends for it: "
+                         f"{list(available_backends(env_id))}")
+
+
 def default_backend(env_id: str) -> str:
     """``"envpool"`` when envpool is installed and has ``env_id``, else ``"gymnasium"``."""
     return "envpool" if env_id in envpool_env_ids() else "gymnasium"
@@ -96,6 +109,10 @@ def resolve_env_id(env_id: str) -> str:
     """
     if not isinstance(env_id, str) or not env_id:
         raise ValueError(f"environment id must be a non-empty string, got {env_id!r}")
+    module, colon, _ = env_id.partition(":")
+    if colon:  # gym.make would import it (to run its registrations): code an id must not pick
+        raise ValueError(f"environment id {env_id!r} names a module to import ({module!r}); "
+                         "minerva makes registered ids only, and imports no module an id names")
     resolved = env_id
     parts = env_id.split("/")
     if parts[0] == "dm_control":

@@ -31,6 +31,7 @@ from gymnasium import spaces
 from minerva.env_ids import (  # noqa: F401  (this module's names too)
     BACKENDS,
     available_backends,
+    check_backend,
     default_backend,
     env_spaces,
     envpool_env_ids,
@@ -407,17 +408,11 @@ def make_vector_env(
             first_half.close()
             raise
         return SplitVectorEnv((first_half, second_half))
+    if make_env is None or backend != "gymnasium":  # (a factory of one's own makes any id)
+        check_backend(env_id, backend)
     if backend == "envpool":
-        if env_id not in envpool_env_ids():
-            reason = "envpool has no such id" if envpool_env_ids() else "envpool is not installed"
-            raise ValueError(
-                f"environment {env_id!r} is not available on backend 'envpool' ({reason}); "
-                f"available backends for it: {list(available_backends(env_id))}"
-            )
         return EnvpoolVectorEnv(env_id, num_envs, seed)
-    if backend == "gymnasium":
-        return GymnasiumVectorEnv(env_id, num_envs, seed, make_env or gymnasium_env_factory)
-    raise ValueError(f"unknown backend {backend!r}; expected one of {list(BACKENDS)}")
+    return GymnasiumVectorEnv(env_id, num_envs, seed, make_env or gymnasium_env_factory)
 
 
 def flatten_observations(env: gym.Env) -> gym.Env:

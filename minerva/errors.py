@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import signal
+from typing import NoReturn
 
 
 class NonFiniteError(RuntimeError):
@@ -15,8 +17,9 @@ class NonFiniteError(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT or SIGTERM after a completed iteration, with a checkpoint
-    of it written. A KeyboardInterrupt, so ``except Exception`` does not swallow it."""
+    """Training stopped on SIGINT, SIGTERM or SIGHUP after a completed iteration, with a
+    checkpoint of it written. A KeyboardInterrupt, so ``except Exception`` does not swallow
+    it."""
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
@@ -25,7 +28,7 @@ class TrainingInterrupted(KeyboardInterrupt):
     @property
     def exit_code(self) -> int:
         """The shell's convention: 128 + the signal's number (130 for SIGINT, 143 for
-        SIGTERM)."""
+        SIGTERM, 129 for SIGHUP)."""
         return 128 + self.signum
 
     @property
@@ -37,3 +40,11 @@ def first_line(error: BaseException) -> str:
     """The first line of an error's message (its type's name when it has none): for one-line
     messages that wrap a library's multi-line one."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """The command lines' parser: a bad argument is the one line ``prog: error: message``
+    (exit status 2), without argparse's usage text first (the trainer's runs to ~50 lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,10 +24,11 @@ from pathlib import Path
 import gymnasium as gym
 import torch
 
-from minerva.checkpoint import CheckpointError, load, saved_config
-from minerva.config import BACKENDS, MAX_ENVS, MAX_SEED, TrainConfig
+from minerva.checkpoint import CheckpointError, load, load_weights, saved_config
+from minerva.config import BACKENDS, MAX_ENVS, MAX_SEED, TrainConfig, torch_device
+from minerva.env_ids import check_backend, default_backend
 from minerva.envs import make_vector_env
-from minerva.errors import first_line
+from minerva.errors import OneLineParser, first_line
 from minerva.evaluation import check_can_record, evaluate_vectorized, record_video
 from minerva.networks import Agent, agent_for
 
@@ -35,7 +37,7 @@ SUMMARY_KEYS = ("return_mean", "return_std", "return_min", "return_median", "ret
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m minerva.evaluate",
         description="Evaluate a minerva checkpoint (<algo>_last.pt or <algo>_best.pt, e.g. "
                     "vmpo_best.pt).")
@@ -47,19 +49,37 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sample actions instead of the mean / argmax")
     parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="environment backend (default: the checkpoint's)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device (default: cpu, whichever the checkpoint was "
+                             "trained on)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="cut episodes after this many steps (default: the checkpoint's "
                              "eval_max_steps)")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     parser.add_argument("--video", type=Path, default=None, metavar="OUT.mp4",
                         help="also record one episode to this video file")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an unexpected error")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; returns the exit status: 0 done, 2 a bad argument or checkpoint (one
+    line, before any episode runs), 1 any other error (one line; ``--debug`` shows its
+    traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except Exception as error:  # noqa: BLE001  (one line instead of a traceback)
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {type(error).__name__}: {error}\n"
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not 1 <= args.episodes <= MAX_ENVS:
         parser.error(f"--episodes: must be between 1 and {MAX_ENVS:_}, got {args.episodes}")
     if not 0 <= args.seed <= MAX_SEED:
@@ -67,44 +87,76 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         parser.error(f"--max-steps: must be a positive integer, got {args.max_steps}")
     try:
+        device = torch_device(args.device)
+    except ValueError as error:
+        parser.error(f"--device: {error}, got {args.device!r}")
+    try:
         state = load(args.checkpoint)
         config = TrainConfig(**saved_config(state, args.checkpoint))
     except FileNotFoundError:
         parser.error(f"no such checkpoint: {args.checkpoint}")
     except CheckpointError as error:  # (its message names the file)
         parser.error(str(error))
+    env_id = state["env_id"]  # (checked by load: an id minerva makes)
+    backend = args.backend or state.get("backend") or default_backend(env_id)
     try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"--device: not a torch device: {args.device!r}")
+        check_backend(env_id, backend)
+    except ValueError as error:
+        parser.error(f"--backend: {error}" if args.backend else
+                     f"--backend: the checkpoint's backend cannot run here: {error}")
+    outputs = {"--json": args.json, "--video": args.video}
+    for flag, path in outputs.items():
+        problem = path and _output_problem(path, Path(args.checkpoint), flag == "--video")
+        if problem:
+            parser.error(f"{flag}: {path} {problem}")
+    if args.json is not None and args.json == args.video:
+        parser.error(f"--video: {args.video} is the --json file too")
     if args.video is not None:
         try:
-            check_can_record(state["env_id"])
+            check_can_record(env_id)
         except ValueError as error:
             parser.error(f"--video: {error}")
     max_steps = args.max_steps or config.eval_max_steps
     try:
         summary, agent = evaluate(state, config, args.episodes, args.seed, not args.stochastic,
-                                  args.backend or state["backend"], device, max_steps)
+                                  backend, device, max_steps)
     except CheckpointError as error:
         parser.error(f"{args.checkpoint}: {error}")
     policy = "stochastic" if args.stochastic else "deterministic"
-    print(f"{state['env_id']}: {args.episodes} {policy} episodes of the policy at step "
+    print(f"{env_id}: {args.episodes} {policy} episodes of the policy at step "
           f"{state['global_step']:,} ({args.checkpoint})")
     print("| " + " | ".join(SUMMARY_KEYS) + " |")
     print("|" + "---|" * len(SUMMARY_KEYS))
     print("| " + " | ".join(f"{summary[key]:.1f}" for key in SUMMARY_KEYS) + " |")
     if args.json is not None:
         args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint),
-                                         "env_id": state["env_id"], **summary}, indent=2) + "\n")
+                                         "env_id": env_id, **summary}, indent=2) + "\n")
     if args.video is not None:
         try:
-            frames, episode_return = record_video(agent, state["env_id"], args.video, args.seed,
+            frames, episode_return = record_video(agent, env_id, args.video, args.seed,
                                                   not args.stochastic, max_steps)
         except gym.error.DependencyNotInstalled as error:
-            parser.error(f"--video: rendering {state['env_id']} needs more: {first_line(error)}")
+            parser.error(f"--video: rendering {env_id} needs more: {first_line(error)}")
         print(f"video: {args.video} ({frames} frames, one episode, return {episode_return:.1f})")
     return 0
+
+
+def _output_problem(path: Path, checkpoint: Path, video: bool) -> str | None:
+    """What keeps ``path`` from being written (None: nothing), told before the episodes
+    run rather than after."""
+    folder = path.parent
+    if video and path.suffix.lower() != ".mp4":
+        return "is not an .mp4 file (the video is written with imageio's ffmpeg mp4 writer)"
+    if path.is_dir():
+        return "is a folder, not a file"
+    if not folder.is_dir():
+        return ("is under a file, not a folder" if folder.exists()
+                else f"is in a folder that does not exist ({folder})")
+    if path.exists() and checkpoint.exists() and path.samefile(checkpoint):
+        return "is the checkpoint itself"
+    if not os.access(path if path.exists() else folder, os.W_OK):
+        return "is not writable" if path.exists() else "is in a folder that is not writable"
+    return None
 
 
 def evaluate(state: dict, config: TrainConfig, episodes: int, seed: int, deterministic: bool,
@@ -118,11 +170,7 @@ def evaluate(state: dict, config: TrainConfig, episodes: int, seed: int, determi
     """
     with make_vector_env(state["env_id"], episodes, seed, backend) as envs:
         agent = agent_for(config, envs.single_observation_space, envs.single_action_space)
-        try:
-            agent.load_state_dict(state["agent"])
-        except RuntimeError as error:
-            raise CheckpointError(f"the checkpoint's weights do not fit {state['env_id']}: "
-                                  f"{first_line(error)}") from None
+        load_weights(agent, state["agent"], state["env_id"])
         result = evaluate_vectorized(agent.to(device), envs, seed=seed, max_steps=max_steps,
                                       deterministic=deterministic)
     return {key.removeprefix("eval/"): value for key, value in result.items()}, agent

@@ -114,9 +114,17 @@ def locked_out_dir(out: Path) -> Iterator[None]:
     their metrics and remove each other's checkpoint files.
 
     Raises:
-        ValueError: ``out_dir: ...`` when another process holds it.
+        ValueError: ``out_dir: ...`` when another process holds it, or its lock file cannot
+            be opened (a symbolic link, which would have the run write through it, or a
+            folder).
     """
-    with open(out / LOCK_FILE, "a+", encoding="utf-8") as lock:
+    path = out / LOCK_FILE
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    except OSError as error:
+        why = "is a symbolic link" if path.is_symlink() else f"cannot be opened ({error.strerror})"
+        raise ValueError(f"out_dir: {path}, the run's lock file, {why}; remove it") from None
+    with open(descriptor, "a+", encoding="utf-8") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

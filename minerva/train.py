@@ -21,6 +21,7 @@ from pathlib import Path
 from minerva import envs
 from minerva.config import OPTION_DEFAULTS, TrainConfig
 from minerva.env_ids import resolve_env_id
+from minerva.errors import OneLineParser
 from minerva.presets import CONTINUOUS_CONTROL, IMAGES, all_presets, preset
 from minerva.stopping import exit_at_once_on_signals, ignore_signals, restore_handlers
 
@@ -41,7 +42,7 @@ def _optional_float(text: str) -> float | _ExplicitNone:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m minerva.train",
         description="Train a V-MPO (or, with --algo ppo, a PPO) agent. Defaults come from "
                     "TrainConfig, then presets.toml's tables of the algorithm: its own, for an "
@@ -123,8 +124,9 @@ def _explicit_options(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the exit status: 0 done, 2 a bad option or file (one line, before
-    any env is made where it can be told), 130 / 143 stopped by SIGINT / SIGTERM with a
-    checkpoint, 1 any other error (one line; ``--debug`` shows its traceback)."""
+    any env is made where it can be told), 130 / 143 / 129 stopped by SIGINT / SIGTERM /
+    SIGHUP with a checkpoint, 1 any other error (one line; ``--debug`` shows its
+    traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -160,29 +162,33 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         # the checkpoint's configuration with the flags given now on top, into the
         # checkpoint's folder unless --out-dir says otherwise
         overrides = {"out_dir": str(Path(args.resume).parent), **_explicit_options(args)}
-        option_error(create_out_dir, overrides["out_dir"])
-        try:
-            trainer = OnPolicyTrainer.from_checkpoint(args.resume, **overrides)
-        except FileNotFoundError:
-            parser.error(f"--resume: no such checkpoint: {args.resume}")
-        except CheckpointError as error:
-            parser.error(f"--resume: {error}")
-        except ValueError as error:
-            parser.error(_option_message(error))
+        out_dir = overrides["out_dir"]
     else:
         config = config_from_args(parser, args)
-        out = Path(config.out_dir).absolute()
-        # the first folder this run creates (runs/ too, for the default out_dir)
-        new_folder = next((p for p in (*reversed(out.parents), out) if not p.exists()), None)
-        option_error(check_run_outputs, config, config.env_id)
-        if not config.overwrite:  # (overwriting deletes only once the run starts)
-            option_error(prepare_out_dir, config.out_dir)
-        try:
+        out_dir = config.out_dir
+    out = Path(out_dir).absolute()
+    # the first folder this run creates (runs/ too, for the default out_dir)
+    new_folder = next((p for p in (*reversed(out.parents), out) if not p.exists()), None)
+    try:
+        if args.resume is not None:
+            option_error(create_out_dir, out_dir)
+            try:
+                trainer = OnPolicyTrainer.from_checkpoint(args.resume, **overrides)
+            except FileNotFoundError:
+                parser.error(f"--resume: no such checkpoint: {args.resume}")
+            except CheckpointError as error:
+                parser.error(f"--resume: {error}")
+            except ValueError as error:
+                parser.error(_option_message(error))
+        else:
+            option_error(check_run_outputs, config, config.env_id)
+            if not config.overwrite:  # (overwriting deletes only once the run starts)
+                option_error(prepare_out_dir, config.out_dir)
             trainer = option_error(OnPolicyTrainer.from_config, config)
-        except BaseException:
-            if new_folder:  # a run that never started leaves no empty folder behind
-                shutil.rmtree(new_folder, ignore_errors=True)
-            raise
+    except BaseException:
+        if new_folder:  # a run that never started leaves no empty folder behind
+            shutil.rmtree(new_folder, ignore_errors=True)
+        raise
     config = trainer.config
     replaced: dict[int, object] = {}  # handlers put back once the run is closed
     try:

@@ -154,7 +154,11 @@ def test_a_checkpoint_of_other_networks_is_refused(tmp_path, saved_run):
     state["agent"] = {k: (v[:1] if v.ndim else v) for k, v in state["agent"].items()}
     path = tmp_path / "mismatch.pt"
     torch.save(state, path)
-    with pytest.raises(checkpoint.CheckpointError, match="does not fit this CartPole-v1"):
+    # named down to the first key that does not fit (torch's heading line says none)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"weights do not fit this CartPole-v1 trainer: size mismatch for "
+                             r"obs_normalizer\.mean: copying a param with shape .* "
+                             r"\(and 7 more\)$"):
         VMPOTrainer.from_checkpoint(path)
 
 
@@ -188,35 +192,56 @@ def test_stale_temporary_files_are_removed_at_the_next_save(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".vmpo_best.pt.keep", "vmpo_last.pt"]
 
 
-def test_a_full_disk_is_named_with_its_cause(tmp_path, monkeypatch):
+def test_a_full_disk_leaves_no_partial_file_and_says_so(tmp_path, monkeypatch):
     import errno
-    import tempfile as tempfile_module
 
     trainer = make_trainer()
-    real = tempfile_module.NamedTemporaryFile
+    path = tmp_path / "vmpo_last.pt"
+    trainer.save_checkpoint(path)
+    before = path.read_bytes()
+    real_fdopen = os.fdopen
 
     class FullDisk:
+        """A file on a disk that fills up during the write: half the data reaches it, then
+        every write, flush and close fails (close after closing, as a buffered file's does
+        when the data it still holds cannot be written)."""
+
         def __init__(self, *args, **kwargs):
-            self._file = real(*args, **kwargs)
-            self.name = self._file.name
+            self._file = real_fdopen(*args, **kwargs)
 
         def __enter__(self):
             return self
 
         def __exit__(self, *exc_info):
-            self._file.close()
+            self.close()
 
-        def write(self, data):
+        def _full(self):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        def __getattr__(self, name):
-            return getattr(self._file, name)
+        def write(self, data):
+            self._file.write(bytes(data[: len(data) // 2]))
+            self._file.flush()
+            self._full()
 
-    monkeypatch.setattr(tempfile_module, "NamedTemporaryFile", FullDisk)
-    with pytest.raises(OSError, match=r"cannot write the checkpoint .*vmpo_last.pt: No space"):
-        trainer.save_checkpoint(tmp_path / "vmpo_last.pt")
+        def flush(self):
+            self._full()
+
+        def close(self):
+            self._file.close()
+            self._full()
+
+        def fileno(self):
+            return self._file.fileno()
+
+    monkeypatch.setattr(os, "fdopen", FullDisk)
+    with pytest.raises(OSError, match=r"cannot write the checkpoint .*vmpo_last\.pt: the disk is "
+                                      r"full \(No space left on device\)$") as error:
+        trainer.save_checkpoint(path)
     trainer.close()
-    assert list(tmp_path.iterdir()) == []
+    assert error.value.errno == errno.ENOSPC
+    # no partial .vmpo_last.pt.* left, and the previous checkpoint as it was
+    assert [p.name for p in tmp_path.iterdir()] == ["vmpo_last.pt"]
+    assert path.read_bytes() == before
 
 
 def test_checkpoints_are_also_written_on_a_wall_clock_cadence(tmp_path, monkeypatch):
@@ -235,8 +260,10 @@ def test_checkpoints_are_also_written_on_a_wall_clock_cadence(tmp_path, monkeypa
     assert last == [64, 128, 192]  # one per iteration here, the final one at its evaluation
 
 
-def test_a_signal_stops_after_the_iteration_with_a_consistent_checkpoint(tmp_path, monkeypatch):
-    before = signal.getsignal(signal.SIGTERM)
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_signal_stops_after_the_iteration_with_a_consistent_checkpoint(tmp_path, monkeypatch,
+                                                                         signum, code):
+    before = signal.getsignal(signum)
     trainer = make_trainer(eval_every=10_000)
     original = VMPOUpdate.__call__
 
@@ -245,20 +272,38 @@ def test_a_signal_stops_after_the_iteration_with_a_consistent_checkpoint(tmp_pat
     def signalling_update(self, batch):
         updates.append(batch)
         if len(updates) == 3:  # mid-iteration: after the rollout, before the update
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
         return original(self, batch)
 
     monkeypatch.setattr(VMPOUpdate, "__call__", signalling_update)
     with pytest.raises(TrainingInterrupted) as stopped:
         trainer.train(100_000, str(tmp_path))
     trainer.close()
-    assert stopped.value.exit_code == 143 and stopped.value.signal_name == "SIGTERM"
+    assert stopped.value.exit_code == code
+    assert stopped.value.signal_name == signal.Signals(signum).name
     state = checkpoint.load(tmp_path / "vmpo_last.pt")
     # the interrupted iteration was completed: trained on, counted and saved
     assert state["global_step"] == 3 * 64 and state["iteration"] == 3
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert events[-1]["global_step"] == state["global_step"]
-    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    assert signal.getsignal(signum) is before  # handlers restored
+
+
+def test_an_ignored_sighup_stays_ignored():
+    """nohup ignores SIGHUP so that a run outlives its terminal: minerva keeps it so."""
+    from minerva.stopping import StopOnSignal, exit_at_once_on_signals, restore_handlers
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with StopOnSignal(lambda name: "") as stop:
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        assert stop.requested is None
+        replaced = exit_at_once_on_signals()
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        restore_handlers(replaced)
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def _cli(*args, timeout=120, **popen):
@@ -267,14 +312,15 @@ def _cli(*args, timeout=120, **popen):
                               capture_output=True, text=True, timeout=timeout, **popen)
 
 
-def _start_cli(out: Path, *args, events: int = 3) -> subprocess.Popen:
+def _start_cli(out: Path, *args, events: int = 3, **popen) -> subprocess.Popen:
     """The CLI training Pendulum into ``out``, once ``events`` lines are logged (0: once
-    training has started)."""
+    training has started); ``popen``: Popen's options (default: text pipes)."""
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
     process = subprocess.Popen(
         [sys.executable, "-m", "minerva.train", "--env-id", "Pendulum-v1", "--num-envs", "4",
          "--rollout-steps", "16", "--total-steps", "10000000", "--eval-every", "1000000",
          "--no-progress", "--out-dir", str(out), *args],
-        cwd=tempfile.gettempdir(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tempfile.gettempdir(), **popen)
     deadline = time.monotonic() + 300  # a busy machine starts slowly
     metrics = out / "metrics.jsonl"
     while not ((out / "run.json").exists() and metrics.exists()
@@ -297,6 +343,29 @@ def test_the_cli_exits_on_a_signal_with_a_checkpoint(tmp_path, signum, code):
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert state["global_step"] == events[-1]["global_step"] > 0
     assert f"the last checkpoint (step {state['global_step']})" in stderr
+
+
+@pytest.mark.slow
+def test_a_closed_terminal_stops_the_run_with_a_checkpoint(tmp_path):
+    """SIGHUP as a terminal's closing sends it: every write to the terminal fails from then
+    on (EIO), and the run still finishes its iteration, writes its checkpoint and exits
+    with 128 + 1."""
+    import pty
+
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        pytest.skip("SIGHUP is ignored here (nohup): the run would inherit that")
+    out = tmp_path / "run"
+    terminal, run_side = pty.openpty()
+    try:
+        process = _start_cli(out, stdout=run_side, stderr=run_side, text=False)
+    finally:
+        os.close(run_side)
+    os.close(terminal)  # the terminal is gone: the run's writes to it fail from here on
+    process.send_signal(signal.SIGHUP)
+    assert process.wait(timeout=120) == 129
+    state = checkpoint.load(out / "vmpo_last.pt")
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert state["global_step"] == events[-1]["global_step"] > 0
 
 
 def test_a_second_signal_exits_at_once_without_a_traceback(tmp_path):
@@ -425,6 +494,21 @@ def test_two_runs_cannot_write_one_folder(tmp_path):
     trainer.close()
 
 
+def test_the_lock_file_is_never_followed(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("not the run's\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".minerva.lock").symlink_to(target)
+    trainer = make_trainer()
+    with pytest.raises(ValueError, match=r"out_dir: .*\.minerva\.lock, the run's lock file, is a "
+                                         r"symbolic link; remove it"):
+        trainer.train(64, str(out))
+    trainer.close()
+    assert target.read_text() == "not the run's\n"
+    assert sorted(p.name for p in out.iterdir()) == [".minerva.lock"]
+
+
 def test_total_steps_at_or_below_the_saved_step_is_an_error(saved_run):
     trainer = VMPOTrainer.from_checkpoint(saved_run / "vmpo_last.pt")
     with pytest.raises(ValueError, match="total_steps: 100 is not above the 128 steps"):
@@ -546,13 +630,53 @@ def test_a_rollout_that_cannot_fit_in_memory_is_refused_before_any_env(rollout_s
         make_trainer(rollout_steps=rollout_steps)
 
 
+@pytest.mark.parametrize("sizes,message", [
+    ((10**9,), r"policy_layer_sizes: the networks need [\d,.]+ GiB \(7,000,000,\d+ parameters "
+               r"with their gradients .*\), more than this machine's .* GiB of memory, got "
+               r"\(1000000000,\)"),
+    ((64, 2**62), r"policy_layer_sizes: layers too large for any memory \(.*overflow"),
+])
+def test_networks_that_cannot_fit_in_memory_are_refused_before_any_env(sizes, message,
+                                                                      monkeypatch):
+    import minerva.trainers.on_policy as trainer_module
+
+    def no_envs(*args, **kwargs):
+        raise AssertionError("an env was made")
+
+    monkeypatch.setattr(trainer_module, "make_vector_env", no_envs)
+    with pytest.raises(ValueError, match=message):
+        VMPOTrainer("CartPole-v1", 0, "cpu", sizes, (16,), 16, backend="envpool")
+
+
+def test_networks_that_fail_to_allocate_are_a_bad_option(tmp_path):
+    """Networks within the bound (here made to pass) that the allocator refuses: exit 2."""
+    script = ("import re, resource, sys\n"
+              "import minerva.trainers.checks as checks\n"
+              "from minerva.train import main\n"
+              "checks._memory = lambda device: (2**50, 'this machine\\'s')\n"
+              "status = open('/proc/self/status').read()\n"
+              "size = int(re.search(r'VmSize:\\s+(\\d+)', status).group(1)) * 1024\n"
+              "# 2 GiB more address space than now: the 6.4 GB layer cannot be allocated\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (size + 2**31, resource.RLIM_INFINITY))\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-c", script, "--policy-layer-sizes", "40000", "40000", "--backend",
+         "gymnasium", "--total-steps", "64", "--out-dir", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())
+    _one_line_error(result, r"--policy-layer-sizes: the networks do not fit in the memory left "
+                            r"on cpu \(allocating them failed\), got \(40000, 40000\)$")
+    assert not out.exists()
+
+
 # --- the CLI's errors: one line, exit 2, no traceback ----------------------------------------
 
 def _one_line_error(result, message):
     import re
 
     assert result.returncode == 2, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
+    # one line: no usage text before it, no traceback (a library's warnings may come first)
+    assert "usage:" not in result.stderr and "Traceback" not in result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert re.search(message, last), result.stderr
 
@@ -587,6 +711,10 @@ def a_file(tmp_path_factory):
     (lambda f, run: ["--min-log-std=-inf"], "--min-log-std: must be a finite number"),
     (lambda f, run: ["--env-id", "FrozenLake-v1"],
      "--env-id: FrozenLake-v1: unsupported observation space Discrete"),
+    (lambda f, run: ["--env-id", "os:CartPole-v1"],
+     "--env-id: environment id 'os:CartPole-v1' names a module to import \\('os'\\)"),
+    (lambda f, run: ["--policy-layer-sizes", "1000000000"],
+     "^python -m minerva.train: error: --policy-layer-sizes: the networks need .* GiB"),
 ])
 def test_ordinary_mistakes_get_one_line(a_file, saved_run, make_args, message):
     _one_line_error(_cli(*make_args(a_file, saved_run)), message)
@@ -626,4 +754,12 @@ def test_a_run_that_never_starts_leaves_no_folder(tmp_path):
     out = tmp_path / "new" / "run"
     _one_line_error(_cli("--rollout-steps", str(2**62), "--out-dir", str(out)),
                     "--rollout-steps: a rollout of")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_resume_leaves_no_folder(tmp_path, saved_run):
+    out = tmp_path / "new" / "run"
+    _one_line_error(_cli("--resume", str(saved_run / "vmpo_last.pt"), "--optimizer-type", "sgd",
+                         "--total-steps", "4096", "--out-dir", str(out)),
+                    "--optimizer-type: the checkpoint has 'adam'")
     assert list(tmp_path.iterdir()) == []

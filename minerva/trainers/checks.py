@@ -4,6 +4,7 @@ a run treats specially."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -11,7 +12,10 @@ import torch
 
 from minerva import logging as run_logging
 from minerva.config import TrainConfig
+from minerva.env_ids import supported_observation_box
+from minerva.errors import first_line
 from minerva.evaluation import check_can_record
+from minerva.networks import agent_for
 
 # options of a run, not of the trainer
 RUN_ONLY_OPTIONS = ("total_steps", "out_dir", "overwrite", "capture_video", "wandb_project")
@@ -70,12 +74,63 @@ def check_rollout_memory(config: TrainConfig, observation_space: gym.spaces.Spac
     bytes_per_step = (observation_bytes * observation_size + 4 * (params_size + 6)
                       + 8 * action_size + 3)
     needed = config.rollout_steps * config.num_envs * bytes_per_step
-    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    available, whose = _memory(torch.device("cpu"))
     if needed > available:
         raise ValueError(
             f"rollout_steps: a rollout of {config.rollout_steps:_} steps x {config.num_envs:_} "
-            f"envs of {config.env_id} needs {_gib(needed)} of storage, more than this "
-            f"machine's {_gib(available)} of memory")
+            f"envs of {config.env_id} needs {_gib(needed)} of storage, more than {whose} "
+            f"{_gib(available)} of memory")
+
+
+def check_network_memory(config: TrainConfig, observation_space: gym.spaces.Space,
+                         action_space: gym.spaces.Space) -> None:
+    """Refuses networks that cannot fit in the memory of the config's device, before any is
+    allocated (a ValueError naming :func:`wider_network`'s option and the size they would
+    need): their weights, gradients and optimiser state, counted on the networks built on
+    torch's meta device (which allocates nothing), and a minibatch's hidden activations and
+    their gradients."""
+    name = wider_network(config)
+    box = supported_observation_box(config.env_id, observation_space, action_space)
+    try:  # (warnings about the spaces come once, when the real networks are made)
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            agent = agent_for(config, box, action_space)
+    except RuntimeError as error:  # sizes whose tensors torch cannot even describe
+        raise ValueError(f"{name}: layers too large for any memory ({first_line(error)}), "
+                         f"got {getattr(config, name)}") from None
+    parameters = sum(p.numel() for p in agent.parameters())
+    # the weights, their gradients, and Adam's two moments or SGD's momentum, in float32
+    copies = 4 if config.optimizer_type == "adam" else 3
+    minibatch = -(-config.num_envs * config.rollout_steps // config.num_minibatches)
+    activations = 2 * minibatch * sum((*config.policy_layer_sizes, *config.value_layer_sizes))
+    needed = 4 * (copies * parameters + activations)
+    available, whose = _memory(torch.device(config.device))
+    if needed > available:
+        raise ValueError(
+            f"{name}: the networks need {_gib(needed)} ({parameters:,} parameters with their "
+            f"gradients and the optimiser's state, and a minibatch's activations), more than "
+            f"{whose} {_gib(available)} of memory, got {getattr(config, name)}")
+
+
+def wider_network(config: TrainConfig) -> str:
+    """``policy_layer_sizes`` or ``value_layer_sizes``, whichever has the more units: the
+    option to name when the networks do not fit."""
+    return max(("policy_layer_sizes", "value_layer_sizes"),
+               key=lambda name: sum(getattr(config, name)))
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed for want of memory (torch's CPU
+    allocator raises a plain RuntimeError saying so)."""
+    return (isinstance(error, (MemoryError, torch.OutOfMemoryError))
+            or "can't allocate memory" in str(error))
+
+
+def _memory(device: torch.device) -> tuple[int, str]:
+    """The memory of ``device`` in bytes (a GPU's own, or this machine's), and whose."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory, "the GPU's"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's"
 
 
 def storage_dtype(observation_space: gym.spaces.Space) -> torch.dtype:

@@ -39,10 +39,13 @@ from minerva.rollout import RolloutBatch
 from minerva.stopping import StopOnSignal
 from minerva.storage import RolloutStorage
 from minerva.trainers.checks import (
+    check_network_memory,
     check_rollout_memory,
     check_run_outputs,
     check_total_steps,
+    is_out_of_memory,
     storage_dtype,
+    wider_network,
 )
 from minerva.trainers.resume import Resumable
 from minerva.trainers.update import Update
@@ -109,6 +112,7 @@ class OnPolicyTrainer(Resumable):
             raise ValueError(f"env_id: {error}") from None
         self.backend = default_backend(self.env_id) if cfg.backend == "auto" else cfg.backend
         check_rollout_memory(cfg, *env_spaces(self.env_id))
+        check_network_memory(cfg, *env_spaces(self.env_id))
         # pipelined_rollout: on envpool half the envs step while the policy acts on the other
         # half (gymnasium steps in this thread: nothing would overlap, so it is never split)
         # rank r's env i is seeded with seed + r * num_envs + i: no two ranks' envs share one
@@ -119,8 +123,16 @@ class OnPolicyTrainer(Resumable):
         self.eval_envs = (make_vector_env(self.env_id, cfg.eval_episodes, cfg.seed + 1000,
                                           self.backend) if self.ranks.is_main else None)
 
-        self.agent = agent_for(cfg, self.envs.single_observation_space,
-                               self.envs.single_action_space).to(self.device)
+        try:
+            self.agent = agent_for(cfg, self.envs.single_observation_space,
+                                   self.envs.single_action_space).to(self.device)
+        except (RuntimeError, MemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            name = wider_network(cfg)
+            raise ValueError(f"{name}: the networks do not fit in the memory left on "
+                             f"{self.device} (allocating them failed), got "
+                             f"{getattr(cfg, name)}") from None
         # the native ops and storage, or the pure-Python references (to measure the difference)
         self.ops = reference if cfg.reference_ops else ops
         storage_class = reference.RolloutStorage if cfg.reference_ops else RolloutStorage
@@ -236,8 +248,8 @@ class OnPolicyTrainer(Resumable):
         is writing to is refused (:func:`minerva.logging.prepare_out_dir`).
 
         ``<algo>_last.pt`` is written after complete iterations only: at each evaluation, every
-        ``checkpoint_every_s`` seconds, and when SIGINT or SIGTERM stops training (the
-        iteration under way is finished first; then :class:`~minerva.errors.
+        ``checkpoint_every_s`` seconds, and when SIGINT, SIGTERM or SIGHUP stops training
+        (the iteration under way is finished first; then :class:`~minerva.errors.
         TrainingInterrupted` is raised). An error leaves the last checkpoint as it was.
         """
         check_total_steps(total_steps, self.global_step)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from minerva import checkpoint
-from minerva.config import TrainConfig
+from minerva.config import TrainConfig, torch_device
 from minerva.env_ids import resolve_env_id
 from minerva.errors import first_line
 from minerva.trainers.checks import RESUME_FIXED_OPTIONS, check_total_steps
@@ -49,8 +49,8 @@ class Resumable:
         Raises:
             CheckpointError: when the networks' or the optimiser's shapes do not match.
         """
+        checkpoint.load_weights(self.agent, state["agent"], f"this {self.env_id} trainer")
         try:
-            self.agent.load_state_dict(state["agent"])
             self.algorithm.load_state_dict(state)
             self.reward_scaler.load_state_dict(state["reward_scaler"])
         except (RuntimeError, ValueError, KeyError) as error:
@@ -76,7 +76,8 @@ class Resumable:
         checkpoint's ``algo``).
 
         Every option applies on resume (learning rates and momentum go into the optimiser,
-        whatever the checkpoint's schedule had reached), except those that fix the networks,
+        whatever the checkpoint's schedule had reached; a ``device`` runs it there, its
+        state moved from the one it was saved on), except those that fix the networks,
         the optimiser or the initial values (:data:`RESUME_FIXED_OPTIONS`): changing one of
         them is an error naming it. A ``total_steps`` given must exceed the saved step.
 
@@ -102,12 +103,22 @@ class Resumable:
         if cls.ALGORITHM and saved["algo"] != cls.ALGORITHM:
             raise checkpoint.CheckpointError(
                 f"{path} is a {saved['algo']} checkpoint; {cls.__name__} trains {cls.ALGORITHM}")
-        config = TrainConfig(**{**saved, **overrides}).validate()
+        config = TrainConfig(**{**saved, **overrides})
+        if "device" not in overrides:  # the device it was trained on may not be here
+            try:
+                torch_device(config.device)
+            except ValueError as error:
+                raise ValueError(f"device: the checkpoint was trained on {config.device!r}, "
+                                 f"which {error}; choose another, e.g. cpu") from None
+        config.validate()
         if "total_steps" in overrides:  # asked for: it must leave steps to train
             check_total_steps(config.total_steps, state["global_step"])
         trainer = cls.from_config(config)
         try:
             trainer.load_state_dict(state)
+        except checkpoint.CheckpointError as error:
+            trainer.close()
+            raise checkpoint.CheckpointError(f"{path}: {error}") from None
         except BaseException:
             trainer.close()
             raise
