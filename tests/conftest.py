@@ -20,3 +20,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    # a CLI run in this process (tests' run_main) may set torch's threads for its run
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -53,6 +53,7 @@ def test_update_matmuls_count_every_layer_forward_and_backward(speed):
                                                       + 840 - 120 + 700 - 100 + 700 - 100) // 2
 
 
+@pytest.mark.slow
 def test_timed_run_reports_steps_phases_and_leaves_evaluation_out():
     pytest.importorskip("envpool")
     options = {"env_id": "CartPole-v1", "steps": 1024, "seed": 3, "torch_threads": 1}

@@ -1,4 +1,5 @@
-"""``python -m minerva.train`` through a subprocess, as a user runs it."""
+"""``python -m minerva.train`` as a user runs it: through a subprocess, or (for its parsing
+and errors, which need no process of their own) its ``main`` in this one."""
 
 import dataclasses
 import json
@@ -7,8 +8,10 @@ import sys
 import tempfile
 
 import pytest
+from helpers import run_main
 
 from minerva.config import TrainConfig
+from minerva.train import main
 
 pytest.importorskip("envpool")
 
@@ -21,8 +24,8 @@ def run(*args, timeout=300):
                               capture_output=True, text=True, timeout=timeout)
 
 
-def test_help_documents_every_option():
-    result = run("--help")
+def test_help_documents_every_option(capsys):
+    result = run_main(main, ["--help"], capsys)
     assert result.returncode == 0
     for field in dataclasses.fields(TrainConfig):
         assert "--" + field.name.replace("_", "-") in result.stdout, field.name
@@ -38,16 +41,25 @@ def test_help_documents_every_option():
     (["--num-envs", "0"], "--num-envs: must be a positive integer"),
     (["--backend", "brax"], "invalid choice: 'brax'"),
 ])
-def test_bad_arguments_fail_at_once_naming_the_option(args, message):
+def test_bad_arguments_fail_at_once_naming_the_option(args, message, capsys):
+    _assert_one_line(run_main(main, args, capsys), message)
+
+
+def test_a_bad_argument_is_one_line_from_the_command_line_too():
+    _assert_one_line(run("--topk-fraction", "1.5", timeout=60),
+                     r"^python -m minerva.train: error: --topk-fraction: must be in \(0, 1\]")
+
+
+def _assert_one_line(result, message):
     import re
 
-    result = run(*args, timeout=60)
     assert result.returncode == 2
     # one line: argparse's ~50 lines of usage text do not come first
-    assert "usage:" not in result.stderr, result.stderr
-    assert re.search(message, result.stderr), result.stderr
+    assert "usage:" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert re.search(message, result.stderr.strip().splitlines()[-1]), result.stderr
 
 
+@pytest.mark.slow
 def test_short_run_and_resume(tmp_path):
     out = tmp_path / "run"
     result = run("--env-id", "Pendulum-v1", "--total-steps", "1024", "--eval-every", "1024",

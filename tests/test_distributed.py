@@ -22,6 +22,9 @@ from minerva.normalization import RewardScaler, RunningMeanStd
 
 pytest.importorskip("envpool")
 
+# several processes per test (torchrun's): the slow tier
+pytestmark = pytest.mark.slow
+
 WORLD_SIZE = 2
 
 

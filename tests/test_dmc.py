@@ -11,6 +11,9 @@ import pytest
 pytest.importorskip("shimmy")
 pytest.importorskip("dm_control")
 
+# dm_control and MuJoCo load for every test: the slow tier
+pytestmark = pytest.mark.slow
+
 from minerva.presets import preset  # noqa: E402
 from minerva.trainers.vmpo.trainer import VMPOTrainer, _resolve_env_id  # noqa: E402
 

@@ -1,23 +1,24 @@
 """``python -m minerva.evaluate``: a checkpoint's policy on fresh episodes, and clear errors."""
 
 import json
-import subprocess
-import sys
-import tempfile
 
 import pytest
 import torch
+from helpers import run_main
 
 from minerva.envs import make_vector_env
+from minerva.evaluate import main
 from minerva.trainers.vmpo.trainer import VMPOTrainer, _evaluate_vectorized
 
 pytest.importorskip("envpool")
 
 
-def evaluate(*args):
-    return subprocess.run([sys.executable, "-P", "-m", "minerva.evaluate", *map(str, args)],
-                          capture_output=True, text=True, timeout=120,
-                          cwd=tempfile.gettempdir())
+@pytest.fixture
+def evaluate(tmp_path_factory, monkeypatch, capsys):
+    """``python -m minerva.evaluate ARGS``, its ``main`` run in this process from a folder of its
+    own (tests/test_reliability_checkpoints.py runs it as a process too)."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    return lambda *args: run_main(main, [str(arg) for arg in args], capsys)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def trained(tmp_path_factory):
     return out, reference
 
 
-def test_the_summary_is_the_trainers_evaluation(trained, tmp_path):
+def test_the_summary_is_the_trainers_evaluation(trained, tmp_path, evaluate):
     out, reference = trained
     result = evaluate(out / "vmpo_last.pt", "--episodes", 3, "--seed", 5, "--backend",
                       "gymnasium", "--json", tmp_path / "summary.json")
@@ -45,7 +46,7 @@ def test_the_summary_is_the_trainers_evaluation(trained, tmp_path):
     assert f"| {reference['eval/return_mean']:.1f} |" in result.stdout
 
 
-def test_stochastic_episodes_sample_actions(trained, tmp_path):
+def test_stochastic_episodes_sample_actions(trained, tmp_path, evaluate):
     out, reference = trained
     result = evaluate(out / "vmpo_last.pt", "--episodes", 3, "--seed", 5, "--backend",
                       "gymnasium", "--stochastic", "--json", tmp_path / "summary.json")
@@ -62,14 +63,14 @@ def test_stochastic_episodes_sample_actions(trained, tmp_path):
     (lambda d, run: run / "vmpo_last.pt", ["--episodes", "0"], "--episodes: must be between"),
     (lambda d, run: run / "vmpo_last.pt", ["--seed", "-1"], "--seed: must be in"),
 ])
-def test_mistakes_get_one_line(trained, tmp_path, make_file, args, message):
+def test_mistakes_get_one_line(trained, tmp_path, make_file, args, message, evaluate):
     out, _ = trained
     result = evaluate(make_file(tmp_path, out), *args)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1], result.stderr
 
 
-def test_weights_that_do_not_fit_the_env_are_named(trained, tmp_path):
+def test_weights_that_do_not_fit_the_env_are_named(trained, tmp_path, evaluate):
     out, _ = trained
     state = torch.load(out / "vmpo_last.pt", weights_only=True)
     state["config"] = {**state["config"], "policy_layer_sizes": (8,)}
@@ -79,7 +80,8 @@ def test_weights_that_do_not_fit_the_env_are_named(trained, tmp_path):
     assert "the checkpoint's weights do not fit Pendulum-v1" in result.stderr
 
 
-def test_a_video_of_one_episode(trained, tmp_path):
+@pytest.mark.slow
+def test_a_video_of_one_episode(trained, tmp_path, evaluate):
     pytest.importorskip("imageio_ffmpeg")
     pytest.importorskip("pygame")
     import imageio.v3 as imageio

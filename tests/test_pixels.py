@@ -168,6 +168,7 @@ def test_the_rollout_memory_check_counts_uint8_frames():
         check_rollout_memory(config, ATARI, ACTIONS)
 
 
+@pytest.mark.slow
 def test_an_atari_video_is_rendered_by_ale_with_envpools_observations(pong, tmp_path):
     pytest.importorskip("ale_py")
     pytest.importorskip("cv2")

@@ -168,6 +168,7 @@ def test_the_linear_schedule_anneals_both_networks():
     trainer.close()
 
 
+@pytest.mark.slow
 def test_ppo_solves_cartpole():
     config = TrainConfig(**{**preset("CartPole-v1", "ppo"), "algo": "ppo", "seed": 1,
                             "env_id": "CartPole-v1", "progress": False,
@@ -194,6 +195,7 @@ SHORT = ("--algo", "ppo", "--env-id", "Pendulum-v1", "--num-envs", "4", "--rollo
          "--eval-every", "256", "--eval-episodes", "2", "--no-progress")
 
 
+@pytest.mark.slow
 def test_cli_trains_checkpoints_resumes_and_evaluates(tmp_path):
     out = tmp_path / "run"
     result = cli(*SHORT, "--total-steps", "256", "--out-dir", out)
@@ -218,6 +220,7 @@ def test_cli_trains_checkpoints_resumes_and_evaluates(tmp_path):
     assert json.loads(summary.read_text())["return_mean"] < 0  # Pendulum's returns
 
 
+@pytest.mark.slow
 def test_a_sigterm_stops_ppo_with_a_checkpoint(tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen(
@@ -237,6 +240,7 @@ def test_a_sigterm_stops_ppo_with_a_checkpoint(tmp_path):
     assert checkpoint.load(out / "ppo_last.pt")["global_step"] == events[-1]["global_step"]
 
 
+@pytest.mark.slow
 def test_ppo_records_a_video_of_its_best_policy(tmp_path):
     pytest.importorskip("imageio_ffmpeg")
     trainer = make_ppo("CartPole-v1", capture_video=True)
@@ -266,6 +270,7 @@ def test_ppo_logs_to_wandb_offline(tmp_path, monkeypatch):
     assert any("eval/return_mean" in event for event in logged)
 
 
+@pytest.mark.slow
 def test_ppo_ranks_stay_one_agent(tmp_path):
     from test_distributed import WORLD_SIZE, run_ranks
 

@@ -17,10 +17,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from helpers import run_main
 
 from minerva import checkpoint
 from minerva.config import TrainConfig
 from minerva.errors import NonFiniteError, TrainingInterrupted
+from minerva.train import main
 from minerva.trainers.vmpo.trainer import VMPOTrainer, _evaluate_vectorized
 from minerva.trainers.vmpo.update import VMPOUpdate
 
@@ -69,14 +71,14 @@ def _crafted_files(folder: Path, saved_run: Path, marker: Path) -> list[Path]:
     return [plain, torch_file, extra]
 
 
-def test_a_crafted_checkpoint_runs_nothing_through_any_loader(tmp_path, saved_run):
+def test_a_crafted_checkpoint_runs_nothing_through_any_loader(tmp_path, saved_run, cli):
     marker = tmp_path / "payload-ran"
     for path in _crafted_files(tmp_path, saved_run, marker):
         with pytest.raises(checkpoint.CheckpointError):
             checkpoint.load(path)
         with pytest.raises(checkpoint.CheckpointError):
             VMPOTrainer.from_checkpoint(path)
-        result = _cli("--resume", str(path), "--total-steps", "4096")
+        result = cli("--resume", str(path), "--total-steps", "4096")
         assert result.returncode == 2 and "--resume:" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
     assert not marker.exists()
@@ -263,7 +265,6 @@ def test_checkpoints_are_also_written_on_a_wall_clock_cadence(tmp_path, monkeypa
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_a_signal_stops_after_the_iteration_with_a_consistent_checkpoint(tmp_path, monkeypatch,
                                                                          signum, code):
-    before = signal.getsignal(signum)
     trainer = make_trainer(eval_every=10_000)
     original = VMPOUpdate.__call__
 
@@ -276,8 +277,15 @@ def test_a_signal_stops_after_the_iteration_with_a_consistent_checkpoint(tmp_pat
         return original(self, batch)
 
     monkeypatch.setattr(VMPOUpdate, "__call__", signalling_update)
-    with pytest.raises(TrainingInterrupted) as stopped:
-        trainer.train(100_000, str(tmp_path))
+    # the signal's default action, as in a terminal: the tests may run under nohup, which
+    # ignores SIGHUP (and an ignored SIGHUP stays ignored: the next test)
+    before = signal.signal(signum, signal.SIG_DFL)
+    try:
+        with pytest.raises(TrainingInterrupted) as stopped:
+            trainer.train(100_000, str(tmp_path))
+        assert signal.getsignal(signum) == signal.SIG_DFL  # handlers restored
+    finally:
+        signal.signal(signum, before)
     trainer.close()
     assert stopped.value.exit_code == code
     assert stopped.value.signal_name == signal.Signals(signum).name
@@ -286,7 +294,6 @@ def test_a_signal_stops_after_the_iteration_with_a_consistent_checkpoint(tmp_pat
     assert state["global_step"] == 3 * 64 and state["iteration"] == 3
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert events[-1]["global_step"] == state["global_step"]
-    assert signal.getsignal(signum) is before  # handlers restored
 
 
 def test_an_ignored_sighup_stays_ignored():
@@ -304,12 +311,6 @@ def test_an_ignored_sighup_stays_ignored():
         restore_handlers(replaced)
     finally:
         signal.signal(signal.SIGHUP, before)
-
-
-def _cli(*args, timeout=120, **popen):
-    with tempfile.TemporaryDirectory() as cwd:
-        return subprocess.run([sys.executable, "-m", "minerva.train", *args], cwd=cwd,
-                              capture_output=True, text=True, timeout=timeout, **popen)
 
 
 def _start_cli(out: Path, *args, events: int = 3, **popen) -> subprocess.Popen:
@@ -331,6 +332,7 @@ def _start_cli(out: Path, *args, events: int = 3, **popen) -> subprocess.Popen:
     return process
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_the_cli_exits_on_a_signal_with_a_checkpoint(tmp_path, signum, code):
     out = tmp_path / "run"
@@ -368,6 +370,7 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint(tmp_path):
     assert state["global_step"] == events[-1]["global_step"] > 0
 
 
+@pytest.mark.slow
 def test_a_second_signal_exits_at_once_without_a_traceback(tmp_path):
     out = tmp_path / "run"
     # rollouts of 4,096 steps and 800 passes over each (several seconds per iteration): once
@@ -392,6 +395,7 @@ def test_a_second_signal_exits_at_once_without_a_traceback(tmp_path):
     assert "no checkpoint was written" in stderr and not (out / "vmpo_last.pt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,code", [
     # a stopped run closing: a signal ends it at once, with the signal's status
     ("exit_at_once_on_signals()\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)", 130),
@@ -681,6 +685,14 @@ def _one_line_error(result, message):
     assert re.search(message, last), result.stderr
 
 
+@pytest.fixture
+def cli(tmp_path_factory, monkeypatch, capsys):
+    """``python -m minerva.train ARGS`` run in this process, from a folder of its own (errors
+    need no process of their own; the signal tests above run it as one)."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    return lambda *args: run_main(main, args, capsys)
+
+
 @pytest.fixture(scope="module")
 def a_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("files") / "a_file"
@@ -716,50 +728,45 @@ def a_file(tmp_path_factory):
     (lambda f, run: ["--policy-layer-sizes", "1000000000"],
      "^python -m minerva.train: error: --policy-layer-sizes: the networks need .* GiB"),
 ])
-def test_ordinary_mistakes_get_one_line(a_file, saved_run, make_args, message):
-    _one_line_error(_cli(*make_args(a_file, saved_run)), message)
+def test_ordinary_mistakes_get_one_line(a_file, saved_run, make_args, message, cli):
+    _one_line_error(cli(*make_args(a_file, saved_run)), message)
 
 
-def test_an_unwritable_out_dir_gets_one_line(tmp_path):
+def test_an_unwritable_out_dir_gets_one_line(tmp_path, cli):
     if os.geteuid() == 0:
         pytest.skip("root can write anywhere")
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    _one_line_error(_cli("--out-dir", str(locked / "run")), "--out-dir: cannot create")
+    _one_line_error(cli("--out-dir", str(locked / "run")), "--out-dir: cannot create")
 
 
-def test_an_unexpected_error_is_one_line_unless_debug(tmp_path):
-    out = tmp_path / "run"
-    # an env that cannot be made: a gymnasium id whose entry point is missing
-    args = ["--env-id", "CartPole-v1", "--total-steps", "64", "--out-dir", str(out),
+def test_an_unexpected_error_is_one_line_unless_debug(tmp_path, monkeypatch, cli):
+    import minerva.trainers.on_policy as on_policy
+
+    def broken(*args, **kwargs):  # an env that cannot be made, for a reason minerva cannot tell
+        raise RuntimeError("the env exploded")
+
+    monkeypatch.setattr(on_policy, "make_vector_env", broken)
+    args = ["--env-id", "CartPole-v1", "--total-steps", "64", "--out-dir", str(tmp_path / "run"),
             "--backend", "gymnasium", "--torch-threads", "1", "--no-progress"]
-    env = {**os.environ, "MINERVA_TEST_FAIL": "1"}
-    script = ("import sys, minerva.trainers.on_policy as t\n"
-              "def broken(*a, **k): raise RuntimeError('the env exploded')\n"
-              "t.make_vector_env = broken\n"
-              "from minerva.train import main\n"
-              "sys.exit(main(sys.argv[1:]))\n")
-    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
-                            text=True, timeout=120, env=env, cwd=tempfile.gettempdir())
+    result = cli(*args)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "minerva: error: RuntimeError: the env exploded" in result.stderr
     assert "--debug" in result.stderr
-    result = subprocess.run([sys.executable, "-c", script, *args, "--debug"],
-                            capture_output=True, text=True, timeout=120, env=env,
-                            cwd=tempfile.gettempdir())
-    assert result.returncode == 1 and "Traceback" in result.stderr
+    with pytest.raises(RuntimeError, match="the env exploded"):  # the traceback, in a process
+        cli(*args, "--debug")
 
 
-def test_a_run_that_never_starts_leaves_no_folder(tmp_path):
+def test_a_run_that_never_starts_leaves_no_folder(tmp_path, cli):
     out = tmp_path / "new" / "run"
-    _one_line_error(_cli("--rollout-steps", str(2**62), "--out-dir", str(out)),
+    _one_line_error(cli("--rollout-steps", str(2**62), "--out-dir", str(out)),
                     "--rollout-steps: a rollout of")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_refused_resume_leaves_no_folder(tmp_path, saved_run):
+def test_a_refused_resume_leaves_no_folder(tmp_path, saved_run, cli):
     out = tmp_path / "new" / "run"
-    _one_line_error(_cli("--resume", str(saved_run / "vmpo_last.pt"), "--optimizer-type", "sgd",
+    _one_line_error(cli("--resume", str(saved_run / "vmpo_last.pt"), "--optimizer-type", "sgd",
                          "--total-steps", "4096", "--out-dir", str(out)),
                     "--optimizer-type: the checkpoint has 'adam'")
     assert list(tmp_path.iterdir()) == []

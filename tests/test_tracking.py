@@ -84,6 +84,7 @@ def test_a_resumed_run_continues_its_wandb_run(offline_wandb, tmp_path):
     assert [e["global_step"] for e in logged if "eval/return_mean" in e] == [64, 128]
 
 
+@pytest.mark.slow
 def test_without_wandb_the_run_is_refused_with_the_fix(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "wandb", None)
     with pytest.raises(ValueError, match=r"wandb_project: .* needs wandb: pip install "
@@ -99,6 +100,7 @@ def test_without_wandb_the_run_is_refused_with_the_fix(monkeypatch, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before the run began
 
 
+@pytest.mark.slow
 def test_capture_video_records_the_best_policy(tmp_path):
     pytest.importorskip("imageio_ffmpeg")
     pytest.importorskip("pygame")
@@ -119,6 +121,7 @@ def test_capture_video_records_the_best_policy(tmp_path):
     assert not video.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env_id,hide,message", [
     # envpool's own dm_control id: no gymnasium version renders it
     ("CheetahRun-v1", [], "CheetahRun-v1 has no gymnasium version to render (envpool, which "
