@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from typing import NoReturn
 
 
@@ -48,3 +49,13 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def unexpected_error(prog: str, error: Exception, debug: bool) -> int:
+    """A command line's unexpected error: one line and exit status 1, or with ``--debug``
+    (``debug``) the error raised again, for its traceback."""
+    if debug:
+        raise error
+    print(f"{prog}: error: {type(error).__name__}: {error}\n"
+          "(rerun with --debug for the traceback)", file=sys.stderr)
+    return 1

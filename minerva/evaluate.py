@@ -28,7 +28,7 @@ from minerva.checkpoint import CheckpointError, load, load_weights, saved_config
 from minerva.config import BACKENDS, MAX_ENVS, MAX_SEED, TrainConfig, torch_device
 from minerva.env_ids import check_backend, default_backend
 from minerva.envs import make_vector_env
-from minerva.errors import OneLineParser, first_line
+from minerva.errors import OneLineParser, first_line, unexpected_error
 from minerva.evaluation import check_can_record, evaluate_vectorized, record_video
 from minerva.networks import Agent, agent_for
 
@@ -72,11 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(parser, args)
     except Exception as error:  # noqa: BLE001  (one line instead of a traceback)
-        if args.debug:
-            raise
-        print(f"{parser.prog}: error: {type(error).__name__}: {error}\n"
-              "(rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
+        return unexpected_error(parser.prog, error, args.debug)
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

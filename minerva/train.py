@@ -21,7 +21,7 @@ from pathlib import Path
 from minerva import envs
 from minerva.config import OPTION_DEFAULTS, TrainConfig
 from minerva.env_ids import resolve_env_id
-from minerva.errors import OneLineParser
+from minerva.errors import OneLineParser, unexpected_error
 from minerva.presets import CONTINUOUS_CONTROL, IMAGES, all_presets, preset
 from minerva.stopping import exit_at_once_on_signals, ignore_signals, restore_handlers
 
@@ -135,11 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("minerva: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001  (one line instead of a traceback)
-        if args.debug:
-            raise
-        print(f"minerva: error: {type(error).__name__}: {error}\n"
-              "(rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
+        return unexpected_error("minerva", error, args.debug)
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
