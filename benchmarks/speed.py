@@ -13,10 +13,11 @@ layers' input gradients, plus the forward pass over the rollout after the M-step
 float32 eager, bfloat16 eager, bfloat16 compiled.
 
 ``step``: the default continuous-control update on HalfCheetah-v5 (a rollout of 2,048
-samples, 10 passes of 32 minibatches of 64, (256, 256) tanh networks), per gradient step and
-per part of it (the losses' forward and backward, with the E-step; the gradients' clipping;
-the optimiser's step), eager and compiled, against ``torch.mm`` over the step's matrix
-shapes: what is left is the per-op overhead of small minibatches, not arithmetic.
+samples, 10 passes of 8 minibatches of 256, (256, 256) tanh networks) and the previous
+default's 32 minibatches of 64, per gradient step and per part of it (the losses' forward and
+backward, with the E-step; the gradients' clipping; the optimiser's step), eager and
+compiled, against ``torch.mm`` over the step's matrix shapes: what is left is the per-op
+overhead of small minibatches, not arithmetic.
 
 ``rollout``: the rollout phase (acting, stepping, storing, the batched value pass and the
 advantages) of the HalfCheetah-v5 preset at 8 and 64 envs against envpool stepping the same
@@ -138,8 +139,10 @@ STEP_PARTS = {"forward and backward": "backward", "clipping": "clip_gradients"}
 
 
 def step(repeats: int) -> dict:
-    variants = {"float32 eager": {"compile_update": False},
-                "float32 compiled": {"compile_update": True}}
+    variants = {"32 of 64, eager": {"compile_update": False, "num_minibatches": 32},
+                "32 of 64, compiled": {"compile_update": True, "num_minibatches": 32},
+                "8 of 256, eager": {"compile_update": False},
+                "8 of 256, compiled (the default)": {"compile_update": True}}
     rows = {}
     for name, options in variants.items():
         trainer = trainer_for("HalfCheetah-v5", torch_threads=1, **options)
@@ -173,16 +176,16 @@ def step(repeats: int) -> dict:
             "compile_seconds": update.compile_seconds,
             "minibatch": minibatch, "steps_per_update": steps}
         trainer.close()
-    print(f"One gradient step of the default continuous-control update (HalfCheetah-v5, "
-          f"minibatches of {minibatch}, {steps} steps per rollout, (256, 256) tanh), one "
-          f"thread, median of {repeats} updates\n")
-    print("| update | ms per step | forward + backward | clipping | optimiser | rest | "
-          "torch.mm over its shapes | overhead share |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"The continuous-control update's gradient steps (HalfCheetah-v5, a rollout of "
+          f"2,048, (256, 256) tanh), one thread, median of {repeats} updates\n")
+    print("| minibatches, update | ms per update | ms per step | forward + backward | "
+          "clipping | optimiser | rest | torch.mm over its shapes | overhead share |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, row in rows.items():
         part = row["ms_per_part"]
         rest = row["ms_per_step"] - sum(part.values())
-        print(f"| {name} | {row['ms_per_step']:.2f} | {part['forward and backward']:.2f} | "
+        print(f"| {name} | {row['ms_per_step'] * row['steps_per_update']:.0f} | "
+              f"{row['ms_per_step']:.2f} | {part['forward and backward']:.2f} | "
               f"{part['clipping']:.2f} | {part['optimiser']:.2f} | {rest:.2f} | "
               f"{row['mm_ms_per_step']:.2f} | "
               f"{100 * (1 - row['mm_ms_per_step'] / row['ms_per_step']):.0f}% |")

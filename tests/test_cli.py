@@ -45,6 +45,7 @@ def test_bad_arguments_fail_at_once_naming_the_option(args, message, capsys):
     _assert_one_line(run_main(main, args, capsys), message)
 
 
+@pytest.mark.slow
 def test_a_bad_argument_is_one_line_from_the_command_line_too():
     _assert_one_line(run("--topk-fraction", "1.5", timeout=60),
                      r"^python -m minerva.train: error: --topk-fraction: must be in \(0, 1\]")

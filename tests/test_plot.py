@@ -139,6 +139,7 @@ def test_plot_runs_writes_a_png(runs_root, tmp_path):
     assert (width, height) == (1000, 640)  # 10 x 3.2 inches per env row at 100 dpi
 
 
+@pytest.mark.slow
 def test_cli_plots_the_runs_it_finds(runs_root, tmp_path):
     # from tmp_path: `python -m` puts the working directory first on sys.path, and the
     # source checkout's minerva/ has no compiled modules

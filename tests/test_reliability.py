@@ -652,6 +652,7 @@ def test_networks_that_cannot_fit_in_memory_are_refused_before_any_env(sizes, me
         VMPOTrainer("CartPole-v1", 0, "cpu", sizes, (16,), 16, backend="envpool")
 
 
+@pytest.mark.slow
 def test_networks_that_fail_to_allocate_are_a_bad_option(tmp_path):
     """Networks within the bound (here made to pass) that the allocator refuses: exit 2."""
     script = ("import re, resource, sys\n"

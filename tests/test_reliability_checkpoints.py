@@ -65,6 +65,7 @@ def _evil_checkpoint(saved: Path, folder: Path, fields=("env_id", "config")) -> 
     return edited(saved, folder / "evil.pt", edit)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module,args,message", [
     ("minerva.evaluate", ["--episodes", "1"],
      r"^python -m minerva.evaluate: error: evil.pt has an env_id minerva does not make: "
@@ -253,6 +254,7 @@ def test_evaluate_checks_its_outputs_before_the_episodes(saved, tmp_path, capsys
     _one_line(capsys.readouterr().err, "^python -m minerva.evaluate: error: " + message)
 
 
+@pytest.mark.slow
 def test_evaluate_is_one_line_from_the_command_line_too(saved, tmp_path):
     path = edited(saved, tmp_path / "nan.pt",
                   _set("agent", "policy.logits.weight", value=math.nan))

@@ -233,7 +233,8 @@ def test_the_rollout_acts_on_one_thread_and_the_update_on_what_its_size_warrants
 
 @pytest.mark.parametrize("options", [dict(precision="bfloat16"),
                                      dict(compile_update=True),
-                                     dict(precision="bfloat16", compile_update=True)])
+                                     pytest.param(dict(precision="bfloat16", compile_update=True),
+                                                  marks=pytest.mark.slow)])
 def test_update_precision_and_compile_options(options):
     trainer = make_trainer("Pendulum-v1", num_minibatches=3, **options)  # sizes 22, 21
     batch = trainer._collect_rollout().batch

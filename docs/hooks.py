@@ -1,0 +1,54 @@
+"""MkDocs hooks: the home page is the README (its links into ``docs/`` made the site's), the
+options page's table is generated from ``TrainConfig`` so it cannot fall behind the command
+line, and the results' curves are served from ``benchmarks/results``, where the learning
+script writes them."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from mkdocs.structure.files import File
+
+ROOT = Path(__file__).resolve().parent.parent
+OPTIONS_MARKER = "<!-- options-table -->"
+README_MARKER = "<!-- readme -->"
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def options_table() -> str:
+    from minerva.config import TrainConfig
+    from minerva.train import _flag
+
+    rows = ["| option | default | what it does |", "| --- | --- | --- |"]
+    for option in dataclasses.fields(TrainConfig):
+        default = option.default
+        if isinstance(default, bool):
+            flag = f"`{_flag(option.name)}`, `--no-{_flag(option.name)[2:]}`"
+        else:
+            flag = f"`{_flag(option.name)}`"
+        help_text = option.metadata["help"]
+        if "choices" in option.metadata:
+            help_text += "; one of " + ", ".join(f"`{c}`" for c in option.metadata["choices"])
+        rows.append(f"| {flag} | `{_cell(default)}` | {_cell(help_text)} |")
+    return "\n".join(rows)
+
+
+def on_files(files, config):
+    for image in sorted((ROOT / "benchmarks" / "results").rglob("curves*.png")):
+        files.append(File(image.relative_to(ROOT).as_posix(), src_dir=str(ROOT),
+                          dest_dir=config["site_dir"],
+                          use_directory_urls=config["use_directory_urls"]))
+    return files
+
+
+def on_page_markdown(markdown, page, config, files):
+    if README_MARKER in markdown:
+        readme = (ROOT / "README.md").read_text(encoding="utf-8").replace("](docs/", "](")
+        markdown = markdown.replace(README_MARKER, readme)
+    if OPTIONS_MARKER in markdown:
+        markdown = markdown.replace(OPTIONS_MARKER, options_table())
+    return markdown
