@@ -249,6 +249,7 @@ def test_ppo_records_a_video_of_its_best_policy(tmp_path):
     assert (tmp_path / "videos" / "best.mp4").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_ppo_logs_to_wandb_offline(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -59,6 +59,7 @@ def offline_wandb(monkeypatch):
     return runs, logged
 
 
+@pytest.mark.slow
 def test_wandb_gets_the_same_events_and_the_config(offline_wandb, tmp_path):
     runs, logged = offline_wandb
     train_with_wandb(tmp_path, 128)
@@ -71,6 +72,7 @@ def test_wandb_gets_the_same_events_and_the_config(offline_wandb, tmp_path):
     assert list((tmp_path / "wandb").glob(f"offline-run-*-{run.id}/run-{run.id}.wandb"))
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_its_wandb_run(offline_wandb, tmp_path):
     runs, logged = offline_wandb
     train_with_wandb(tmp_path, 64)
