@@ -49,6 +49,9 @@ def on_page_markdown(markdown, page, config, files):
     if README_MARKER in markdown:
         readme = (ROOT / "README.md").read_text(encoding="utf-8").replace("](docs/", "](")
         markdown = markdown.replace(README_MARKER, readme)
+    # images link to ../benchmarks/results/ (right beside the pages in the repository); in
+    # the site those files sit at the root
+    markdown = markdown.replace("](../benchmarks/results/", "](benchmarks/results/")
     if OPTIONS_MARKER in markdown:
         markdown = markdown.replace(OPTIONS_MARKER, options_table())
     return markdown

@@ -224,6 +224,9 @@ def load_weights(module: torch.nn.Module, weights: dict, what: str) -> None:
     """``module.load_state_dict(weights)``, where weights that do not fit are a
     :class:`CheckpointError` naming ``what`` they do not fit and the first key that does not
     (torch's message lists each on a line of its own, after a heading)."""
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"the checkpoint's weights for {what} are a "
+                              f"{type(weights).__name__}, not a dict of tensors")
     try:
         module.load_state_dict(weights)
     except RuntimeError as error:

@@ -37,6 +37,7 @@ def run_main(main: Callable[[Sequence[str]], int], args: Sequence[str], capsys
     try:
         status = main(list(args))
     except SystemExit as exit_:
-        status = exit_.code if isinstance(exit_.code, int) else 1
+        status = (0 if exit_.code is None else exit_.code if isinstance(exit_.code, int)
+                  else 1)
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(list(args), status, captured.out, captured.err)

@@ -11,6 +11,8 @@ import pytest
 import torch
 from gymnasium import spaces
 
+from minerva import checkpoint
+from minerva.checkpoint import CheckpointError
 from minerva.envs import validate_actions
 from minerva.networks import GaussianPolicy
 from minerva.trainers.vmpo.trainer import VMPOTrainer
@@ -208,9 +210,15 @@ def test_training_on_a_partly_bounded_box(partly_bounded_env, tmp_path):
         trainer.close()
     assert trainer.global_step == 32
     assert math.isfinite(result["eval/return_mean"])
+    # its checkpoint keeps the space's infinite bounds, which are not damaged values
     loaded = VMPOTrainer.from_checkpoint(tmp_path / "vmpo_last.pt")
     try:
         for name, tensor in trainer.agent.state_dict().items():
             assert torch.equal(tensor, loaded.agent.state_dict()[name]), name
     finally:
         loaded.close()
+    state = torch.load(tmp_path / "vmpo_last.pt", weights_only=True)
+    state["agent"]["policy.low"][0] = float("nan")  # a NaN bound is
+    torch.save(state, tmp_path / "nan_bound.pt")
+    with pytest.raises(CheckpointError, match="agent.policy.low has NaN"):
+        checkpoint.load(tmp_path / "nan_bound.pt")

@@ -191,6 +191,8 @@ def gym_only_id():
      r"damaged minerva checkpoint: its env_id 'Pendulum-v1' is not its config's 'CartPole-v1'"),
     (_set("global_step", value="100"),
      r"damaged minerva checkpoint: global_step must be a non-negative integer, got '100'"),
+    (_set("agent", value=[1, 2]),
+     r"the checkpoint's weights for CartPole-v1 are a list, not a dict of tensors"),
     (_set("config", "policy_layer_sizes", value=(8,)),
      r"weights do not fit CartPole-v1: size mismatch for policy_trunk\.0\.weight: copying a "
      r"param with shape torch\.Size\(\[16, 4\]\)"),
@@ -239,7 +241,7 @@ def test_a_resumed_run_names_non_finite_weights(saved, tmp_path):
      r"--video: .* is in a folder that does not exist"),
     (lambda d, ckpt: ["--json", d / "a.mp4", "--video", d / "a.mp4"],
      r"--video: .* is the --json file too"),
-    (lambda d, ckpt: ["--device", "cuda:0" if not torch.cuda.is_available() else "tpu"],
+    (lambda d, ckpt: ["--device", "cuda:0" if not torch.cuda.is_available() else "meta"],
      r"--device: (needs torch with CUDA|must be a cpu or cuda device)"),
 ])
 def test_evaluate_checks_its_outputs_before_the_episodes(saved, tmp_path, capsys, make_args,

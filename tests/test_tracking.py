@@ -86,7 +86,6 @@ def test_a_resumed_run_continues_its_wandb_run(offline_wandb, tmp_path):
     assert [e["global_step"] for e in logged if "eval/return_mean" in e] == [64, 128]
 
 
-@pytest.mark.slow
 def test_without_wandb_the_run_is_refused_with_the_fix(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "wandb", None)
     with pytest.raises(ValueError, match=r"wandb_project: .* needs wandb: pip install "

@@ -126,7 +126,11 @@ class OnPolicyTrainer(Resumable):
         try:
             self.agent = agent_for(cfg, self.envs.single_observation_space,
                                    self.envs.single_action_space).to(self.device)
-        except (RuntimeError, MemoryError) as error:
+        except BaseException as error:
+            # no trainer comes back to close the envs made above
+            self.envs.close()
+            if self.eval_envs is not None:
+                self.eval_envs.close()
             if not is_out_of_memory(error):
                 raise
             name = wider_network(cfg)
