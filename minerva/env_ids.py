@@ -134,6 +134,8 @@ def resolve_env_id(env_id: str) -> str:
     message = f"unknown environment id {env_id!r}"
     if resolved != env_id:
         message += f" (gymnasium id {resolved!r})"
+    if not envpool_env_ids():  # its ids (Atari's, Pong-v5; its own CheetahRun-v1) are missing
+        message += " (envpool, which has ids of its own, is not installed)"
     if matches:
         quoted = [repr(match) for match in matches]
         suggestion = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"

@@ -205,6 +205,17 @@ def test_resolve_envpool_only_id():
     assert available_backends("Pong-v5") == ("envpool",)
 
 
+def test_an_envpool_id_without_envpool_says_so(monkeypatch):
+    """A checkpoint of Pong-v5 read where envpool is missing: the id is unknown here, and the
+    message says why."""
+    import minerva.env_ids as env_ids
+
+    monkeypatch.setattr(env_ids, "envpool_env_ids", frozenset)
+    with pytest.raises(ValueError, match=r"unknown environment id 'Pong-v5' \(envpool, which "
+                                         r"has ids of its own, is not installed\)"):
+        _resolve_env_id("Pong-v5")
+
+
 def test_resolve_dm_control_id(monkeypatch, registered):
     monkeypatch.setitem(sys.modules, "shimmy", None)  # makes `import shimmy` fail
     with pytest.raises(ValueError, match=r"'dm_control/cheetah/run'.*needs dm_control through "
