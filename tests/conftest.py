@@ -28,3 +28,13 @@ def _torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def in_process(tmp_path_factory, monkeypatch, capsys):
+    """``in_process(main, *args)``: a CLI's ``main`` run in this process from a folder of its
+    own, reported as ``subprocess.run`` would (:func:`helpers.run_main`)."""
+    from helpers import run_main
+
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    return lambda main, *args: run_main(main, [str(arg) for arg in args], capsys)

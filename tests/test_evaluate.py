@@ -1,10 +1,10 @@
 """``python -m minerva.evaluate``: a checkpoint's policy on fresh episodes, and clear errors."""
 
+import functools
 import json
 
 import pytest
 import torch
-from helpers import run_main
 
 from minerva.envs import make_vector_env
 from minerva.evaluate import main
@@ -14,11 +14,10 @@ pytest.importorskip("envpool")
 
 
 @pytest.fixture
-def evaluate(tmp_path_factory, monkeypatch, capsys):
-    """``python -m minerva.evaluate ARGS``, its ``main`` run in this process from a folder of its
-    own (tests/test_reliability_checkpoints.py runs it as a process too)."""
-    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
-    return lambda *args: run_main(main, [str(arg) for arg in args], capsys)
+def evaluate(in_process):
+    """``python -m minerva.evaluate ARGS`` run in this process
+    (tests/test_reliability_checkpoints.py runs it as a process too)."""
+    return functools.partial(in_process, main)
 
 
 @pytest.fixture(scope="module")

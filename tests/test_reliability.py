@@ -1,6 +1,7 @@
 """What a failure costs: safe checkpoints, nothing lost on errors and signals, resume that
 does what it says, non-finite data named, no hangs, and bounded configurations."""
 
+import functools
 import json
 import math
 import os
@@ -17,7 +18,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from helpers import run_main
 
 from minerva import checkpoint
 from minerva.config import TrainConfig
@@ -690,11 +690,10 @@ def _one_line_error(result, message):
 
 
 @pytest.fixture
-def cli(tmp_path_factory, monkeypatch, capsys):
-    """``python -m minerva.train ARGS`` run in this process, from a folder of its own (errors
-    need no process of their own; the signal tests above run it as one)."""
-    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
-    return lambda *args: run_main(main, args, capsys)
+def cli(in_process):
+    """``python -m minerva.train ARGS`` run in this process (errors need no process of their
+    own; the signal tests above run it as one)."""
+    return functools.partial(in_process, main)
 
 
 @pytest.fixture(scope="module")
