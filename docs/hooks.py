@@ -1,7 +1,7 @@
 """MkDocs hooks: the home page is the README (its links into ``docs/`` made the site's), the
 options page's table is generated from ``TrainConfig`` so it cannot fall behind the command
-line, and the results' curves are served from ``benchmarks/results``, where the learning
-script writes them."""
+line, and the results' curves and the tuning studies' plots are served from
+``benchmarks/results``, where the learning script and the tuner write them."""
 
 from __future__ import annotations
 
@@ -38,7 +38,9 @@ def options_table() -> str:
 
 
 def on_files(files, config):
-    for image in sorted((ROOT / "benchmarks" / "results").rglob("curves*.png")):
+    results = ROOT / "benchmarks" / "results"
+    images = [*results.rglob("curves*.png"), *results.glob("tuning-*/plots/*.png")]
+    for image in sorted(images):
         files.append(File(image.relative_to(ROOT).as_posix(), src_dir=str(ROOT),
                           dest_dir=config["site_dir"],
                           use_directory_urls=config["use_directory_urls"]))

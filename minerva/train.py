@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TrainConfig:
     """Defaults <- the env's preset <- explicit flags; any bad value is a parser error that
     names its flag."""
-    explicit = _explicit_options(args)
+    explicit = explicit_options(args)
     try:
         env_id = resolve_env_id(explicit.get("env_id", TrainConfig.env_id))
     except ValueError as error:
@@ -113,7 +113,7 @@ def _option_message(error: Exception) -> str:
     return f"{_flag(name)}: {why}" if name in OPTION_DEFAULTS else str(error)
 
 
-def _explicit_options(args: argparse.Namespace) -> dict:
+def explicit_options(args: argparse.Namespace) -> dict:
     explicit = {k: (None if v is EXPLICIT_NONE else v) for k, v in vars(args).items()
                 if k in OPTION_DEFAULTS and v is not None}
     for key in ("policy_layer_sizes", "value_layer_sizes"):
@@ -157,7 +157,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error("--resume: needs a checkpoint file, got an empty path")
         # the checkpoint's configuration with the flags given now on top, into the
         # checkpoint's folder unless --out-dir says otherwise
-        overrides = {"out_dir": str(Path(args.resume).parent), **_explicit_options(args)}
+        overrides = {"out_dir": str(Path(args.resume).parent), **explicit_options(args)}
         out_dir = overrides["out_dir"]
     else:
         config = config_from_args(parser, args)
