@@ -21,6 +21,7 @@ trial), ``trials.csv``, ``best.toml`` (the best trial's options as a presets tab
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import inspect
 import json
@@ -36,9 +37,10 @@ from typing import Any
 
 from minerva.config import ALGORITHMS
 from minerva.errors import OneLineParser, first_line, unexpected_error
+from minerva.stopping import discard_dead_outputs
 from minerva.tuning.report import redacted, write_outputs
-from minerva.tuning.space import SET_BY_THE_STUDY, TUNING_FILE, SearchSpaceError
-from minerva.tuning.study import Study, plan_study
+from minerva.tuning.space import SET_BY_THE_STUDY, TUNING_FILE, UsageError
+from minerva.tuning.study import Study, plan_study, preset_params, retried_trials
 from minerva.tuning.trial import StopFlag, StudyInterrupted, TrialFailed, run_trial
 
 HEARTBEAT_S = 60  # a RUNNING trial without a heartbeat for twice this is a lost session's
@@ -69,35 +71,40 @@ def open_storage(url: str, retry) -> Any:
 
 
 def retry(study, trial) -> None:
-    """Queues an interrupted or lost trial's options again (the sampler does not draw them)."""
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    """Queues an interrupted or lost trial's options again (the sampler does not draw them);
+    a trial stopped before it drew any has nothing to run again."""
+    if trial.params:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
 
 def retry_interrupted(study) -> int:
     """Queues again every trial a signal interrupted that no trial has retried yet; returns
-    how many."""
+    how many. (A lost session's trials are queued by the storage's heartbeat check.)"""
     import optuna
 
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
+    retried = retried_trials(trials)
     count = 0
     for trial in trials:
         if (trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get("interrupted")
-                and trial.number not in retried):
+                and trial.params and trial.number not in retried):
             retry(study, trial)
             count += 1
     return count
 
 
 def finished_trials(study) -> int:
-    """Trials that count against --trials: complete, pruned, or failed other than by an
-    interruption (an interrupted trial runs again)."""
+    """Trials that count against --trials: complete, pruned, or failed, but not those
+    interrupted or lost (they run again)."""
     import optuna
 
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state in done or (t.state == optuna.trial.TrialState.FAIL
-                                      and not t.user_attrs.get("interrupted")))
+    states = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_trials(trials)
+    return sum(1 for t in trials
+               if t.state in (states.COMPLETE, states.PRUNED)
+               or (t.state == states.FAIL and not t.user_attrs.get("interrupted")
+                   and t.number not in retried))
 
 
 def make_pruner(name: str, study: Study, prune_after: int, startup_trials: int):
@@ -116,23 +123,30 @@ def make_pruner(name: str, study: Study, prune_after: int, startup_trials: int):
 
 
 def _study_attrs(study: Study) -> dict[str, Any]:
-    """What a study is: continuing it with other envs, seeds or budget would mix trials."""
-    return {"algo": study.algo, "env_ids": study.env_ids, "seeds": study.seeds,
-            "total_steps": study.total_steps, "eval_every": study.eval_every,
-            "space": study.space_name, "final_evals": study.final_evals,
-            "fixed": {k: list(v) if isinstance(v, tuple) else v for k, v in study.fixed.items()}}
+    """What a study is: continuing it with other envs, seeds, budget, ranges or references
+    would mix trials that do not compare."""
+    return json.loads(json.dumps({
+        "algo": study.algo, "env_ids": study.env_ids, "seeds": study.seeds,
+        "total_steps": study.total_steps, "eval_every": study.eval_every,
+        "space": study.space_name, "final_evals": study.final_evals,
+        "fixed": study.fixed,
+        "ranges": {name: dataclasses.asdict(range_) for name, range_ in study.space.items()},
+        "references": {env_id: dataclasses.asdict(study.references[env_id])
+                       for env_id in study.env_ids if env_id in study.references}}))
 
 
 def check_same_study(optuna_study, study: Study) -> None:
     """Stores the study's settings the first time; refuses to continue it with others."""
     stored = optuna_study.user_attrs.get("settings")
-    current = json.loads(json.dumps(_study_attrs(study)))
+    current = _study_attrs(study)
     if stored is None:
         optuna_study.set_user_attr("settings", current)
         return
-    changed = [key for key in current if stored.get(key) != current[key]]
+    changed = [key for key in current if key in stored and stored[key] != current[key]]
+    if not changed and set(current) - set(stored):  # kept by an earlier minerva: add the rest
+        optuna_study.set_user_attr("settings", current)
     if changed:
-        raise SearchSpaceError(
+        raise UsageError(
             f"study {study.name!r} was started with other settings ({', '.join(changed)}: "
             f"{', '.join(f'{stored.get(k)!r} now {current[k]!r}' for k in changed)}); continue "
             "it with the same ones, or start another with --study NAME")
@@ -205,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pruner-startup-trials", type=int, default=5,
                         help="the median pruner prunes no trial before this many have "
                              "finished (default: 5)")
+    parser.add_argument("--enqueue-preset", action="store_true",
+                        help="a new study's first trial trains with the presets' own values "
+                             "of the searched options: a baseline in the report, and a known "
+                             "point for the sampler")
     parser.add_argument("--sampler-seed", type=int, default=0,
                         help="seed of the TPE sampler (default: 0)")
     parser.add_argument("--debug", action="store_true",
@@ -223,11 +241,11 @@ def fixed_options(train_flags: Sequence[str]) -> dict[str, Any]:
     parser.prog = "python -m minerva.tune: training flags after --"
     options = train.explicit_options(parser.parse_args(flags))
     if any(flag in ("--resume", "--debug") for flag in flags):
-        raise SearchSpaceError("training flags after --: --resume and --debug are not options "
+        raise UsageError("training flags after --: --resume and --debug are not options "
                                "of a trial")
     set_here = sorted(set(options) & set(SET_BY_THE_STUDY))
     if set_here:
-        raise SearchSpaceError(
+        raise UsageError(
             f"training flags after --: {', '.join('--' + n.replace('_', '-') for n in set_here)}"
             " is set by the study for every trial (use the tune command's own flag: "
             "--algo, --env-ids, --seeds, --total-steps, --eval-every, --out-dir)")
@@ -235,17 +253,14 @@ def fixed_options(train_flags: Sequence[str]) -> dict[str, Any]:
 
 
 def _check_counts(args: argparse.Namespace) -> None:
-    for name in ("trials", "jobs", "final_evals", "startup_trials", "pruner_startup_trials"):
-        if getattr(args, name) < (0 if "startup" in name else 1):
-            raise SearchSpaceError(f"--{name.replace('_', '-')}: must be a positive integer, "
-                                   f"got {getattr(args, name)}")
-    for name in ("total_steps", "eval_every", "prune_after"):
-        value = getattr(args, name)
-        if value is not None and value < (0 if name == "prune_after" else 1):
-            raise SearchSpaceError(f"--{name.replace('_', '-')}: must be a positive integer, "
-                                   f"got {value}")
+    for name in ("trials", "jobs", "final_evals", "startup_trials", "pruner_startup_trials",
+                 "total_steps", "eval_every", "prune_after"):
+        value, least = getattr(args, name), 0 if "startup" in name or "prune" in name else 1
+        if value is not None and value < least:
+            raise UsageError(f"--{name.replace('_', '-')}: must be an integer >= {least}, "
+                             f"got {value}")
     if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
-        raise SearchSpaceError(f"--timeout: must be a positive number, got {args.timeout}")
+        raise UsageError(f"--timeout: must be a positive number, got {args.timeout}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -258,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_counts(args)
         study = plan_study(args, fixed_options(args.train_flags))
         return _optimize(args, study)
-    except SearchSpaceError as error:
+    except UsageError as error:
         parser.error(str(error))
     except KeyboardInterrupt:  # before the handlers were installed, or after
         print("minerva.tune: interrupted", file=sys.stderr)
@@ -282,14 +297,16 @@ def _optimize(args: argparse.Namespace, study: Study) -> int:
             break
         except (SQLAlchemyError, ValueError, ImportError) as error:
             if attempt == 2 or not isinstance(error, SQLAlchemyError):
-                raise SearchSpaceError(f"--storage: cannot open {redacted(url)}: "
+                raise UsageError(f"--storage: cannot open {redacted(url)}: "
                                        f"{first_line(error)}") from None
             time.sleep(1.0 + attempt)
     check_same_study(optuna_study, study)
     trials_folder = study.out_dir / "trials"
     if not optuna_study.trials and trials_folder.exists() and any(trials_folder.iterdir()):
-        raise SearchSpaceError(f"{trials_folder} holds trials of another study (its database "
+        raise UsageError(f"{trials_folder} holds trials of another study (its database "
                                "is not this one): remove it, or choose another --out-dir")
+    if args.enqueue_preset and not optuna_study.trials:
+        optuna_study.enqueue_trial(preset_params(study), user_attrs={"baseline": "preset"})
     requeued = retry_interrupted(optuna_study)
     # seeded by the study's length too, so a continued study draws new options
     optuna_study.sampler = optuna.samplers.TPESampler(
@@ -305,7 +322,6 @@ def _optimize(args: argparse.Namespace, study: Study) -> int:
           f"{args.jobs} trial(s) at once x {runs} run(s) = {args.jobs * runs} processes on "
           f"{os.cpu_count()} CPUs", flush=True)
     stop = StopFlag()
-    started = time.monotonic()
 
     def objective(trial) -> float:
         try:
@@ -318,14 +334,16 @@ def _optimize(args: argparse.Namespace, study: Study) -> int:
         except StudyInterrupted:
             trial.set_user_attr("interrupted", True)
             raise
+        except optuna.TrialPruned:
+            raise
+        except BaseException:  # an unexpected error ends the study: stop the other trials too
+            stop.request(signal.SIGTERM)
+            raise
 
     def after_trial(optuna_study, trial) -> None:
         _print_trial(optuna_study, trial)
-        if trial.state != optuna.trial.TrialState.FAIL or not trial.user_attrs.get("interrupted"):
-            write_outputs(optuna_study, study, url)
-        finished = finished_trials(optuna_study)
-        out_of_time = args.timeout is not None and time.monotonic() - started > args.timeout
-        if finished >= args.trials or out_of_time:
+        write_outputs(optuna_study, study, url)
+        if stop.signum is not None or finished_trials(optuna_study) >= args.trials:
             optuna_study.stop()
 
     previous = {signum: signal.signal(signum, _handler(stop))
@@ -333,8 +351,11 @@ def _optimize(args: argparse.Namespace, study: Study) -> int:
                 if signal.getsignal(signum) != signal.SIG_IGN}
     try:
         if done < args.trials:
-            optuna_study.optimize(objective, n_trials=args.trials - done, n_jobs=args.jobs,
-                                  catch=(TrialFailed,), callbacks=[after_trial])
+            optuna_study.optimize(objective, n_trials=args.trials - done, timeout=args.timeout,
+                                  n_jobs=args.jobs, catch=(TrialFailed,),
+                                  callbacks=[after_trial])
+        if stop.signum is not None:  # came between two trials
+            raise StudyInterrupted(stop.signum)
     except StudyInterrupted as interrupted:
         write_outputs(optuna_study, study, url)
         print(f"minerva.tune: {interrupted}: stopped; the running trials run again when the "
@@ -356,16 +377,14 @@ def _optimize(args: argparse.Namespace, study: Study) -> int:
 
 def _handler(stop: StopFlag):
     def handle(signum: int, frame) -> None:
+        if signum == signal.SIGHUP:
+            discard_dead_outputs()  # a hung-up terminal fails every write, this one's too
         name = signal.Signals(signum).name
-        if stop.signum is not None:
-            stop.again = True
-            print(f"minerva.tune: {name} again: killing the running trials' runs",
-                  file=sys.stderr, flush=True)
-            return
-        stop.signum = signum
-        stop.event.set()
-        print(f"minerva.tune: {name}: stopping the running trials (each run writes a "
-              "checkpoint; send it again to kill them at once)", file=sys.stderr, flush=True)
+        print(f"minerva.tune: {name} again: killing the running trials' runs" if stop.signum
+              else f"minerva.tune: {name}: stopping the running trials (each run writes a "
+                   "checkpoint; send it again to kill them at once)",
+              file=sys.stderr, flush=True)
+        stop.request(signum)
     return handle
 
 
@@ -382,8 +401,6 @@ def _print_trial(optuna_study, trial) -> None:
     elif trial.state == states.PRUNED:
         step = trial.user_attrs.get("last_step")
         what = f"pruned at step {step}: {trial.intermediate_values.get(step, math.nan):.4g}"
-    elif trial.user_attrs.get("interrupted"):
-        what = "interrupted"
     else:
         what = f"failed: {trial.user_attrs.get('fail_reason', '')}"
     try:

@@ -50,11 +50,16 @@ def enqueue(out, *params):
 
 def test_a_tiny_study_finishes_and_writes_its_outputs(in_process, tmp_path):
     out = tmp_path / "study"
-    result = in_process(tune.main, *study_args(out, "--jobs", "2", "--pruner", "none"))
+    result = in_process(tune.main, *study_args(out, "--jobs", "2", "--pruner", "none",
+                                               "--enqueue-preset"))
     assert result.returncode == 0, result.stderr
     assert "3 trials finished; best: trial" in result.stdout
     study = load(out)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    # the first is the presets' values (TrainConfig's for CartPole); -- --m-steps 1 pins that
+    assert study.trials[0].params == {
+        "policy_lr": 5e-4, "value_lr": 1e-3, "epsilon_eta": 0.1, "epsilon_categorical": 0.01,
+        "topk_fraction": 0.5, "gamma": 0.99, "gae_lambda": 0.95}
     for t in study.trials:  # each run's folder is kept, with its log and metrics
         run = out / "trials" / f"trial-{t.number:04d}" / "CartPole-v1-seed1"
         assert (run / "metrics.jsonl").exists() and (run / "vmpo_best.pt").exists()
@@ -62,6 +67,7 @@ def test_a_tiny_study_finishes_and_writes_its_outputs(in_process, tmp_path):
         assert 0.0 <= t.value <= 1.0  # a CartPole return over its reference, 500
     rows = (out / "trials.csv").read_text().splitlines()
     assert rows[0].startswith("trial,state,objective") and len(rows) == 4
+    assert rows[1].startswith("0,complete,") and rows[1].endswith(",the preset's values")
     report = (out / "report.md").read_text()
     assert f"## Best trial: {study.best_trial.number}" in report
     assert "## Parameter importances" in report
@@ -70,7 +76,7 @@ def test_a_tiny_study_finishes_and_writes_its_outputs(in_process, tmp_path):
     best = tomllib.loads((out / "best.toml").read_text())
     table = best["vmpo"]["CartPole-v1"]  # ready to paste into presets.toml
     assert table["policy_lr"] == study.best_params["policy_lr"]
-    assert table["num_envs"] == 4  # the options after -- belong to it too
+    assert table["num_envs"] == 4 and table["m_steps"] == 1  # so do the options after --
     TrainConfig(**table).validate()
 
 
@@ -90,8 +96,8 @@ def test_a_hopeless_trial_is_pruned(in_process, tmp_path):
 
 def test_failing_trials_are_recorded_and_the_study_goes_on(in_process, tmp_path, monkeypatch):
     out = tmp_path / "study"
-    space = write_space(tmp_path / "space.toml", "num_envs = { choices = [1, 4] }\n"
-                        "num_minibatches = { choices = [1, 128] }\n"
+    space = write_space(tmp_path / "space.toml", "init_log_std = { choices = [-1.0, -3.0] }\n"
+                        "min_log_std = { choices = [-5.0, -2.0] }\n"
                         "policy_lr = { choices = [0.0005, 0.000999] }\n")
     # a run that fails as it trains: one that exits 1 with minerva's one-line error
     wrapper = tmp_path / "train.py"
@@ -102,15 +108,15 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(in_process, tmp_path,
                        "runpy.run_module('minerva.train', run_name='__main__')\n")
     monkeypatch.setattr(trial, "TRAIN_COMMAND", (sys.executable, str(wrapper)))
     enqueue(out,
-            {"num_envs": 1, "num_minibatches": 128, "policy_lr": 0.0005},  # 64 samples < 128
-            {"num_envs": 4, "num_minibatches": 1, "policy_lr": 0.000999},
-            {"num_envs": 4, "num_minibatches": 1, "policy_lr": 0.0005})
+            {"init_log_std": -3.0, "min_log_std": -2.0, "policy_lr": 0.0005},  # below its floor
+            {"init_log_std": -1.0, "min_log_std": -5.0, "policy_lr": 0.000999},
+            {"init_log_std": -1.0, "min_log_std": -5.0, "policy_lr": 0.0005})
     result = in_process(tune.main, *study_args(out, space=space))
     assert result.returncode == 0, result.stderr
     trials = load(out).trials
     assert [t.state.name for t in trials] == ["FAIL", "FAIL", "COMPLETE"]
-    assert "num_minibatches: must be at most the rollout's size" in \
-        trials[0].user_attrs["fail_reason"]
+    assert trials[0].user_attrs["fail_reason"] == (
+        "CartPole-v1: init_log_std: must lie between min_log_std (-2.0) and 1, got -3.0")
     assert not (out / "trials" / "trial-0000").exists()  # refused before any run started
     assert trials[1].user_attrs["fail_reason"] == (
         "CartPole-v1 seed 1: exit status 1: minerva: error: NonFiniteError: the loss is nan")
@@ -183,10 +189,14 @@ def test_an_interrupted_study_continues_without_redoing_finished_trials(in_proce
      "--reference: expected ENV=RETURN or ENV=FLOOR:RETURN"),
     ("gamma = { low = 0.9, high = 0.99 }", ["--env-ids", "CartPole-v1", "Acrobot-v1"],
      "--reference: Acrobot-v1 has no reference return"),
-    ("gamma = { low = 0.9, high = 0.99 }", ["--env-ids", "NoSuchEnv-v0"], "--env-ids: "),
-    ("gamma = { low = 0.9, high = 0.99 }", ["--trials", "0"], "--trials: must be a positive"),
-    ("gamma = { low = 0.9, high = 0.99 }", ["--", "--gamma", "2"],
+    ("gamma = { low = 0.9, high = 0.99 }", ["--env-ids", "NoSuchEnv-v0"],
+     "--env-ids: unknown environment id 'NoSuchEnv-v0'"),
+    ("gamma = { low = 0.9, high = 0.99 }", ["--trials", "0"],
+     "--trials: must be an integer >= 1, got 0"),
+    ("m_steps = { low = 1, high = 4 }", ["--", "--gamma", "2"],
      "CartPole-v1: gamma: must be in [0, 1], got 2.0"),
+    ("gamma = { low = 0.9, high = 0.99 }", ["--", "--gamma", "0.95"],
+     "the training flags after -- fix every option it searches"),
     ("gamma = { low = 0.9, high = 0.99 }", ["--", "--seed", "3"],
      "training flags after --: --seed is set by the study"),
     ("gamma = { low = 0.9, high = 0.99 }", ["--", "--no-such-flag"],
@@ -270,10 +280,11 @@ def test_two_workers_share_one_study(tmp_path):
     --trials."""
     out = tmp_path / "study"
     space = write_space(tmp_path / "space.toml", "gamma = { low = 0.9, high = 0.99 }\n")
-    command = [sys.executable, "-m", "minerva.tune",
-               *study_args(out, "--pruner", "none", trials=4, space=space)]
-    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, cwd=tmp_path) for _ in range(2)]
+    workers = [subprocess.Popen(
+        [sys.executable, "-m", "minerva.tune", *study_args(
+            out, "--pruner", "none", "--sampler-seed", seed, trials=4, space=space)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+        for seed in (1, 2)]
     outputs = [worker.communicate(timeout=600)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], outputs
     trials = load(out).trials
@@ -282,3 +293,4 @@ def test_two_workers_share_one_study(tmp_path):
            if line.startswith("trial ")]
     assert len(ran) == len(trials)  # no trial ran in both
     assert sorted(int(line.split()[1]) for line in ran) == [t.number for t in trials]
+    assert len({t.params["gamma"] for t in trials}) == len(trials)  # each its own options

@@ -15,7 +15,7 @@ from typing import Any
 
 from minerva.errors import first_line
 from minerva.tuning.space import decode_param
-from minerva.tuning.study import Study
+from minerva.tuning.study import Study, retried_trials
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -76,6 +76,7 @@ def _trial_rows(study: Study, trials) -> tuple[list[str], list[list[Any]]]:
     run_names = [run.name for run in study.runs]
     header = ["trial", "state", "objective", "last_step", "duration_s", *names,
               *[f"{run}_final_mean" for run in run_names], "note"]
+    retried = retried_trials(trials)
     rows = []
     for t in trials:
         runs = t.user_attrs.get("runs", {})
@@ -84,6 +85,10 @@ def _trial_rows(study: Study, trials) -> tuple[list[str], list[list[Any]]]:
         note = t.user_attrs.get("fail_reason", "")
         if t.user_attrs.get("interrupted"):
             note = "interrupted (run again)"
+        elif t.number in retried:
+            note = "lost with its session (run again)"
+        if t.user_attrs.get("baseline"):
+            note = "the preset's values" + (f"; {note}" if note else "")
         if "retry_of" in t.user_attrs:
             note = f"retry of trial {t.user_attrs['retry_of']}" + (f"; {note}" if note else "")
         value = t.value if t.value is not None else (
@@ -206,7 +211,7 @@ def _importances(optuna_study) -> dict[str, float]:
         try:
             return optuna.importance.get_param_importances(optuna_study)
         except (ValueError, RuntimeError, ZeroDivisionError):
-            return {}  # fewer than two complete trials, or one value for every option
+            return {}  # no complete trial yet
 
 
 def _reference_text(study: Study, env_id: str) -> str:

@@ -19,7 +19,7 @@ SET_BY_THE_STUDY = ("algo", "env_id", "seed", "total_steps", "eval_every", "out_
                     "overwrite", "progress", "torch_threads", "target_return", "resume")
 
 
-class SearchSpaceError(ValueError):
+class UsageError(ValueError):
     """A search space, reference or flag that no trial could run with (one line, exit 2)."""
 
 
@@ -49,6 +49,12 @@ class Range:
         """The values every trial's options lie between (each choice, or both ends)."""
         return self.choices if self.choices is not None else (self.low, self.high)
 
+    def param(self, value: Any) -> Any | None:
+        """``value`` as this range's Optuna parameter, or None where the range cannot hold it."""
+        if self.choices is not None:
+            return _encode_choice(value) if value in self.choices else None
+        return value if self.low <= value <= self.high else None
+
 
 def _encode_choice(value: Any) -> Any:
     """Optuna's categorical values are scalars: a list (layer sizes) goes in as "256,256"."""
@@ -64,7 +70,7 @@ def decode_param(name: str, value: Any) -> Any:
 
 def _parse_range(where: str, name: str, spec: Any) -> Range:
     def bad(why: str) -> typing.NoReturn:
-        raise SearchSpaceError(f"{where}: {name}: {why}")
+        raise UsageError(f"{where}: {name}: {why}")
 
     if name not in OPTION_DEFAULTS:
         bad("unknown option (the options are TrainConfig's: python -m minerva.train --help)")
@@ -122,20 +128,20 @@ def load_tuning_file(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
-        raise SearchSpaceError(f"cannot read {path}: {error.strerror or error}") from None
+        raise UsageError(f"cannot read {path}: {error.strerror or error}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise SearchSpaceError(f"{path}: not valid TOML: {error}") from None
+        raise UsageError(f"{path}: not valid TOML: {error}") from None
 
 
 def load_space(path: Path, name: str) -> dict[str, Range]:
     """The space ``[space.<name>]`` of the tuning file at ``path``, every range checked."""
     spaces = load_tuning_file(path).get("space", {})
     if name not in spaces:
-        raise SearchSpaceError(f"{path.name}: no space [space.{name}] (it has: "
+        raise UsageError(f"{path.name}: no space [space.{name}] (it has: "
                                f"{', '.join(spaces) or 'none'})")
     where = f"{path.name} [space.{name}]"
     if not spaces[name]:
-        raise SearchSpaceError(f"{where}: is empty: nothing to search")
+        raise UsageError(f"{where}: is empty: nothing to search")
     return {option: _parse_range(where, option, spec) for option, spec in spaces[name].items()}
 
 
@@ -154,11 +160,11 @@ def _parse_reference(env_id: str, value: Any, where: str) -> Reference:
     pair = value if isinstance(value, list) else [0.0, value]
     if (len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float))
                               or not math.isfinite(v) for v in pair)):
-        raise SearchSpaceError(f"{where}: {env_id}: a reference is a return or [floor, "
+        raise UsageError(f"{where}: {env_id}: a reference is a return or [floor, "
                                f"return], got {value!r}")
     floor, reference = float(pair[0]), float(pair[1])
     if reference == floor:
-        raise SearchSpaceError(f"{where}: {env_id}: the reference return must differ from "
+        raise UsageError(f"{where}: {env_id}: the reference return must differ from "
                                f"the floor ({floor:g})")
     return Reference(reference, floor)
 
@@ -175,7 +181,7 @@ def references(path: Path, flags: Sequence[str]) -> dict[str, Reference]:
         except ValueError:
             numbers = []
         if not sep or not env_id or len(numbers) not in (1, 2):
-            raise SearchSpaceError(f"--reference: expected ENV=RETURN or ENV=FLOOR:RETURN, "
+            raise UsageError(f"--reference: expected ENV=RETURN or ENV=FLOOR:RETURN, "
                                    f"got {flag!r}")
         found[env_id] = _parse_reference(env_id, numbers if len(numbers) == 2 else numbers[0],
                                          "--reference")

@@ -14,7 +14,7 @@ from minerva.tuning.space import (
     TUNING_FILE,
     Range,
     Reference,
-    SearchSpaceError,
+    UsageError,
     load_space,
     references,
 )
@@ -66,7 +66,7 @@ class Study:
 
 
 def plan_study(args: argparse.Namespace, fixed: dict[str, Any]) -> Study:
-    """The study the flags describe; :class:`SearchSpaceError` (one line) on anything no
+    """The study the flags describe; :class:`UsageError` (one line) on anything no
     trial could run with."""
     import gymnasium as gym
 
@@ -80,32 +80,37 @@ def plan_study(args: argparse.Namespace, fixed: dict[str, Any]) -> Study:
         try:
             env_ids.append(resolve_env_id(env_id))
         except ValueError as error:
-            raise SearchSpaceError(f"--env-ids: {error}") from None
+            raise UsageError(f"--env-ids: {error}") from None
     if len(set(env_ids)) != len(env_ids):
-        raise SearchSpaceError(f"--env-ids: an env is named twice: {args.env_ids}")
+        raise UsageError(f"--env-ids: an env is named twice: {args.env_ids}")
     if len(set(args.seeds)) != len(args.seeds):
-        raise SearchSpaceError(f"--seeds: a seed is named twice: {args.seeds}")
+        raise UsageError(f"--seeds: a seed is named twice: {args.seeds}")
     continuous, images = [], []
     for env_id in env_ids:
         try:
             spaces = envs.env_spaces(env_id)
             envs.supported_observation_box(env_id, *spaces)
         except Exception as error:  # noqa: BLE001  (a broken install fails here, in one line)
-            raise SearchSpaceError(f"--env-ids: cannot make {env_id!r}: {first_line(error)}") \
+            raise UsageError(f"--env-ids: cannot make {env_id!r}: {first_line(error)}") \
                 from None
         continuous.append(isinstance(spaces[1], gym.spaces.Box))
         images.append(is_image_space(spaces[0]))
     space_name = args.space or (f"{args.algo}-{CONTINUOUS_CONTROL}" if all(continuous)
                                 else args.algo)
     space_file = args.space_file or TUNING_FILE
-    space = load_space(space_file, space_name)
+    # a training flag after -- pins its option: the space searches the others
+    space = {name: range_ for name, range_ in load_space(space_file, space_name).items()
+             if name not in fixed}
+    if not space:
+        raise UsageError(f"{space_file.name} [space.{space_name}]: the training flags after -- "
+                         "fix every option it searches")
     # the package's references, then the space file's, then the flags'
     refs = references(TUNING_FILE, [] if args.space_file else args.reference)
     if args.space_file is not None:
         refs.update(references(args.space_file, args.reference))
     missing = [env_id for env_id in env_ids if env_id not in refs]
     if len(env_ids) > 1 and missing:
-        raise SearchSpaceError(f"--reference: {', '.join(missing)} has no reference return, "
+        raise UsageError(f"--reference: {', '.join(missing)} has no reference return, "
                                "and the objective averages over several envs: give "
                                "--reference ENV=RETURN (the return a score of 1 means)")
     base_options, budgets = {}, set()
@@ -119,7 +124,7 @@ def plan_study(args: argparse.Namespace, fixed: dict[str, Any]) -> Study:
         try:
             TrainConfig(**options).validate()
         except ValueError as error:
-            raise SearchSpaceError(f"{env_id}: {error}") from None
+            raise UsageError(f"{env_id}: {error}") from None
         budgets.add((options.get("total_steps", OPTION_DEFAULTS["total_steps"]),
                      options.get("eval_every", OPTION_DEFAULTS["eval_every"])))
         for option, range_ in space.items():
@@ -127,17 +132,17 @@ def plan_study(args: argparse.Namespace, fixed: dict[str, Any]) -> Study:
                 try:
                     TrainConfig(**{**options, option: value}).validate()
                 except (ValueError, TypeError) as error:
-                    raise SearchSpaceError(f"{space_file.name} [space.{space_name}]: {option} "
+                    raise UsageError(f"{space_file.name} [space.{space_name}]: {option} "
                                            f"= {value!r} is refused on {env_id}: {error}") \
                         from None
         base_options[env_id] = options
     if len(budgets) > 1:
-        raise SearchSpaceError("the envs' presets train for or evaluate at different steps "
+        raise UsageError("the envs' presets train for or evaluate at different steps "
                                f"({sorted(budgets)}): give --total-steps and --eval-every, so "
                                "that the pruner compares every run at the same steps")
     total_steps, eval_every = budgets.pop()
     if eval_every > total_steps:
-        raise SearchSpaceError(f"--eval-every ({eval_every}) is past --total-steps "
+        raise UsageError(f"--eval-every ({eval_every}) is past --total-steps "
                                f"({total_steps}): a run would be evaluated once, at its end")
     name = args.study or "-".join([args.algo, *[e.replace("/", "_") for e in env_ids]])
     return Study(name=name, algo=args.algo, env_ids=env_ids, seeds=list(args.seeds),
@@ -148,3 +153,22 @@ def plan_study(args: argparse.Namespace, fixed: dict[str, Any]) -> Study:
                  base_options=base_options,
                  preset_table=(env_ids[0] if len(env_ids) == 1 else CONTINUOUS_CONTROL
                                if all(continuous) else IMAGES if all(images) else ""))
+
+
+def retried_trials(trials) -> set[int]:
+    """The numbers of the trials (interrupted, or lost with their session) that another trial
+    runs again."""
+    return {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+
+
+def preset_params(study: Study) -> dict[str, Any]:
+    """The presets' own values of the searched options (the same on every env, and inside
+    their ranges), as a trial's parameters: the baseline ``--enqueue-preset`` runs first."""
+    params = {}
+    for name, range_ in study.space.items():
+        values = {repr(study.base_options[env_id].get(name, OPTION_DEFAULTS[name]))
+                  for env_id in study.env_ids}
+        value = study.base_options[study.env_ids[0]].get(name, OPTION_DEFAULTS[name])
+        if len(values) == 1 and (param := range_.param(value)) is not None:
+            params[name] = param
+    return params

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from minerva.config import TrainConfig
+from minerva.plot import DEFAULT_METRIC
 from minerva.tuning.study import RunSpec, Study
 
 # -P: a source checkout in the working directory cannot shadow the installed minerva
 TRAIN_COMMAND: tuple[str, ...] = (sys.executable, "-P", "-m", "minerva.train")
-EVAL_METRIC = "eval/return_mean"
+EVAL_METRIC = DEFAULT_METRIC
 LAST100_METRIC = "charts/episode_return_last100"
 POLL_S = 0.5
 STOP_GRACE_S = 60.0  # a run asked to stop finishes its iteration and writes a checkpoint
@@ -65,14 +66,16 @@ def run_command(study: Study, run: RunSpec, sampled: dict[str, Any], out_dir: Pa
     return command
 
 
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+# bound here: the child between fork and exec should only make the call
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+PR_SET_PDEATHSIG = 1
 
 
 def _stop_with_parent() -> None:
     """In a run's process before it starts: SIGTERM (a clean stop with a checkpoint) when the
     thread that started it dies, so a tuner killed with -9 leaves no run behind."""
-    if _libc is not None:
-        _libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class RunProcess:
@@ -133,12 +136,22 @@ def _tail_mean(values: Sequence[float], count: int) -> float:
 
 
 class StopFlag:
-    """Set by the tuner's signal handler: the signal's number, and whether it came twice."""
+    """Set by the tuner's signal handler (or an unexpected error in one of its trials): the
+    signal's number, and whether it came twice."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.again = False
         self.event = threading.Event()
+
+    def request(self, signum: int) -> None:
+        """Stops every running trial (each records itself as interrupted); a second request
+        kills their runs at once."""
+        if self.signum is not None:
+            self.again = True
+        else:
+            self.signum = signum
+        self.event.set()
 
 
 def run_trial(study: Study, trial, stop: StopFlag) -> float:
@@ -152,13 +165,15 @@ def run_trial(study: Study, trial, stop: StopFlag) -> float:
         try:
             TrainConfig(**study.options(env_id, sampled)).validate()
         except ValueError as error:  # a combination no run can train with
-            raise TrialFailed(f"{env_id}: {str(error)}") from None
+            raise TrialFailed(f"{env_id}: {error}") from None
     folder = study.trial_dir(trial.number)
-    runs = [RunProcess(spec, run_command(study, spec, sampled, folder / spec.name),
-                       folder / spec.name) for spec in study.runs]
     trial.set_user_attr("folder", str(folder))
+    runs: list[RunProcess] = []
     reported = 0  # evaluations every run has made and the pruner has seen
     try:
+        for spec in study.runs:
+            runs.append(RunProcess(spec, run_command(study, spec, sampled, folder / spec.name),
+                                   folder / spec.name))
         while True:
             exited = all(run.process.poll() is not None for run in runs)
             for run in runs:
@@ -167,26 +182,28 @@ def run_trial(study: Study, trial, stop: StopFlag) -> float:
                 if run.process.returncode not in (None, 0) and stop.signum is None:
                     raise TrialFailed(run.failure())
             while all(len(run.evaluations) > reported for run in runs):
-                step = runs[0].evaluations[reported][0]
-                value = _objective(study, runs, reported + 1)
-                trial.report(value, step)
                 reported += 1
+                # the evaluation's nominal step: runs of different rollout sizes evaluate at
+                # the first iteration past it, and the pruner compares trials step by step
+                step = min(reported * study.eval_every, study.total_steps)
+                value = _objective(study, runs, reported)
+                trial.report(value, step)
                 trial.set_user_attr("last_step", step)
                 if trial.should_prune():
                     trial.set_user_attr("runs", _run_results(study, runs, reported))
                     raise optuna.TrialPruned(f"pruned at step {step}: objective {value:.4g}")
+            if exited and all(run.process.returncode == 0 for run in runs):
+                break  # finished: a signal now need not throw the trial away
             if stop.signum is not None:
                 raise StudyInterrupted(stop.signum)
-            if exited:
-                break
             stop.event.wait(POLL_S)
     except BaseException:
         _stop_runs(runs, stop)
         raise
-    counts = {len(run.evaluations) for run in runs}
-    if counts != {reported} or reported == 0:
-        raise TrialFailed(f"the runs made different numbers of evaluations "
-                          f"({sorted(counts)}): see {folder}")
+    counts = sorted({len(run.evaluations) for run in runs})
+    if counts != [reported] or reported == 0:
+        raise TrialFailed(f"the runs made {' and '.join(map(str, counts))} evaluations, "
+                          f"{-(-study.total_steps // study.eval_every)} expected: see {folder}")
     trial.set_user_attr("runs", _run_results(study, runs, reported))
     return _objective(study, runs, reported)
 
