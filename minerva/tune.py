@@ -253,9 +253,11 @@ def fixed_options(train_flags: Sequence[str]) -> dict[str, Any]:
 
 
 def _check_counts(args: argparse.Namespace) -> None:
-    for name in ("trials", "jobs", "final_evals", "startup_trials", "pruner_startup_trials",
-                 "total_steps", "eval_every", "prune_after"):
-        value, least = getattr(args, name), 0 if "startup" in name or "prune" in name else 1
+    least_values = {"trials": 1, "jobs": 1, "final_evals": 1, "total_steps": 1, "eval_every": 1,
+                    "startup_trials": 0, "pruner_startup_trials": 0, "prune_after": 0,
+                    "sampler_seed": 0}
+    for name, least in least_values.items():
+        value = getattr(args, name)
         if value is not None and value < least:
             raise UsageError(f"--{name.replace('_', '-')}: must be an integer >= {least}, "
                              f"got {value}")
@@ -283,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _optimize(args: argparse.Namespace, study: Study) -> int:
+    import numpy as np
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -308,9 +311,12 @@ def _optimize(args: argparse.Namespace, study: Study) -> int:
     if args.enqueue_preset and not optuna_study.trials:
         optuna_study.enqueue_trial(preset_params(study), user_attrs={"baseline": "preset"})
     requeued = retry_interrupted(optuna_study)
-    # seeded by the study's length too, so a continued study draws new options
+    # seeded by the study's length too, so a continued study draws new options (mixed, not
+    # added: workers with seeds 1 and 2 would otherwise meet at 1 + 1 and 2 + 0)
+    seed = int(np.random.SeedSequence([args.sampler_seed, len(optuna_study.trials)])
+               .generate_state(1)[0])
     optuna_study.sampler = optuna.samplers.TPESampler(
-        seed=args.sampler_seed + len(optuna_study.trials), multivariate=True,
+        seed=seed, multivariate=True,
         n_startup_trials=args.startup_trials, constant_liar=True)
     prune_after = study.total_steps // 3 if args.prune_after is None else args.prune_after
     optuna_study.pruner = make_pruner(args.pruner, study, prune_after,
