@@ -242,7 +242,7 @@ def fixed_options(train_flags: Sequence[str]) -> dict[str, Any]:
     options = train.explicit_options(parser.parse_args(flags))
     if any(flag in ("--resume", "--debug") for flag in flags):
         raise UsageError("training flags after --: --resume and --debug are not options "
-                               "of a trial")
+                         "of a trial")
     set_here = sorted(set(options) & set(SET_BY_THE_STUDY))
     if set_here:
         raise UsageError(
@@ -284,14 +284,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return unexpected_error("minerva.tune", error, args.debug)
 
 
-def _optimize(args: argparse.Namespace, study: Study) -> int:
+def open_study(args: argparse.Namespace, study: Study, url: str):
+    """The Optuna study (created, or continued when its settings are the same), with the
+    interrupted trials queued again, a seeded sampler and the pruner; and how many trials
+    were queued again."""
     import numpy as np
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's own line says it
-    study.out_dir.mkdir(parents=True, exist_ok=True)
-    url = storage_url(study, args.storage)
     for attempt in range(3):  # workers that create one new database at once race on its tables
         try:
             optuna_study = optuna.create_study(
@@ -301,13 +301,13 @@ def _optimize(args: argparse.Namespace, study: Study) -> int:
         except (SQLAlchemyError, ValueError, ImportError) as error:
             if attempt == 2 or not isinstance(error, SQLAlchemyError):
                 raise UsageError(f"--storage: cannot open {redacted(url)}: "
-                                       f"{first_line(error)}") from None
+                                 f"{first_line(error)}") from None
             time.sleep(1.0 + attempt)
     check_same_study(optuna_study, study)
     trials_folder = study.out_dir / "trials"
     if not optuna_study.trials and trials_folder.exists() and any(trials_folder.iterdir()):
         raise UsageError(f"{trials_folder} holds trials of another study (its database "
-                               "is not this one): remove it, or choose another --out-dir")
+                         "is not this one): remove it, or choose another --out-dir")
     if args.enqueue_preset and not optuna_study.trials:
         optuna_study.enqueue_trial(preset_params(study), user_attrs={"baseline": "preset"})
     requeued = retry_interrupted(optuna_study)
@@ -316,11 +316,22 @@ def _optimize(args: argparse.Namespace, study: Study) -> int:
     seed = int(np.random.SeedSequence([args.sampler_seed, len(optuna_study.trials)])
                .generate_state(1)[0])
     optuna_study.sampler = optuna.samplers.TPESampler(
-        seed=seed, multivariate=True,
-        n_startup_trials=args.startup_trials, constant_liar=True)
+        seed=seed, multivariate=True, n_startup_trials=args.startup_trials, constant_liar=True)
     prune_after = study.total_steps // 3 if args.prune_after is None else args.prune_after
     optuna_study.pruner = make_pruner(args.pruner, study, prune_after,
                                       args.pruner_startup_trials)
+    return optuna_study, requeued
+
+
+def _optimize(args: argparse.Namespace, study: Study) -> int:
+    """Runs trials until the study has ``--trials`` finished ones, ``--timeout`` passes or a
+    signal comes; writes the outputs after each."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's own line says it
+    study.out_dir.mkdir(parents=True, exist_ok=True)
+    url = storage_url(study, args.storage)
+    optuna_study, requeued = open_study(args, study, url)
     done = finished_trials(optuna_study)
     runs = len(study.runs)
     print(f"minerva.tune: study {study.name!r} in {study.out_dir} ({done} of {args.trials} "

@@ -138,7 +138,7 @@ def load_space(path: Path, name: str) -> dict[str, Range]:
     spaces = load_tuning_file(path).get("space", {})
     if name not in spaces:
         raise UsageError(f"{path.name}: no space [space.{name}] (it has: "
-                               f"{', '.join(spaces) or 'none'})")
+                         f"{', '.join(spaces) or 'none'})")
     where = f"{path.name} [space.{name}]"
     if not spaces[name]:
         raise UsageError(f"{where}: is empty: nothing to search")
@@ -161,11 +161,11 @@ def _parse_reference(env_id: str, value: Any, where: str) -> Reference:
     if (len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float))
                               or not math.isfinite(v) for v in pair)):
         raise UsageError(f"{where}: {env_id}: a reference is a return or [floor, "
-                               f"return], got {value!r}")
+                         f"return], got {value!r}")
     floor, reference = float(pair[0]), float(pair[1])
     if reference == floor:
         raise UsageError(f"{where}: {env_id}: the reference return must differ from "
-                               f"the floor ({floor:g})")
+                         f"the floor ({floor:g})")
     return Reference(reference, floor)
 
 
@@ -182,7 +182,7 @@ def references(path: Path, flags: Sequence[str]) -> dict[str, Reference]:
             numbers = []
         if not sep or not env_id or len(numbers) not in (1, 2):
             raise UsageError(f"--reference: expected ENV=RETURN or ENV=FLOOR:RETURN, "
-                                   f"got {flag!r}")
+                             f"got {flag!r}")
         found[env_id] = _parse_reference(env_id, numbers if len(numbers) == 2 else numbers[0],
                                          "--reference")
     return found

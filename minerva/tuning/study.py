@@ -111,8 +111,8 @@ def plan_study(args: argparse.Namespace, fixed: dict[str, Any]) -> Study:
     missing = [env_id for env_id in env_ids if env_id not in refs]
     if len(env_ids) > 1 and missing:
         raise UsageError(f"--reference: {', '.join(missing)} has no reference return, "
-                               "and the objective averages over several envs: give "
-                               "--reference ENV=RETURN (the return a score of 1 means)")
+                         "and the objective averages over several envs: give "
+                         "--reference ENV=RETURN (the return a score of 1 means)")
     base_options, budgets = {}, set()
     for env_id in env_ids:
         options = {**preset(env_id, args.algo), **fixed, "algo": args.algo, "env_id": env_id,
@@ -133,17 +133,17 @@ def plan_study(args: argparse.Namespace, fixed: dict[str, Any]) -> Study:
                     TrainConfig(**{**options, option: value}).validate()
                 except (ValueError, TypeError) as error:
                     raise UsageError(f"{space_file.name} [space.{space_name}]: {option} "
-                                           f"= {value!r} is refused on {env_id}: {error}") \
+                                     f"= {value!r} is refused on {env_id}: {error}") \
                         from None
         base_options[env_id] = options
     if len(budgets) > 1:
         raise UsageError("the envs' presets train for or evaluate at different steps "
-                               f"({sorted(budgets)}): give --total-steps and --eval-every, so "
-                               "that the pruner compares every run at the same steps")
+                         f"({sorted(budgets)}): give --total-steps and --eval-every, so "
+                         "that the pruner compares every run at the same steps")
     total_steps, eval_every = budgets.pop()
     if eval_every > total_steps:
         raise UsageError(f"--eval-every ({eval_every}) is past --total-steps "
-                               f"({total_steps}): a run would be evaluated once, at its end")
+                         f"({total_steps}): a run would be evaluated once, at its end")
     name = args.study or "-".join([args.algo, *[e.replace("/", "_") for e in env_ids]])
     return Study(name=name, algo=args.algo, env_ids=env_ids, seeds=list(args.seeds),
                  total_steps=total_steps, eval_every=eval_every, space=space,
