@@ -359,7 +359,7 @@ def _optimize(args: argparse.Namespace, study: Study) -> int:
 
     def after_trial(optuna_study, trial) -> None:
         _print_trial(optuna_study, trial)
-        write_outputs(optuna_study, study, url)
+        write_outputs(optuna_study, study, args.storage)
         if stop.signum is not None or finished_trials(optuna_study) >= args.trials:
             optuna_study.stop()
 
@@ -374,14 +374,14 @@ def _optimize(args: argparse.Namespace, study: Study) -> int:
         if stop.signum is not None:  # came between two trials
             raise StudyInterrupted(stop.signum)
     except StudyInterrupted as interrupted:
-        write_outputs(optuna_study, study, url)
+        write_outputs(optuna_study, study, args.storage)
         print(f"minerva.tune: {interrupted}: stopped; the running trials run again when the "
               "study continues (the same command)", file=sys.stderr)
         return 128 + interrupted.signum
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    write_outputs(optuna_study, study, url)
+    write_outputs(optuna_study, study, args.storage)
     summary = f"{finished_trials(optuna_study)} trials finished"
     try:
         best = optuna_study.best_trial

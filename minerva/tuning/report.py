@@ -56,7 +56,7 @@ def best_table(study: Study, trial) -> str:
                                  for name, value in trial.params.items()}}
     lines = [f"# study {study.name}: trial {trial.number}, objective {trial.value:.4g} "
              f"({', '.join(study.env_ids)}; seeds {', '.join(map(str, study.seeds))}; "
-             f"{study.total_steps:_} steps)",
+             f"{study.total_steps:,} steps)",
              _table_header(study.algo, study.preset_table)]
     lines += [f"{name} = {_toml_value(value)}" for name, value in sorted(options.items())
               if value is not None]
@@ -142,13 +142,13 @@ def write_plots(optuna_study, folder: Path) -> dict[str, str]:
 _OUTPUTS_LOCK = threading.Lock()  # matplotlib's pyplot is not thread-safe (--jobs > 1)
 
 
-def write_outputs(optuna_study, study: Study, storage: str) -> None:
+def write_outputs(optuna_study, study: Study, storage: str | None) -> None:
     """report.md, trials.csv, best.toml and plots/*.png of the study as it stands."""
     with _OUTPUTS_LOCK:
         _write_outputs(optuna_study, study, storage)
 
 
-def _write_outputs(optuna_study, study: Study, storage: str) -> None:
+def _write_outputs(optuna_study, study: Study, storage: str | None) -> None:
     import optuna
 
     states = optuna.trial.TrialState
@@ -161,7 +161,7 @@ def _write_outputs(optuna_study, study: Study, storage: str) -> None:
     lines = [f"# Study `{study.name}`", "",
              f"{study.algo} on {', '.join(study.env_ids)}; seeds "
              f"{', '.join(map(str, study.seeds))}; "
-             f"{study.total_steps:_} steps per run, evaluated every {study.eval_every:_}; "
+             f"{study.total_steps:,} steps per run, evaluated every {study.eval_every:,}; "
              f"space `{study.space_name}`; fixed options: "
              f"{', '.join(f'{k} = {_toml_value(v)}' for k, v in study.fixed.items()) or 'none'}.",
              "",
@@ -171,7 +171,9 @@ def _write_outputs(optuna_study, study: Study, storage: str) -> None:
              "",
              f"Trials: {counts[states.COMPLETE]} complete, {counts[states.PRUNED]} pruned, "
              f"{counts[states.FAIL]} failed, {counts[states.RUNNING]} running, "
-             f"{counts[states.WAITING]} waiting. Storage: `{redacted(storage)}`.", ""]
+             f"{counts[states.WAITING]} waiting. Storage: "
+             + (f"`{redacted(storage)}`." if storage else "`study.db` in this folder (SQLite)."),
+             ""]
     if complete:
         best = optuna_study.best_trial
         lines += [f"## Best trial: {best.number} (objective {best.value:.4g})", "",
