@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: 10)")
     parser.add_argument("--pruner-startup-trials", type=int, default=5,
                         help="the median pruner prunes no trial before this many have "
-                             "finished (default: 5)")
+                             "completed (default: 5)")
     parser.add_argument("--enqueue-preset", action="store_true",
                         help="a new study's first trial trains with the presets' own values "
                              "of the searched options: a baseline in the report, and a known "
