@@ -208,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a run's score is the mean of its last this many evaluations "
                              "(default: 3)")
     parser.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median",
-                        help="stop trials early: median (below the median of earlier trials "
-                             "at the same step), hyperband, or none (default: median)")
+                        help="stop trials early: median (a trial whose best value so far is "
+                             "below the completed trials' median at the same step), hyperband, "
+                             "or none (default: median)")
     parser.add_argument("--prune-after", type=int, default=None, metavar="STEPS",
                         help="no trial is pruned before this step (default: a third of "
                              "--total-steps)")
