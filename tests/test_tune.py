@@ -294,3 +294,27 @@ def test_two_workers_share_one_study(tmp_path):
     assert len(ran) == len(trials)  # no trial ran in both
     assert sorted(int(line.split()[1]) for line in ran) == [t.number for t in trials]
     assert len({t.params["gamma"] for t in trials}) == len(trials)  # each its own options
+
+
+def test_a_lost_or_interrupted_trial_counts_once_through_its_retry():
+    """A trial failed by the heartbeat check (its session lost) or by a signal runs again;
+    only the retry counts against --trials."""
+    states = optuna.trial.TrialState
+    study = optuna.create_study(direction="maximize")
+    gamma = {"gamma": optuna.distributions.FloatDistribution(0.9, 0.99)}
+
+    def add(state, value=None, **user_attrs):
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=value, params={"gamma": 0.95}, distributions=gamma,
+            user_attrs=user_attrs))
+
+    add(states.COMPLETE, 1.0)
+    add(states.FAIL, fail_reason="a bad combination")  # counts: it will not run again
+    add(states.FAIL)  # lost with its session: the heartbeat check queued it again
+    add(states.COMPLETE, 0.5, retry_of=2)
+    add(states.FAIL, interrupted=True)  # interrupted: not yet queued again
+    assert tune.finished_trials(study) == 3
+    assert tune.retry_interrupted(study) == 1 and tune.retry_interrupted(study) == 0
+    waiting = study.get_trials(states=(states.WAITING,))
+    assert [t.user_attrs["retry_of"] for t in waiting] == [4]
+    assert tune.finished_trials(study) == 3
