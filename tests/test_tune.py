@@ -71,6 +71,8 @@ def test_a_tiny_study_finishes_and_writes_its_outputs(in_process, tmp_path):
     report = (out / "report.md").read_text()
     assert f"## Best trial: {study.best_trial.number}" in report
     assert "## Parameter importances" in report
+    assert "python -m minerva.train --algo vmpo --env-id CartPole-v1 --epsilon-categorical" \
+        in report
     for name in ("history", "importances", "parallel_coordinate", "intermediate_values"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     best = tomllib.loads((out / "best.toml").read_text())

@@ -16,6 +16,7 @@ from typing import Any
 from minerva.errors import first_line
 from minerva.tuning.space import decode_param
 from minerva.tuning.study import Study, retried_trials
+from minerva.tuning.trial import as_flags
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -49,11 +50,15 @@ def _table_header(algo: str, table: str) -> str:
     return f"[{algo}.{json.dumps(table)}]" if table else f"[{algo}]"
 
 
+def trial_options(study: Study, trial) -> dict[str, Any]:
+    """The options a trial set: the fixed ones and those it sampled."""
+    return {**study.fixed, **{name: decode_param(name, value)
+                              for name, value in trial.params.items()}}
+
+
 def best_table(study: Study, trial) -> str:
-    """The best trial's options (the fixed ones and those it sampled) as a presets.toml table,
-    ready to paste."""
-    options = {**study.fixed, **{name: decode_param(name, value)
-                                 for name, value in trial.params.items()}}
+    """The best trial's options as a presets.toml table, ready to paste."""
+    options = trial_options(study, trial)
     lines = [f"# study {study.name}: trial {trial.number}, objective {trial.value:.4g} "
              f"({', '.join(study.env_ids)}; seeds {', '.join(map(str, study.seeds))}; "
              f"{study.total_steps:,} steps)",
@@ -184,8 +189,12 @@ def _write_outputs(optuna_study, study: Study, storage: str | None) -> None:
                          f"| {_cell(result['best'])} | {_cell(result['last100'])} |")
         table = best_table(study, best)
         _write_text(study.out_dir / "best.toml", table)
+        flags = " ".join(flag for name, value in sorted(trial_options(study, best).items())
+                         for flag in as_flags(name, value))
         lines += ["", "Its options, as a presets.toml table (`best.toml`):", "", "```toml",
-                  table.rstrip(), "```", ""]
+                  table.rstrip(), "```", "", "and as flags, to train with them:", "", "```bash",
+                  f"python -m minerva.train --algo {study.algo} --env-id {study.env_ids[0]} "
+                  f"{flags}", "```", ""]
         importances = _importances(optuna_study)
         if importances:
             lines += ["## Parameter importances", "", "| option | importance |",
