@@ -56,18 +56,29 @@ def open_storage(url: str, retry) -> Any:
     """An RDB storage with heartbeats (a RUNNING trial of a session that was lost is failed
     and run again, by :func:`retry`), or what Optuna makes of any other URL."""
     import optuna
+    import sqlalchemy
 
     if "://" not in url:
         return url  # optuna's own error names a bad one
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    sqlite = url.startswith("sqlite")
+    # pysqlite begins no transaction before a SELECT, so two workers could both read a queued
+    # trial as waiting and both run it; in autocommit mode with BEGIN IMMEDIATE of our own,
+    # each read-then-write holds the database's write lock
+    engine_kwargs = ({"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite
+                     else {})
     # optuna 4.9 renamed the callback
     callback = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in
                 inspect.signature(optuna.storages.RDBStorage).parameters
                 else "failed_trial_callback")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                          heartbeat_interval=HEARTBEAT_S, **{callback: retry})
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                             heartbeat_interval=HEARTBEAT_S,
+                                             **{callback: retry})
+    if sqlite:
+        sqlalchemy.event.listen(storage.engine, "begin",
+                                lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+    return storage
 
 
 def retry(study, trial) -> None:

@@ -320,3 +320,27 @@ def test_a_lost_or_interrupted_trial_counts_once_through_its_retry():
     waiting = study.get_trials(states=(states.WAITING,))
     assert [t.user_attrs["retry_of"] for t in waiting] == [4]
     assert tune.finished_trials(study) == 3
+
+
+def test_workers_never_take_one_queued_trial_twice(tmp_path):
+    """Queued trials (the preset's, retries) are taken by one worker each, however many ask at
+    once through their own connections to one SQLite study."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="queue", storage=tune.open_storage(url, tune.retry))
+    for x in range(24):
+        study.enqueue_trial({"x": x})
+    taken = []
+
+    def worker():
+        own = optuna.load_study(study_name="queue", storage=tune.open_storage(url, tune.retry))
+        taken.extend(own.ask().number for _ in range(3))
+
+    with pytest.warns(UserWarning, match="Heartbeat"):  # optuna: asking outside optimize()
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert sorted(taken) == list(range(24))
