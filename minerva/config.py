@@ -22,6 +22,8 @@ PRECISIONS = ("float32", "bfloat16")
 ENCODERS = ("auto", "mlp", "nature", "impala")
 ALGORITHMS = ("vmpo", "ppo")
 ACTION_BOUNDS = ("squash", "clip")
+DUAL_PARAMETERIZATIONS = ("log", "softplus")
+STD_PARAMETERIZATIONS = ("bounded", "softplus")
 MAX_SEED = 2_000_000_000  # envpool seeds are int32, and env i gets seed + i
 MAX_ENVS = 65_536
 MAX_M_STEPS = 1_000
@@ -75,6 +77,24 @@ class TrainConfig:
     epsilon_sigma: float = _option(0.01, "V-MPO: KL bound on the Gaussian standard deviation")
     epsilon_categorical: float = _option(0.01, "V-MPO: KL bound of a categorical policy")
     alpha_init: float = _option(1.0, "V-MPO: initial KL Lagrange multipliers")
+    decoupled_likelihood: bool = _option(
+        False, "V-MPO: the M-step fits a Gaussian's mean with the behaviour policy's std held and "
+               "its std with the behaviour policy's mean held (the two log-likelihoods added, "
+               "as Acme's MPO), instead of both in one likelihood")
+    per_dimension_kl: bool = _option(
+        False, "V-MPO: a Gaussian's mean and std KL bounds and multipliers per action dimension "
+               "(each dimension bounded by epsilon_mu or epsilon_sigma / the action dimensions, "
+               "as Acme's per_dim_constraining), instead of one each on the sum")
+    dual_parameterization: str = _option(
+        "log", "V-MPO: the temperature and KL multipliers as exp(p), kept in [1e-8, 1e4] (log) "
+               "or softplus(p) + 1e-8, bounded below only (softplus, as Acme)",
+        choices=DUAL_PARAMETERIZATIONS)
+    dual_max_grad_norm: float = _option(
+        0.0, "V-MPO: gradient clipping norm of the temperature and the KL multipliers together "
+             "(0: not clipped)")
+    target_update_period: int = _option(
+        0, "V-MPO: anchor the KL bounds on a target policy copied from the policy every this "
+           "many gradient steps (0: on the rollout's behaviour policy)")
     # --- PPO -------------------------------------------------------------------------------
     clip_coef: float = _option(
         0.2, "PPO: the surrogate's ratio is clipped to [1 - clip_coef, 1 + clip_coef] (and the "
@@ -100,6 +120,13 @@ class TrainConfig:
     init_log_std: float = _option(0.0, "initial log-std of a Gaussian policy")
     min_log_std: float = _option(
         -5.0, "lower bound of a Gaussian policy's log-std (a floor on its exploration)")
+    std_parameterization: str = _option(
+        "bounded", "a Gaussian policy's std: exp of a log-std squashed between min_log_std and 1 "
+                   "(bounded) or softplus(p) + exp(min_log_std) (softplus, as Acme; no upper "
+                   "bound)", choices=STD_PARAMETERIZATIONS)
+    input_layer_norm: bool = _option(
+        False, "the MLP trunks' first layer is tanh(LayerNorm(Linear(x))) (the input layer the "
+               "V-MPO authors advise, and Acme's) whatever the activation")
     state_dependent_std: bool = _option(
         True, "a Gaussian policy's std depends on the state (else one vector for all states)")
     action_bounds: str = _option(
@@ -111,10 +138,11 @@ class TrainConfig:
     policy_lr: float = _option(5e-4, "policy learning rate")
     value_lr: float = _option(1e-3, "value function learning rate")
     temperature_lr: float = _option(
-        1e-2, "V-MPO: temperature (eta) learning rate, on log(eta): each gradient step (m_steps x "
-              "num_minibatches per rollout) changes eta by a factor of about exp(lr)")
+        1e-2, "V-MPO: temperature (eta) learning rate, on its parameter p (log: each gradient "
+              "step, m_steps x num_minibatches per rollout, changes eta by a factor of about "
+              "exp(lr))")
     alpha_lr: float = _option(
-        1e-2, "V-MPO: KL multipliers (alpha) learning rate, on log(alpha), likewise per "
+        1e-2, "V-MPO: KL multipliers (alpha) learning rate, on their parameters p, likewise per "
               "gradient step")
     max_grad_norm: float = _option(
         10.0, "gradient clipping norm (V-MPO: of the policy and the value network separately; "
@@ -200,6 +228,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 bad(name, "must be a positive number")
+        if not (math.isfinite(self.dual_max_grad_norm) and self.dual_max_grad_norm >= 0):
+            bad("dual_max_grad_norm", "must be a number >= 0 (0: not clipped)")
+        if not isinstance(self.target_update_period, int) or self.target_update_period < 0:
+            bad("target_update_period", "must be an integer >= 0 (0: no target policy)")
         if not (math.isfinite(self.entropy_coef) and self.entropy_coef >= 0):
             bad("entropy_coef", "must be a number >= 0")
         if self.algo == "ppo" and self.lr_schedule in ADAPTIVE_LR_SCHEDULES:

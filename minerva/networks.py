@@ -64,21 +64,30 @@ class GaussianPolicy(nn.Module):
 
     def __init__(self, in_dim: int, space: gym.spaces.Box, init_log_std: float = 0.0,
                  state_dependent_std: bool = True, min_log_std: float = LOG_STD_MIN,
-                 action_bounds: str = "squash"):
+                 action_bounds: str = "squash", std_parameterization: str = "bounded"):
         super().__init__()
         if action_bounds not in ("squash", "clip"):
             raise ValueError(f"action_bounds must be squash or clip, got {action_bounds!r}")
+        if std_parameterization not in ("bounded", "softplus"):
+            raise ValueError("std_parameterization must be bounded or softplus, got "
+                             f"{std_parameterization!r}")
         self.clip_actions = action_bounds == "clip"
         if not min_log_std < init_log_std < LOG_STD_MAX:
             raise ValueError(f"init_log_std must lie between min_log_std ({min_log_std}) and "
                              f"{LOG_STD_MAX}, got {init_log_std}")
         self.min_log_std = min_log_std
+        self.softplus_std = std_parameterization == "softplus"
         self.action_dim = int(np.prod(space.shape))
         self.action_shape = space.shape
         self.mean = orthogonal_linear(in_dim, self.action_dim, 0.01)
-        # log_std = MIN + (MAX - MIN) * sigmoid(z): start z where log_std = init_log_std
-        fraction = (init_log_std - min_log_std) / (LOG_STD_MAX - min_log_std)
-        logit = math.log(fraction / (1 - fraction))
+        if self.softplus_std:
+            # std = softplus(z) + exp(MIN): start z where std = exp(init_log_std)
+            excess = math.exp(init_log_std) - math.exp(min_log_std)
+            logit = excess + math.log(-math.expm1(-excess))  # softplus's inverse
+        else:
+            # log_std = MIN + (MAX - MIN) * sigmoid(z): start z where log_std = init_log_std
+            fraction = (init_log_std - min_log_std) / (LOG_STD_MAX - min_log_std)
+            logit = math.log(fraction / (1 - fraction))
         self.state_dependent_std = state_dependent_std
         if state_dependent_std:
             self.log_std = orthogonal_linear(in_dim, self.action_dim, 0.01)
@@ -136,7 +145,10 @@ class GaussianPolicy(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         logit = (self.log_std(features) if self.state_dependent_std
                  else self.log_std_logit.expand(features.shape[0], -1))
-        log_std = self.min_log_std + (LOG_STD_MAX - self.min_log_std) * torch.sigmoid(logit)
+        if self.softplus_std:
+            log_std = torch.log(F.softplus(logit) + math.exp(self.min_log_std))
+        else:
+            log_std = self.min_log_std + (LOG_STD_MAX - self.min_log_std) * torch.sigmoid(logit)
         return torch.cat([self.mean(features), log_std], dim=-1)
 
     def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,6 +259,8 @@ class Agent(nn.Module):
         min_log_std: float = LOG_STD_MIN,
         encoder: str = "auto",
         action_bounds: str = "squash",
+        std_parameterization: str = "bounded",
+        input_layer_norm: bool = False,
     ):
         super().__init__()
         self.encoder_type = resolve_encoder(encoder, observation_space)
@@ -259,15 +273,17 @@ class Agent(nn.Module):
             self.observation_shape if self.image_encoder is None else ())
         in_dim = (self.image_encoder.out_dim if self.image_encoder is not None
                   else int(np.prod(observation_space.shape)))
-        self.policy_trunk, policy_out = mlp(in_dim, policy_layer_sizes, activation)
+        self.policy_trunk, policy_out = mlp(in_dim, policy_layer_sizes, activation,
+                                            input_layer_norm)
         self.shared_encoder = shared_encoder
         value_in = policy_out if shared_encoder else in_dim
-        self.value_trunk, value_out = mlp(value_in, value_layer_sizes, activation)
+        self.value_trunk, value_out = mlp(value_in, value_layer_sizes, activation,
+                                          input_layer_norm and not shared_encoder)
         self.value_head = orthogonal_linear(value_out, 1, 1.0)
         if isinstance(action_space, gym.spaces.Box):
             self.policy: GaussianPolicy | CategoricalPolicy = GaussianPolicy(
                 policy_out, action_space, init_log_std, state_dependent_std, min_log_std,
-                action_bounds)
+                action_bounds, std_parameterization)
         elif isinstance(action_space, gym.spaces.Discrete):
             self.policy = CategoricalPolicy(policy_out, action_space)
         else:
@@ -300,9 +316,13 @@ class Agent(nn.Module):
         if with_value:
             params, values = self(observations)
         else:
-            params, values = self.policy(self.policy_trunk(self._inputs(observations))), None
+            params, values = self.policy_params(observations), None
         raw = self.policy.sample(params, deterministic)
         return Action(raw, self.policy.log_prob(params, raw), params, values)
+
+    def policy_params(self, observations: torch.Tensor) -> torch.Tensor:
+        """The policy's ``dist_params [B, P]`` alone."""
+        return self.policy(self.policy_trunk(self._inputs(observations)))
 
     def value(self, observations: torch.Tensor) -> torch.Tensor:
         if self.shared_encoder:
@@ -334,4 +354,5 @@ def agent_for(config, observation_space: gym.spaces.Space,
         normalize_observations=config.normalize_observations,
         init_log_std=config.init_log_std, state_dependent_std=config.state_dependent_std,
         min_log_std=config.min_log_std, encoder=config.encoder,
-        action_bounds=config.action_bounds)
+        action_bounds=config.action_bounds, std_parameterization=config.std_parameterization,
+        input_layer_norm=config.input_layer_norm)

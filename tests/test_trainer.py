@@ -530,3 +530,75 @@ def test_continuous_control_preset_keeps_the_std_from_collapsing(tmp_path):
         final_std[epsilon_sigma] = stds[-1] / stds[0]  # the 8th rollout's mean std, relative
     assert final_std[None] > 0.97
     assert final_std[1e-3] < 0.94  # the test can tell a bound that lets it fall
+
+
+MPO_M_STEP = dict(decoupled_likelihood=True, per_dimension_kl=True,
+                  dual_parameterization="softplus", dual_max_grad_norm=1.0,
+                  std_parameterization="softplus", input_layer_norm=True,
+                  target_update_period=4, m_steps=2, num_minibatches=2, alpha_init=100.0)
+
+
+def test_the_mpo_style_m_step_options_train_and_resume(tmp_path):
+    """Every M-step option at once on Hopper (3 action dimensions): one multiplier per
+    dimension, clipped softplus duals, a target policy refreshed every 4 gradient steps (one
+    update: 2 passes x 2 minibatches), and all of it through a checkpoint."""
+    trainer = make_trainer("Hopper-v5", eval_every=10_000, **MPO_M_STEP)
+    update = trainer.algorithm
+    assert update.duals.alphas.shape == (6,)  # the mean's 3, then the std's 3
+    torch.testing.assert_close(update.duals.alphas, torch.full((6,), 100.0))
+    first = {name: t.clone() for name, t in trainer.agent.state_dict().items()}
+    metrics = update(trainer._collect_rollout().batch)
+    assert all(math.isfinite(value) for value in metrics.values())
+    assert {"losses/dual_grad_norm", "losses/kl_mean", "losses/kl_std_after"} <= set(metrics)
+    assert update.gradient_steps == 4
+    for name, tensor in trainer.agent.state_dict().items():  # refreshed at the 4th step
+        assert torch.equal(update.target.state_dict()[name], tensor), name
+    assert not all(torch.equal(first[name], t) for name, t in trainer.agent.state_dict().items())
+    trainer.train(256, str(tmp_path))
+    trainer.close()
+    loaded = VMPOTrainer.from_checkpoint(tmp_path / "vmpo_last.pt")
+    assert loaded.algorithm.gradient_steps == update.gradient_steps
+    for name, tensor in update.target.state_dict().items():
+        assert torch.equal(loaded.algorithm.target.state_dict()[name], tensor), name
+    assert torch.equal(loaded.duals.alpha_raw, trainer.duals.alpha_raw)
+    loaded.close()
+
+
+def test_the_decoupled_likelihood_fits_mean_and_std_each_with_the_other_held():
+    trainer = make_trainer("Hopper-v5", decoupled_likelihood=True)
+    update = trainer.algorithm
+    rng = np.random.default_rng(0)
+    mean, mean_old, actions = (rng.normal(size=(5, 3)) for _ in range(3))
+    log_std, log_std_old = rng.normal(size=(5, 3)) * 0.3, rng.normal(size=(5, 3)) * 0.3
+
+    def gaussian(x, mu, log_sigma):  # log N(x; mu, sigma), summed over dimensions
+        return (-0.5 * ((x - mu) / np.exp(log_sigma)) ** 2 - log_sigma
+                - 0.5 * np.log(2 * np.pi)).sum(-1)
+
+    def cat(a, b):
+        return torch.tensor(np.concatenate([a, b], -1))
+
+    got = update.log_probs(cat(mean, log_std), cat(mean_old, log_std_old), torch.tensor(actions))
+    expected = gaussian(actions, mean, log_std_old) + gaussian(actions, mean_old, log_std)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+    trainer.close()
+
+
+def test_softplus_std_and_the_layer_norm_input_layer():
+    trainer = make_trainer("Hopper-v5", std_parameterization="softplus", init_log_std=-0.5,
+                           min_log_std=-3.0, input_layer_norm=True)
+    agent = trainer.agent
+    assert [type(m).__name__ for m in agent.policy_trunk][:3] == ["Linear", "LayerNorm", "Tanh"]
+    assert [type(m).__name__ for m in agent.value_trunk][:3] == ["Linear", "LayerNorm", "Tanh"]
+    features = agent.policy_trunk[:3](torch.randn(7, 11) * 1e4)  # bounded whatever the input
+    assert features.abs().max() <= 1.0
+    log_std = agent.policy_params(torch.zeros(4, 11))[:, 3:]
+    torch.testing.assert_close(log_std, torch.full_like(log_std, -0.5), atol=2e-2, rtol=0)
+    with torch.no_grad():
+        agent.policy.log_std.bias.fill_(-1e3)  # the floor: exp(min_log_std)
+    log_std = agent.policy_params(torch.zeros(4, 11))[:, 3:]
+    torch.testing.assert_close(log_std, torch.full_like(log_std, -3.0))
+    with torch.no_grad():
+        agent.policy.log_std.bias.fill_(1e3)  # no ceiling: softplus(1000) = 1000
+    assert agent.policy_params(torch.zeros(1, 11))[0, 3:].exp().min() > 900
+    trainer.close()

@@ -136,7 +136,12 @@ def write_plots(optuna_study, folder: Path) -> dict[str, str]:
                 skipped[name] = first_line(error)
                 continue
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-        figure.set_size_inches(10, 6)
+        legend = getattr(axes, "get_legend", lambda: None)()
+        if name == "intermediate_values" and legend is not None and len(optuna_study.trials) > 12:
+            legend.remove()  # one entry per trial: past a dozen it squeezes the plot away
+            axes.set_xlabel("env steps")
+            axes.set_ylabel("objective so far")
+        figure.set_size_inches(14 if name == "parallel_coordinate" else 10, 6)
         figure.tight_layout()
         _write_atomically(folder / f"{name}.png",
                           lambda p, figure=figure: figure.savefig(p, format="png", dpi=100))

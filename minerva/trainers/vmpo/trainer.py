@@ -218,6 +218,13 @@ class VMPOTrainer(OnPolicyTrainer):
         dist_timeout_s: float = 600.0,
         encoder: str = "auto",
         action_bounds: str = "squash",
+        decoupled_likelihood: bool = False,
+        per_dimension_kl: bool = False,
+        dual_parameterization: str = "log",
+        dual_max_grad_norm: float = 0.0,
+        target_update_period: int = 0,
+        std_parameterization: str = "bounded",
+        input_layer_norm: bool = False,
     ):
         options = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         options.update(device=str(device), policy_layer_sizes=tuple(policy_layer_sizes),

@@ -16,6 +16,7 @@ The losses are pure functions in :mod:`minerva.trainers.vmpo.losses`.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 
@@ -33,34 +34,67 @@ from minerva.trainers.vmpo import losses as vmpo_losses
 
 
 class Duals(nn.Module):
-    """V-MPO's Lagrange multipliers, parameterised by their logarithms so they stay positive.
+    """V-MPO's Lagrange multipliers: ``eta``, the E-step's temperature, and ``alphas``, the KL
+    multipliers (mean and std for a Gaussian policy, each one per action dimension when
+    ``per_dimension_kl``; one for a categorical).
 
-    ``eta`` is the E-step temperature; ``alphas`` are the KL multipliers (mean and std for a
-    Gaussian policy, one for a categorical). In log space each optimiser step changes a
-    multiplier by a factor (about ``exp(lr)`` for Adam), so one that climbed far comes back
-    as fast as it went; a softplus is linear above ~2 and needs hundreds of updates to return.
-    :meth:`project_` keeps the logarithms in a bounded range after every optimiser step.
+    ``log`` (the default): parameterised by their logarithms (``log_eta``, ``log_alpha``). Each
+    optimiser step changes a multiplier by a factor (about ``exp(lr)`` for Adam), so one that
+    climbed far comes back as fast as it went; :meth:`project_` keeps the logarithms in
+    ``[log 1e-8, log 1e4]`` after every step. ``softplus`` (Acme's): ``softplus(p) + 1e-8``
+    (``eta_raw``, ``alpha_raw``), bounded below only, so a multiplier can grow as large as its
+    constraint needs; above ~2 it moves by about the learning rate per step.
     """
 
     LOG_MIN, LOG_MAX = math.log(1e-8), math.log(1e4)
+    SOFTPLUS_MIN = 1e-8
 
-    def __init__(self, temperature_init: float, alpha_init: float, num_alphas: int):
+    def __init__(self, temperature_init: float, alpha_init: float, num_alphas: int,
+                 parameterization: str = "log"):
         super().__init__()
-        self.log_eta = nn.Parameter(torch.tensor(math.log(temperature_init)))
-        self.log_alpha = nn.Parameter(torch.full((num_alphas,), math.log(alpha_init)))
+        if parameterization not in ("log", "softplus"):
+            raise ValueError(f"parameterization must be log or softplus, got "
+                             f"{parameterization!r}")
+        self.softplus = parameterization == "softplus"
+        inverse = self._softplus_inverse if self.softplus else math.log
+        eta = nn.Parameter(torch.tensor(inverse(temperature_init)))
+        alpha = nn.Parameter(torch.full((num_alphas,), inverse(alpha_init)))
+        if self.softplus:
+            self.eta_raw, self.alpha_raw = eta, alpha
+        else:
+            self.log_eta, self.log_alpha = eta, alpha
+
+    @classmethod
+    def _softplus_inverse(cls, value: float) -> float:
+        excess = max(value - cls.SOFTPLUS_MIN, 1e-30)
+        return excess + math.log(-math.expm1(-excess)) if excess < 30 else excess
+
+    @property
+    def eta_parameter(self) -> nn.Parameter:
+        return self.eta_raw if self.softplus else self.log_eta
+
+    @property
+    def alpha_parameter(self) -> nn.Parameter:
+        return self.alpha_raw if self.softplus else self.log_alpha
+
+    def _value(self, parameter: torch.Tensor) -> torch.Tensor:
+        if self.softplus:
+            return torch.nn.functional.softplus(parameter) + self.SOFTPLUS_MIN
+        return parameter.exp()
 
     @property
     def eta(self) -> torch.Tensor:
-        return self.log_eta.exp()
+        return self._value(self.eta_parameter)
 
     @property
     def alphas(self) -> torch.Tensor:
-        return self.log_alpha.exp()
+        return self._value(self.alpha_parameter)
 
     @torch.no_grad()
     def project_(self) -> None:
-        self.log_eta.clamp_(self.LOG_MIN, self.LOG_MAX)
-        self.log_alpha.clamp_(self.LOG_MIN, self.LOG_MAX)
+        if not self.softplus:
+            self.log_eta.clamp_(self.LOG_MIN, self.LOG_MAX)
+            self.log_alpha.clamp_(self.LOG_MIN, self.LOG_MAX)
 
 
 class VMPOUpdate(Update):
@@ -76,28 +110,50 @@ class VMPOUpdate(Update):
     def __init__(self, agent: Agent, config: TrainConfig, device: torch.device, ranks: Ranks,
                  ops, threads: int) -> None:
         super().__init__(agent, config, device, ranks, ops, self.compute_losses, threads)
-        self.duals = Duals(config.temperature_init, config.alpha_init,
-                           num_alphas=1 if agent.discrete else 2).to(device)
+        self.per_dimension = config.per_dimension_kl and not agent.discrete
+        # per dimension: the mean's multipliers, then the std's
+        num_alphas = (1 if agent.discrete
+                      else 2 * agent.policy.action_dim if self.per_dimension else 2)
+        self.duals = Duals(config.temperature_init, config.alpha_init, num_alphas,
+                           config.dual_parameterization).to(device)
         self.optimizer = self.make_optimizer([
             *self.network_groups(),
-            {"params": [self.duals.log_eta], "lr": config.temperature_lr},
-            {"params": [self.duals.log_alpha], "lr": config.alpha_lr},
+            {"params": [self.duals.eta_parameter], "lr": config.temperature_lr},
+            {"params": [self.duals.alpha_parameter], "lr": config.alpha_lr},
         ])
+        # the KL anchor when target_update_period > 0: a copy of the agent, refreshed every
+        # that many gradient steps
+        self.target = copy.deepcopy(agent).requires_grad_(False) if (
+            config.target_update_period > 0) else None
+        self.gradient_steps = 0
 
     def synchronised(self) -> list[torch.Tensor]:
         return [*self.agent.parameters(), *self.duals.parameters()]
 
     def state_dict(self) -> dict:
-        return {"duals": self.duals.state_dict(), **super().state_dict()}
+        state = {"duals": self.duals.state_dict(), **super().state_dict()}
+        if self.target is not None:
+            state["target_policy"] = {"agent": self.target.state_dict(),
+                                      "gradient_steps": self.gradient_steps}
+        return state
 
     def load_state_dict(self, state: Mapping) -> None:
         self.duals.load_state_dict(state["duals"])
         super().load_state_dict(state)
+        if self.target is not None:
+            target = state.get("target_policy")
+            if target is None:  # a checkpoint trained without one: start from the policy
+                self.target.load_state_dict(self.agent.state_dict())
+            else:
+                self.target.load_state_dict(target["agent"])
+                self.gradient_steps = int(target["gradient_steps"])
 
     def __call__(self, batch: RolloutBatch) -> dict[str, float]:
         """The E-step's selection once per rollout, then ``m_steps`` passes over it, each in
         ``num_minibatches`` gradient steps (M-step, value, duals); then the KL the update
         moved the policy by and the critic's fit, measured on the whole rollout."""
+        if self.target is not None and self.gradient_steps == 0:  # the weights every rank has
+            self.target.load_state_dict(self.agent.state_dict())
         valid = batch.valid
         size = valid.shape[0]
         advantages, selected, offset = self.selection(batch.advantages, valid)
@@ -117,15 +173,16 @@ class VMPOUpdate(Update):
         with torch.no_grad():
             with torch_threads(threads_for(size, self.threads)):
                 params, values = self.forward(batch.observations)
-            statistics.update({f"losses/{name}_after": p.kl for name, p in self.kl_penalties(
-                batch.dist_params, params, valid).items()})
+            statistics.update({f"losses/{name}_after": p.kl.sum() for name, p in
+                               self.kl_penalties(batch.dist_params, params, valid).items()})
         statistics.update(self.rollout_statistics(batch, values))
         statistics["losses/eta"] = self.duals.eta.detach()
         alphas = self.duals.alphas.detach()
         if self.agent.discrete:
             statistics["losses/alpha"] = alphas[0]
-        else:
-            statistics["losses/alpha_mean"], statistics["losses/alpha_std"] = alphas
+        else:  # per dimension: the mean over the dimensions
+            alpha_mean, alpha_std = alphas.view(2, -1).mean(-1)
+            statistics["losses/alpha_mean"], statistics["losses/alpha_std"] = alpha_mean, alpha_std
         statistics["charts/topk_share"] = selected.sum() / valid.sum().clamp(min=1)
         return self.to_host(statistics, batch)
 
@@ -159,60 +216,87 @@ class VMPOUpdate(Update):
         # otherwise shrink the policy's step
         metrics["losses/policy_grad_norm"], metrics["losses/value_grad_norm"] = (
             self.clip_gradients(self.policy_params, self.value_params))
+        if self.config.dual_max_grad_norm > 0:
+            metrics["losses/dual_grad_norm"] = nn.utils.clip_grad_norm_(
+                list(self.duals.parameters()), self.config.dual_max_grad_norm)
         self.optimizer.step()
         self.duals.project_()
+        self.gradient_steps += 1
+        if self.target is not None and self.gradient_steps % self.config.target_update_period == 0:
+            self.target.load_state_dict(self.agent.state_dict())
         return metrics
 
-    def kl_penalties(self, behaviour: torch.Tensor, params: torch.Tensor,
-                     valid: torch.Tensor) -> dict[str, vmpo_losses.KLPenalty]:
-        """The trust region's terms: one categorical KL, or the decoupled mean and std KLs."""
+    def constraints(self, anchor: torch.Tensor,
+                    params: torch.Tensor) -> dict[str, vmpo_losses.KLConstraint]:
+        """The trust regions around ``anchor`` (the behaviour or the target policy's
+        parameters): one categorical KL, or the decoupled mean and std KLs (per action
+        dimension, each bound divided by the dimensions, when ``per_dimension_kl``)."""
         cfg = self.config
         alphas = self.duals.alphas
         if self.agent.discrete:
-            return {"kl": vmpo_losses.kl_penalty(
-                vmpo_losses.categorical_kl(behaviour, params), valid, alphas[0],
-                cfg.epsilon_categorical)}
-        mean_old, std_old = self.agent.policy.split(behaviour)
+            return {"kl": vmpo_losses.KLConstraint(
+                vmpo_losses.categorical_kl(anchor, params), alphas[0], cfg.epsilon_categorical)}
+        mean_old, std_old = self.agent.policy.split(anchor)
         mean, std = self.agent.policy.split(params)
+        per_dim = self.per_dimension
+        share = self.agent.policy.action_dim if per_dim else 1
+        alpha_mean, alpha_std = alphas.view(2, -1) if per_dim else alphas
         return {
-            "kl_mean": vmpo_losses.kl_penalty(
-                vmpo_losses.gaussian_kl_mean(mean_old, std_old, mean), valid, alphas[0],
-                cfg.epsilon_mu),
-            "kl_std": vmpo_losses.kl_penalty(
-                vmpo_losses.gaussian_kl_std(std_old, std), valid, alphas[1], cfg.epsilon_sigma),
+            "kl_mean": vmpo_losses.KLConstraint(
+                vmpo_losses.gaussian_kl_mean(mean_old, std_old, mean, per_dim), alpha_mean,
+                cfg.epsilon_mu / share),
+            "kl_std": vmpo_losses.KLConstraint(
+                vmpo_losses.gaussian_kl_std(std_old, std, per_dim), alpha_std,
+                cfg.epsilon_sigma / share),
         }
+
+    def kl_penalties(self, anchor: torch.Tensor, params: torch.Tensor,
+                     valid: torch.Tensor) -> dict[str, vmpo_losses.KLPenalty]:
+        """:meth:`constraints`' terms over the ``valid`` samples."""
+        return {name: vmpo_losses.kl_penalty(c.kl_per_sample, valid, c.alpha, c.epsilon)
+                for name, c in self.constraints(anchor, params).items()}
+
+    def log_probs(self, params: torch.Tensor, anchor: torch.Tensor,
+                  actions: torch.Tensor) -> torch.Tensor:
+        """The M-step's log-likelihood of ``actions``: the policy's, or with
+        ``decoupled_likelihood`` the mean's under the anchor's std plus the std's under the
+        anchor's mean."""
+        policy = self.agent.policy
+        if self.agent.discrete or not self.config.decoupled_likelihood:
+            return policy.log_prob(params, actions)
+        mean, log_std = params.split(policy.action_dim, dim=-1)
+        mean_old, log_std_old = anchor.split(policy.action_dim, dim=-1)
+        return (policy.log_prob(torch.cat([mean, log_std_old], -1), actions)
+                + policy.log_prob(torch.cat([mean_old, log_std], -1), actions))
 
     def compute_losses(self, minibatch: dict[str, torch.Tensor], advantages: torch.Tensor,
                        selected: torch.Tensor, rows: torch.Tensor | None,
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one gradient step and its terms (what ``compile_update`` compiles):
-        the E-step's temperature loss, the M-step's weighted likelihood with its KL trust
-        regions, and the critic's regression.
-
-        The E-step's weights are normalised over the whole rollout's selected samples with
-        the current temperature (the temperature's loss is the whole rollout's too); the
-        minibatch (``rows`` of the rollout) takes its share of them
-        (:func:`~minerva.trainers.vmpo.losses.minibatch_weights`). The networks run in the
-        update's precision; the log-probs, KLs, losses and duals in float32."""
+        V-MPO's objective (:func:`~minerva.trainers.vmpo.losses.vmpo_loss`: the E-step's
+        temperature loss, the M-step's weighted likelihood and the KL trust regions around
+        the behaviour policy, or the target policy) and the critic's regression. The networks
+        run in the update's precision; the log-probs, KLs, losses and duals in float32."""
         cfg = self.config
-        estep = vmpo_losses.e_step(advantages, selected, self.duals.eta, cfg.epsilon_eta,
-                                   vmpo_weights=self.ops.vmpo_weights)
-        weights = (estep.weights if rows is None
-                   else vmpo_losses.minibatch_weights(estep.weights, rows))
         params, values = self.forward(minibatch["observations"])
-        nll = vmpo_losses.weighted_nll(
-            self.agent.policy.log_prob(params, minibatch["actions"]), weights)
-        penalties = self.kl_penalties(minibatch["behaviour"], params, minibatch["valid"])
+        anchor = minibatch["behaviour"]
+        if self.target is not None:
+            with torch.no_grad(), self.autocast():
+                anchor = self.target.policy_params(minibatch["observations"]).float()
+        constraints = self.constraints(anchor, params)
+        policy = vmpo_losses.vmpo_loss(
+            self.log_probs(params, anchor, minibatch["actions"]), advantages, selected,
+            self.duals.eta, cfg.epsilon_eta, tuple(constraints.values()), minibatch["valid"],
+            rows, vmpo_weights=self.ops.vmpo_weights)
         critic = losses.value_loss(values, minibatch["returns"], minibatch["valid"])
-        loss = (nll + critic + estep.temperature_loss
-                + sum(p.policy_loss + p.alpha_loss for p in penalties.values()))
-        terms = {"losses/policy_nll": nll, "losses/value": critic,
-                 "losses/temperature": estep.temperature_loss.detach(),
+        terms = {"losses/policy_nll": policy.policy_nll, "losses/value": critic,
+                 "losses/temperature": policy.temperature_loss,
                  "charts/weights_ess_fraction": (
-                     vmpo_losses.effective_sample_size(estep.weights)
+                     vmpo_losses.effective_sample_size(policy.weights)
                      / selected.sum().clamp(min=1))}
-        terms.update({f"losses/{name}": p.kl for name, p in penalties.items()})
-        return loss, terms
+        # a KL per dimension is reported summed: the quantity its bound divides
+        terms.update({f"losses/{name}": kl.sum() for name, kl in zip(constraints, policy.kls)})
+        return policy.loss + critic, terms
 
     def schedule(self, metrics: Mapping[str, float], global_step: int,
                  total_steps: int) -> float:
