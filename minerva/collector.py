@@ -30,7 +30,7 @@ from minerva.errors import NonFiniteError
 from minerva.logging import PhaseTimer
 from minerva.networks import Action, Agent
 from minerva.normalization import RewardScaler
-from minerva.rollout import DeviceRollout, RolloutBatch, RolloutViews, flatten
+from minerva.rollout import DeviceRollout, GAEInputs, RolloutBatch, RolloutViews, flatten
 from minerva.threads import threads_for, torch_threads
 
 
@@ -196,13 +196,14 @@ class RolloutCollector:
         # the true final one when step t ended an episode
         rollout["next_values"][:-1].copy_(rollout["values"][1:])
         rollout["next_values"][-1].copy_(values[-num_envs:])
+        gae_inputs = GAEInputs(rollout["rewards"], rollout["terminated"],
+                               rollout["terminated"] | rollout["truncated"], last)
         advantages, returns = self.gae(
             rollout["rewards"], rollout["values"], rollout["next_values"],
-            rollout["terminated"], rollout["terminated"] | rollout["truncated"],
-            self.gamma, self.lam)
+            gae_inputs.terminated, gae_inputs.done, self.gamma, self.lam)
         rollout["advantages"].copy_(advantages)
         rollout["returns"].copy_(returns)
-        return flatten(rollout)
+        return flatten(rollout)._replace(gae_inputs=gae_inputs)
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)

@@ -92,6 +92,9 @@ class TrainConfig:
     dual_max_grad_norm: float = _option(
         0.0, "V-MPO: gradient clipping norm of the temperature and the KL multipliers together "
              "(0: not clipped)")
+    recompute_advantages: bool = _option(
+        False, "V-MPO: before each pass after the first, the rollout's advantages, returns and "
+               "top-k again from the critic as it is then (one critic pass and the native GAE)")
     target_update_period: int = _option(
         0, "V-MPO: anchor the KL bounds on a target policy copied from the policy every this "
            "many gradient steps (0: on the rollout's behaviour policy)")

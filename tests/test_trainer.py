@@ -602,3 +602,21 @@ def test_softplus_std_and_the_layer_norm_input_layer():
         agent.policy.log_std.bias.fill_(1e3)  # no ceiling: softplus(1000) = 1000
     assert agent.policy_params(torch.zeros(1, 11))[0, 3:].exp().min() > 900
     trainer.close()
+
+
+def test_recomputed_advantages_follow_the_critic():
+    """With the critic as it was when the rollout was collected, the recomputation gives the
+    collector's advantages and returns; each pass after the first recomputes them."""
+    trainer = make_trainer("Pendulum-v1", recompute_advantages=True, m_steps=3)
+    update = trainer.algorithm
+    batch = trainer._collect_rollout().batch
+    advantages, returns = update.recomputed_advantages(batch)
+    torch.testing.assert_close(advantages, batch.advantages)
+    torch.testing.assert_close(returns, batch.returns)
+    calls = []
+    recompute = update.recomputed_advantages
+    update.recomputed_advantages = lambda b: calls.append(1) or recompute(b)
+    metrics = update(batch)
+    assert len(calls) == 2 and all(math.isfinite(value) for value in metrics.values())
+    assert not torch.equal(recompute(batch)[0], batch.advantages)  # the critic has moved
+    trainer.close()

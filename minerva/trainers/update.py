@@ -113,16 +113,16 @@ class Update:
             params, values = self.agent(observations)
         return params.float(), values.float()
 
-    def minibatches(self, samples: dict[str, torch.Tensor]
+    def minibatches(self, samples: dict[str, torch.Tensor], passes: int | None = None,
                     ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor | None]]:
-        """``m_steps`` passes over ``samples`` (tensors of the rollout's rows), each in
+        """``passes`` (``m_steps``) passes over ``samples`` (tensors of the rollout's rows), each in
         ``num_minibatches`` random minibatches of (nearly) equal size: each minibatch and the
         rollout rows it holds (None: one full-batch step, all of them). Each pass gathers the
         samples once in a random order and cuts the minibatches from it as views, instead of
         gathering every minibatch on its own: one index per tensor per pass, not per step."""
         cfg = self.config
         size = samples["valid"].shape[0]
-        for _ in range(cfg.m_steps):
+        for _ in range(cfg.m_steps if passes is None else passes):
             if cfg.num_minibatches == 1:
                 yield samples, None
                 continue

@@ -223,6 +223,7 @@ class VMPOTrainer(OnPolicyTrainer):
         dual_parameterization: str = "log",
         dual_max_grad_norm: float = 0.0,
         target_update_period: int = 0,
+        recompute_advantages: bool = False,
         std_parameterization: str = "bounded",
         input_layer_norm: bool = False,
     ):

@@ -149,9 +149,11 @@ class VMPOUpdate(Update):
                 self.gradient_steps = int(target["gradient_steps"])
 
     def __call__(self, batch: RolloutBatch) -> dict[str, float]:
-        """The E-step's selection once per rollout, then ``m_steps`` passes over it, each in
-        ``num_minibatches`` gradient steps (M-step, value, duals); then the KL the update
-        moved the policy by and the critic's fit, measured on the whole rollout."""
+        """The E-step's selection once per rollout (with ``recompute_advantages``, again
+        before each pass, from the advantages of the critic as it is then), then ``m_steps``
+        passes over it, each in ``num_minibatches`` gradient steps (M-step, value, duals);
+        then the KL the update moved the policy by and the critic's fit, measured on the
+        whole rollout."""
         if self.target is not None and self.gradient_steps == 0:  # the weights every rank has
             self.target.load_state_dict(self.agent.state_dict())
         valid = batch.valid
@@ -163,11 +165,18 @@ class VMPOUpdate(Update):
         whole = (None if not self.ranks.distributed
                  else torch.arange(size, device=self.device) + offset)
         history: dict[str, list[torch.Tensor]] = {}
+        recompute = self.config.recompute_advantages and batch.gae_inputs is not None
+        passes = [1] * self.config.m_steps if recompute else [self.config.m_steps]
         with self.step_threads(size):
-            for minibatch, indices in self.minibatches(samples):
-                rows = whole if indices is None else indices + offset
-                for name, value in self.m_step(minibatch, advantages, selected, rows).items():
-                    history.setdefault(name, []).append(value.detach())
+            for index, count in enumerate(passes):
+                if index > 0:
+                    batch_advantages, samples["returns"] = self.recomputed_advantages(batch)
+                    advantages, selected, offset = self.selection(batch_advantages, valid)
+                for minibatch, indices in self.minibatches(samples, count):
+                    rows = whole if indices is None else indices + offset
+                    for name, value in self.m_step(minibatch, advantages, selected,
+                                                   rows).items():
+                        history.setdefault(name, []).append(value.detach())
         selected = selected[offset:offset + size]  # this rank's, for its statistics
         statistics = stack_history(history)
         with torch.no_grad():
@@ -185,6 +194,22 @@ class VMPOUpdate(Update):
             statistics["losses/alpha_mean"], statistics["losses/alpha_std"] = alpha_mean, alpha_std
         statistics["charts/topk_share"] = selected.sum() / valid.sum().clamp(min=1)
         return self.to_host(statistics, batch)
+
+    @torch.no_grad()
+    def recomputed_advantages(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rollout's advantages and returns (flattened) from the critic as it is now, by
+        the advantages op the collector uses (:func:`minerva.ops.gae`), on its rewards."""
+        inputs = batch.gae_inputs
+        num_steps, num_envs = inputs.rewards.shape
+        observations = torch.cat([batch.observations, inputs.last_observations])
+        with torch_threads(threads_for(observations.shape[0], self.threads)), self.autocast():
+            values = self.agent.value(observations).float()
+        values, last = values[:-num_envs].view(num_steps, num_envs), values[-num_envs:]
+        next_values = torch.cat([values[1:], last.unsqueeze(0)])
+        cfg = self.config
+        advantages, returns = self.ops.gae(inputs.rewards, values, next_values,
+                                           inputs.terminated, inputs.done, cfg.gamma, cfg.lam)
+        return advantages.flatten(), returns.flatten()
 
     def selection(self, advantages: torch.Tensor,
                   valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
