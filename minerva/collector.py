@@ -18,7 +18,6 @@ once would store them.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -28,7 +27,7 @@ import torch
 from minerva.envs import SplitVectorEnv, StepResult, VectorEnv, concatenate_steps
 from minerva.errors import NonFiniteError
 from minerva.logging import PhaseTimer
-from minerva.networks import Action, Agent
+from minerva.networks import Action, Agent, precision_context
 from minerva.normalization import RewardScaler
 from minerva.rollout import DeviceRollout, GAEInputs, RolloutBatch, RolloutViews, flatten
 from minerva.threads import threads_for, torch_threads
@@ -55,19 +54,18 @@ class RolloutCollector:
             ``advantages``).
         threads: torch threads available; acting takes one (:mod:`minerva.threads`), the
             batched value pass as many as its size warrants.
-        value_precision: a context manager factory for the batched value pass (the update's
-            autocast).
+        precision: the networks' precision for the batched value pass (the ``precision``
+            option: ``float32`` or ``bfloat16``, as the update's).
     """
 
     def __init__(self, envs: VectorEnv | SplitVectorEnv, storage: RolloutViews, agent: Agent,
                  device: torch.device, reward_scaler: RewardScaler | None, gae: Callable,
                  gamma: float, lam: float, timer: PhaseTimer, threads: int = 1,
-                 value_precision: Callable[[], contextlib.AbstractContextManager] =
-                 contextlib.nullcontext) -> None:
+                 precision: str = "float32") -> None:
         self.envs, self.storage, self.agent, self.device = envs, storage, agent, device
         self.reward_scaler, self.gae, self.gamma, self.lam = reward_scaler, gae, gamma, lam
         self.timer, self.threads = timer, threads
-        self.value_precision = value_precision
+        self.precision = precision
         self.on_gpu = device.type == "cuda"
         self.device_rollout = DeviceRollout(storage, device) if self.on_gpu else None
         num_envs = envs.num_envs
@@ -189,7 +187,7 @@ class RolloutCollector:
         stored = rollout["observations"]
         last = torch.as_tensor(self.observations, device=self.device).to(stored.dtype)
         observations = torch.cat([stored.flatten(0, 1), last])
-        with self.value_precision():
+        with precision_context(self.precision, self.device):
             values = self.agent.value(observations).float()
         rollout["values"].copy_(values[:-num_envs].view(num_steps, num_envs))
         # next_values[t] = V(the observation that followed step t): with next-step autoreset

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from minerva.errors import OptionError
+
 if TYPE_CHECKING:
     import torch
 
@@ -190,9 +192,9 @@ class TrainConfig:
             "account; empty: off)")
 
     def validate(self) -> "TrainConfig":
-        """Raises ValueError naming the first bad option; returns self."""
+        """Raises OptionError naming the first bad option; returns self."""
         def bad(name: str, why: str) -> None:
-            raise ValueError(f"{name}: {why}, got {getattr(self, name)!r}")
+            raise OptionError(name, f"{why}, got {getattr(self, name)!r}")
 
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")

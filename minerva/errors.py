@@ -1,4 +1,4 @@
-"""The errors training raises on purpose, beyond ``ValueError`` for bad options."""
+"""The errors minerva raises on purpose; the command lines route them by type."""
 
 from __future__ import annotations
 
@@ -6,6 +6,24 @@ import argparse
 import signal
 import sys
 from typing import NoReturn
+
+
+class OptionError(ValueError):
+    """A value of one option that cannot train: ``option`` names it (a
+    :class:`~minerva.config.TrainConfig` field, ``--option-name`` on the command line) and
+    ``reason`` says why. Its message is ``"option: reason"``."""
+
+    def __init__(self, option: str, reason: str) -> None:
+        super().__init__(f"{option}: {reason}")
+        self.option, self.reason = option, reason
+
+
+class OutDirError(OptionError):
+    """A run folder that cannot be used as it is: another run's, a run another process is
+    writing, not writable, or not a folder."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("out_dir", reason)
 
 
 class NonFiniteError(RuntimeError):

@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from minerva.config import ALGORITHMS
-from minerva.errors import first_line
+from minerva.errors import OptionError, OutDirError, first_line
 
 
 def cpu_model() -> str:
@@ -48,19 +48,19 @@ def create_out_dir(out_dir: str | Path) -> Path:
     """Creates ``out_dir`` if needed and checks that it is a writable folder.
 
     Raises:
-        ValueError: ``out_dir: ...``, naming the folder and what is wrong with it.
+        OutDirError: ``out_dir: ...``, naming the folder and what is wrong with it.
     """
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise ValueError(f"out_dir: {out} is a file, not a folder") from None
+        raise OutDirError(f"{out} is a file, not a folder") from None
     except NotADirectoryError:
-        raise ValueError(f"out_dir: {out} is under a file, not a folder") from None
+        raise OutDirError(f"{out} is under a file, not a folder") from None
     except OSError as error:
-        raise ValueError(f"out_dir: cannot create {out}: {error.strerror}") from None
+        raise OutDirError(f"cannot create {out}: {error.strerror}") from None
     if not os.access(out, os.W_OK | os.X_OK):
-        raise ValueError(f"out_dir: {out} is not writable")
+        raise OutDirError(f"{out} is not writable")
     return out
 
 
@@ -75,7 +75,7 @@ def prepare_out_dir(out_dir: str | Path, resumed_step: int | None = None,
     deleted instead.
 
     Raises:
-        ValueError: ``out_dir: ...``, naming the folder and what it holds.
+        OutDirError: ``out_dir: ...``, naming the folder and what it holds.
     """
     out = create_out_dir(out_dir)
     earlier = [out / name for name in RUN_FILES if (out / name).exists()]
@@ -86,12 +86,12 @@ def prepare_out_dir(out_dir: str | Path, resumed_step: int | None = None,
     if not overwrite:
         held = ", ".join(path.name for path in earlier[:3]) + (", ..." if earlier[3:] else "")
         if resumed_step is None:
-            raise ValueError(
-                f"out_dir: {out} already holds a run ({held}); resume it with --resume "
+            raise OutDirError(
+                f"{out} already holds a run ({held}); resume it with --resume "
                 f"{last[0] if last else out / checkpoint_name(algo, 'last')}, replace it with "
                 "--overwrite, or choose another --out-dir")
-        raise ValueError(
-            f"out_dir: {out} holds another run ({held}; its last checkpoint is not at this "
+        raise OutDirError(
+            f"{out} holds another run ({held}; its last checkpoint is not at this "
             f"checkpoint's step {resumed_step}): continuing there would drop or mix its "
             "events; choose another --out-dir, or replace that run with --overwrite")
     for path in earlier:
@@ -114,7 +114,7 @@ def locked_out_dir(out: Path) -> Iterator[None]:
     their metrics and remove each other's checkpoint files.
 
     Raises:
-        ValueError: ``out_dir: ...`` when another process holds it, or its lock file cannot
+        OutDirError: ``out_dir: ...`` when another process holds it, or its lock file cannot
             be opened (a symbolic link, which would have the run write through it, or a
             folder).
     """
@@ -123,14 +123,14 @@ def locked_out_dir(out: Path) -> Iterator[None]:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
     except OSError as error:
         why = "is a symbolic link" if path.is_symlink() else f"cannot be opened ({error.strerror})"
-        raise ValueError(f"out_dir: {path}, the run's lock file, {why}; remove it") from None
+        raise OutDirError(f"{path}, the run's lock file, {why}; remove it") from None
     with open(descriptor, "a+", encoding="utf-8") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip() or "another process"
-            raise ValueError(f"out_dir: {out} is in use by another minerva run "
+            raise OutDirError(f"{out} is in use by another minerva run "
                              f"({holder})") from None
         lock.seek(0)
         lock.truncate()
@@ -143,14 +143,14 @@ def locked_out_dir(out: Path) -> Iterator[None]:
 
 
 def check_wandb(project: str) -> None:
-    """Raises ValueError (``wandb_project: ...``) when a project is asked for and wandb is
+    """Raises OptionError (``wandb_project: ...``) when a project is asked for and wandb is
     not installed."""
     if not project:
         return
     try:
         import wandb  # noqa: F401
     except ImportError:
-        raise ValueError("wandb_project: logging to Weights & Biases needs wandb: pip install "
+        raise OptionError("wandb_project", "logging to Weights & Biases needs wandb: pip install "
                          "'minerva[wandb]' (or leave --wandb-project out)") from None
 
 

@@ -28,6 +28,7 @@ behaviour distribution's parameters (``dist_params``) are ``[mean, log_std]`` or
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import NamedTuple
@@ -342,6 +343,15 @@ class Agent(nn.Module):
 
 # the seed API's name of the agent
 VMPOAgent = Agent
+
+
+def precision_context(precision: str,
+                      device: torch.device) -> contextlib.AbstractContextManager:
+    """Where the networks run in ``precision`` (the option): bfloat16 autocast on
+    ``device``, or float32 as they are."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def agent_for(config, observation_space: gym.spaces.Space,

@@ -21,7 +21,7 @@ from pathlib import Path
 from minerva import envs
 from minerva.config import OPTION_DEFAULTS, TrainConfig
 from minerva.env_ids import resolve_env_id
-from minerva.errors import OneLineParser, unexpected_error
+from minerva.errors import OneLineParser, OptionError, unexpected_error
 from minerva.presets import CONTINUOUS_CONTROL, IMAGES, all_presets, preset
 from minerva.stopping import exit_at_once_on_signals, ignore_signals, restore_handlers
 
@@ -103,14 +103,13 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         options["out_dir"] = f"runs/{env_id.replace('/', '_')}-seed{options.get('seed', 1)}-{stamp}"
     try:
         return TrainConfig(**options).validate()
-    except ValueError as error:
+    except OptionError as error:
         parser.error(_option_message(error))
 
 
-def _option_message(error: Exception) -> str:
-    """``"name: why"`` (the config's and the trainer's errors) as ``"--name: why"``."""
-    name, _, why = str(error).partition(": ")
-    return f"{_flag(name)}: {why}" if name in OPTION_DEFAULTS else str(error)
+def _option_message(error: OptionError) -> str:
+    """An option's error as the command line names it: ``"--name: why"``."""
+    return f"{_flag(error.option)}: {error.reason}"
 
 
 def explicit_options(args: argparse.Namespace) -> dict:
@@ -149,7 +148,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     def option_error(check, *check_args):
         try:
             return check(*check_args)
-        except ValueError as error:
+        except OptionError as error:
             parser.error(_option_message(error))
 
     if args.resume is not None:
@@ -174,7 +173,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 parser.error(f"--resume: no such checkpoint: {args.resume}")
             except CheckpointError as error:
                 parser.error(f"--resume: {error}")
-            except ValueError as error:
+            except OptionError as error:
                 parser.error(_option_message(error))
         else:
             option_error(check_run_outputs, config, config.env_id)
@@ -200,10 +199,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"minerva: interrupted again: stopped at once; {trainer.checkpoint_status()}",
               file=sys.stderr)
         return 130
-    except ValueError as error:  # what train() checks before it starts
-        if not str(error).startswith(("out_dir: ", "total_steps: ", "capture_video: ",
-                                      "wandb_project: ")):
-            raise
+    except OptionError as error:  # what train() checks before it starts
         parser.error(_option_message(error))
     except (NonFiniteError, OSError, distributed.DistributedError) as error:
         print(f"minerva: error: {error}\n{trainer.checkpoint_status()}", file=sys.stderr)

@@ -132,3 +132,22 @@ def test_every_continuous_control_task_trains_with_one_configuration():
     acrobot = config("--env-id", "Acrobot-v1")
     assert acrobot.num_envs == TrainConfig.num_envs
     assert acrobot.num_minibatches == TrainConfig.num_minibatches
+
+
+def test_option_errors_are_typed_and_name_their_option(tmp_path, capsys):
+    from minerva.errors import OptionError, OutDirError
+    from minerva.logging import create_out_dir
+
+    with pytest.raises(OptionError) as bad_option:
+        TrainConfig(gamma=1.5).validate()
+    assert (bad_option.value.option, str(bad_option.value)) == (
+        "gamma", f"gamma: {bad_option.value.reason}")
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(OutDirError, match="is a file, not a folder") as bad_folder:
+        create_out_dir(a_file)
+    assert bad_folder.value.option == "out_dir"
+    # the command line names the flag from the error's option, not from its text
+    result = run_main(main, ["--out-dir", str(a_file)], capsys)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(f"--out-dir: {a_file} is a file, not a folder")

@@ -133,7 +133,7 @@ def make_ppo(env_id="Pendulum-v1", **overrides):
 def test_the_update_trains_and_reports_its_terms(env_id, options):
     trainer = make_ppo(env_id, **options)
     before = [p.detach().clone() for p in trainer.agent.parameters()]
-    metrics = trainer.algorithm(trainer._collect_rollout().batch)
+    metrics = trainer.algorithm(trainer._collect_rollout().batch, 0, 1000)
     trainer.close()
     for name in ("losses/policy", "losses/value", "losses/entropy", "losses/approx_kl",
                  "losses/approx_kl_after", "losses/grad_norm", "charts/clip_fraction",
@@ -154,7 +154,7 @@ def test_the_gradient_norm_is_clipped_over_both_networks(monkeypatch):
         return clip(parameters, max_norm)
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
-    trainer.algorithm(trainer._collect_rollout().batch)
+    trainer.algorithm(trainer._collect_rollout().batch, 0, 1000)
     everything = len(trainer.algorithm.policy_params) + len(trainer.algorithm.value_params)
     assert norms == [(everything, 1e-3)] * (2 * 4)  # one clip of all weights per step
     trainer.close()

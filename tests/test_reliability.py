@@ -174,7 +174,7 @@ def test_a_failed_run_leaves_the_last_checkpoint_as_it_was(tmp_path, saved_run, 
     before = (out / "vmpo_last.pt").read_bytes()
     trainer = VMPOTrainer.from_checkpoint(out / "vmpo_last.pt", out_dir=str(out))
 
-    def failing_update(self, batch):
+    def failing_update(self, batch, global_step, total_steps):
         raise RuntimeError("the update failed")
 
     monkeypatch.setattr(VMPOUpdate, "__call__", failing_update)
@@ -270,11 +270,11 @@ def test_a_signal_stops_after_the_iteration_with_a_consistent_checkpoint(tmp_pat
 
     updates = []
 
-    def signalling_update(self, batch):
+    def signalling_update(self, batch, global_step, total_steps):
         updates.append(batch)
         if len(updates) == 3:  # mid-iteration: after the rollout, before the update
             os.kill(os.getpid(), signum)
-        return original(self, batch)
+        return original(self, batch, global_step, total_steps)
 
     monkeypatch.setattr(VMPOUpdate, "__call__", signalling_update)
     # the signal's default action, as in a terminal: the tests may run under nohup, which

@@ -138,10 +138,10 @@ def test_annealed_adaptive_schedule_lowers_its_upper_bound_to_the_minimum():
                                      dict(min_log_std=-2.0, init_log_std=-1.0)])
 def test_update_options_train(options):
     trainer = make_trainer("Pendulum-v1", **options)
-    metrics = trainer.algorithm(trainer._collect_rollout().batch)
+    metrics = trainer.algorithm(trainer._collect_rollout().batch, 0, 1000)
     assert all(math.isfinite(value) for value in metrics.values())
     assert {"losses/policy_grad_norm", "losses/value_grad_norm",
-            "charts/policy_std_min"} <= set(metrics)
+            "charts/policy_std_min", "charts/policy_lr"} <= set(metrics)
     if not options.get("state_dependent_std", True):
         # one std for every state, starting at exp(init_log_std)
         params = trainer.agent(torch.randn(5, 3))[0]
@@ -225,7 +225,7 @@ def test_the_rollout_acts_on_one_thread_and_the_update_on_what_its_size_warrants
     monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), original(n)))
     trainer = make_trainer("Pendulum-v1", torch_threads=2)  # 4 envs x 16 steps = 64 samples
     seen.clear()
-    trainer.algorithm(trainer._collect_rollout().batch)
+    trainer.algorithm(trainer._collect_rollout().batch, 0, 1000)
     assert set(seen) == {1, 2}  # one while acting, scoring and updating; then restored
     assert threads_for(PARALLEL_MIN_ROWS, 8) == 8 and threads_for(PARALLEL_MIN_ROWS - 1, 8) == 1
     trainer.close()
@@ -239,17 +239,13 @@ def test_update_precision_and_compile_options(options):
     trainer = make_trainer("Pendulum-v1", num_minibatches=3, **options)  # sizes 22, 21
     batch = trainer._collect_rollout().batch
     update = trainer.algorithm
-    advantages, selected, _ = update.selection(batch.advantages, batch.valid)
     with torch.no_grad():
-        loss, terms = update.compute_losses({"observations": batch.observations,
-                                             "actions": batch.actions,
-                                             "behaviour": batch.dist_params,
-                                             "returns": batch.returns, "valid": batch.valid},
-                                            advantages, selected, None)
+        loss, terms = update.loss(update.samples(batch), *update.selection(batch.advantages,
+                                                                           batch.valid))
     assert loss.dtype == torch.float32  # the losses stay in float32 under autocast
     assert all(term.dtype == torch.float32 for term in terms.values())
     for _ in range(2):
-        metrics = trainer.algorithm(trainer._collect_rollout().batch)
+        metrics = trainer.algorithm(trainer._collect_rollout().batch, 0, 1000)
         assert all(math.isfinite(value) for value in metrics.values())
     if options.get("compile_update"):
         assert update._compiled_sizes == {21, 22} and update.compile_seconds > 0
@@ -265,7 +261,7 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning():
     trainer.algorithm._compiled = broken
     with pytest.warns(RuntimeWarning, match=r"torch.compile of the update failed "
                                             r"\(RuntimeError: no C\+\+ compiler\)"):
-        metrics = trainer.algorithm(trainer._collect_rollout().batch)
+        metrics = trainer.algorithm(trainer._collect_rollout().batch, 0, 1000)
     assert trainer.algorithm._compiled is None
     assert all(math.isfinite(value) for value in metrics.values())
     trainer.close()
@@ -326,14 +322,14 @@ def test_last_100_training_episodes_are_logged_and_checkpointed(tmp_path):
 def test_minibatches_split_each_pass(monkeypatch):
     trainer = make_trainer("Pendulum-v1", m_steps=3, num_minibatches=5)  # 64 samples
     sizes = []
-    original = VMPOUpdate.m_step
+    original = VMPOUpdate.loss
 
-    def counting(self, minibatch, advantages, selected, indices):
-        sizes.append(indices.numel())
-        return original(self, minibatch, advantages, selected, indices)
+    def counting(self, minibatch, advantages, selected):
+        sizes.append(minibatch["rows"].numel())
+        return original(self, minibatch, advantages, selected)
 
-    monkeypatch.setattr(VMPOUpdate, "m_step", counting)
-    trainer.algorithm(trainer._collect_rollout().batch)
+    monkeypatch.setattr(VMPOUpdate, "loss", counting)
+    trainer.algorithm(trainer._collect_rollout().batch, 0, 1000)
     assert sizes == [13, 13, 13, 13, 12] * 3  # every pass covers the rollout once
     policy_weight = trainer.agent.policy.mean.weight
     assert trainer.optimizer.state[policy_weight]["step"].item() == 15
@@ -342,17 +338,17 @@ def test_minibatches_split_each_pass(monkeypatch):
 
 def test_minibatches_hold_the_rows_they_name():
     trainer = make_trainer("Pendulum-v1", m_steps=2, num_minibatches=3)
-    samples = {"observations": torch.arange(40.0).view(20, 2), "valid": torch.ones(20, dtype=bool)}
-    passes = list(trainer.algorithm.minibatches(samples))
-    assert len(passes) == 6
-    for minibatch, rows in passes:
-        assert torch.equal(minibatch["observations"], samples["observations"][rows])
-    for first in (0, 3):  # each pass holds every row once
-        rows = torch.cat([rows for _, rows in passes[first:first + 3]])
-        assert sorted(rows.tolist()) == list(range(20))
+    samples = {"observations": torch.arange(40.0).view(20, 2), "valid": torch.ones(20, dtype=bool),
+               "rows": torch.arange(20)}
+    one_pass = list(trainer.algorithm.minibatches(samples))
+    assert len(one_pass) == 3
+    for minibatch in one_pass:
+        assert torch.equal(minibatch["observations"], samples["observations"][minibatch["rows"]])
+    # the pass holds every row once
+    rows = torch.cat([minibatch["rows"] for minibatch in one_pass])
+    assert sorted(rows.tolist()) == list(range(20))
     full = make_trainer("Pendulum-v1", m_steps=2, num_minibatches=1)
-    assert [(minibatch is samples, rows) for minibatch, rows in
-            full.algorithm.minibatches(samples)] == [(True, None)] * 2
+    assert [minibatch is samples for minibatch in full.algorithm.minibatches(samples)] == [True]
     trainer.close()
     full.close()
 
@@ -461,7 +457,7 @@ def test_training_with_the_rollout_on_the_device(env_id, device, tmp_path):
     torch.testing.assert_close(batch.values.cpu(), storage.values.flatten(0, 1))
     torch.testing.assert_close(batch.advantages.cpu(), storage.advantages.flatten(0, 1))
     torch.testing.assert_close(batch.returns.cpu(), storage.returns.flatten(0, 1))
-    assert all(math.isfinite(value) for value in trainer.algorithm(batch).values())
+    assert all(math.isfinite(value) for value in trainer.algorithm(batch, 0, 1000).values())
     trainer.train(3 * SMALL["num_envs"] * SMALL["rollout_steps"], str(tmp_path))
     assert (tmp_path / "vmpo_last.pt").exists()
     trainer.close()
@@ -547,7 +543,7 @@ def test_the_mpo_style_m_step_options_train_and_resume(tmp_path):
     assert update.duals.alphas.shape == (6,)  # the mean's 3, then the std's 3
     torch.testing.assert_close(update.duals.alphas, torch.full((6,), 100.0))
     first = {name: t.clone() for name, t in trainer.agent.state_dict().items()}
-    metrics = update(trainer._collect_rollout().batch)
+    metrics = update(trainer._collect_rollout().batch, 0, 1000)
     assert all(math.isfinite(value) for value in metrics.values())
     assert {"losses/dual_grad_norm", "losses/kl_mean", "losses/kl_std_after"} <= set(metrics)
     assert update.gradient_steps == 4
@@ -616,7 +612,7 @@ def test_recomputed_advantages_follow_the_critic():
     calls = []
     recompute = update.recomputed_advantages
     update.recomputed_advantages = lambda b: calls.append(1) or recompute(b)
-    metrics = update(batch)
+    metrics = update(batch, 0, 1000)
     assert len(calls) == 2 and all(math.isfinite(value) for value in metrics.values())
     assert not torch.equal(recompute(batch)[0], batch.advantages)  # the critic has moved
     trainer.close()

@@ -1,4 +1,4 @@
-"""Checks a run makes before it starts (each a ValueError naming the option), and the options
+"""Checks a run makes before it starts (each an OptionError naming the option), and the options
 a run treats specially."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from minerva import logging as run_logging
 from minerva.config import TrainConfig
 from minerva.env_ids import supported_observation_box
-from minerva.errors import first_line
+from minerva.errors import OptionError, first_line
 from minerva.evaluation import check_can_record
 from minerva.networks import agent_for
 
@@ -39,30 +39,30 @@ RESUME_FIXED_OPTIONS = {
 
 
 def check_run_outputs(config: TrainConfig, env_id: str) -> None:
-    """Raises ValueError (``capture_video: ...``, ``wandb_project: ...``) for an output a
+    """Raises OptionError (``capture_video: ...``, ``wandb_project: ...``) for an output a
     run of ``env_id`` (resolved) is asked for and cannot produce, before it starts."""
     run_logging.check_wandb(config.wandb_project)
     if config.capture_video:
         try:
             check_can_record(env_id)
         except ValueError as error:
-            raise ValueError(f"capture_video: {error}") from None
+            raise OptionError("capture_video", str(error)) from None
 
 
 def check_total_steps(total_steps: int, trained_steps: int) -> None:
-    """Raises ValueError (``total_steps: ...``) unless ``total_steps`` leaves steps to train
+    """Raises OptionError (``total_steps: ...``) unless ``total_steps`` leaves steps to train
     after the ``trained_steps`` a trainer (or its checkpoint) has done."""
     if not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps: must be a positive integer, got {total_steps!r}")
+        raise OptionError("total_steps", f"must be a positive integer, got {total_steps!r}")
     if total_steps <= trained_steps:
-        raise ValueError(f"total_steps: {total_steps} is not above the {trained_steps} steps "
+        raise OptionError("total_steps", f"{total_steps} is not above the {trained_steps} steps "
                          "already trained; give a larger one to train on")
 
 
 def check_rollout_memory(config: TrainConfig, observation_space: gym.spaces.Space,
                           action_space: gym.spaces.Space) -> None:
     """Refuses a rollout whose storage cannot fit in this machine's memory, before any env
-    or buffer is made (a ValueError naming the size it would need)."""
+    or buffer is made (an OptionError naming the size it would need)."""
     observation_size = (int(np.prod(observation_space.shape))
                         if isinstance(observation_space, gym.spaces.Box)
                         else int(gym.spaces.flatdim(observation_space)))
@@ -76,8 +76,8 @@ def check_rollout_memory(config: TrainConfig, observation_space: gym.spaces.Spac
     needed = config.rollout_steps * config.num_envs * bytes_per_step
     available, whose = _memory(torch.device("cpu"))
     if needed > available:
-        raise ValueError(
-            f"rollout_steps: a rollout of {config.rollout_steps:_} steps x {config.num_envs:_} "
+        raise OptionError(
+            "rollout_steps", f"a rollout of {config.rollout_steps:_} steps x {config.num_envs:_} "
             f"envs of {config.env_id} needs {_gib(needed)} of storage, more than {whose} "
             f"{_gib(available)} of memory")
 
@@ -85,7 +85,7 @@ def check_rollout_memory(config: TrainConfig, observation_space: gym.spaces.Spac
 def check_network_memory(config: TrainConfig, observation_space: gym.spaces.Space,
                          action_space: gym.spaces.Space) -> None:
     """Refuses networks that cannot fit in the memory of the config's device, before any is
-    allocated (a ValueError naming :func:`wider_network`'s option and the size they would
+    allocated (an OptionError naming :func:`wider_network`'s option and the size they would
     need): their weights, gradients and optimiser state, counted on the networks built on
     torch's meta device (which allocates nothing), and a minibatch's hidden activations and
     their gradients."""
@@ -96,7 +96,7 @@ def check_network_memory(config: TrainConfig, observation_space: gym.spaces.Spac
             warnings.simplefilter("ignore")
             agent = agent_for(config, box, action_space)
     except RuntimeError as error:  # sizes whose tensors torch cannot even describe
-        raise ValueError(f"{name}: layers too large for any memory ({first_line(error)}), "
+        raise OptionError(name, f"layers too large for any memory ({first_line(error)}), "
                          f"got {getattr(config, name)}") from None
     parameters = sum(p.numel() for p in agent.parameters())
     # the weights, their gradients, and Adam's two moments or SGD's momentum, in float32
@@ -106,8 +106,8 @@ def check_network_memory(config: TrainConfig, observation_space: gym.spaces.Spac
     needed = 4 * (copies * parameters + activations)
     available, whose = _memory(torch.device(config.device))
     if needed > available:
-        raise ValueError(
-            f"{name}: the networks need {_gib(needed)} ({parameters:,} parameters with their "
+        raise OptionError(
+            name, f"the networks need {_gib(needed)} ({parameters:,} parameters with their "
             f"gradients and the optimiser's state, and a minibatch's activations), more than "
             f"{whose} {_gib(available)} of memory, got {getattr(config, name)}")
 

@@ -30,7 +30,7 @@ from minerva.collector import Rollout, RolloutCollector
 from minerva.config import ALGORITHMS, TrainConfig
 from minerva.env_ids import default_backend, env_spaces, resolve_env_id
 from minerva.envs import make_vector_env
-from minerva.errors import NonFiniteError, TrainingInterrupted
+from minerva.errors import NonFiniteError, OptionError, TrainingInterrupted
 from minerva.evaluation import evaluate_vectorized, record_video
 from minerva.logging import PhaseTimer, RunLogger
 from minerva.networks import agent_for
@@ -61,7 +61,7 @@ def trainer_class_for(algo: str) -> type["OnPolicyTrainer"]:
     ``minerva.trainers.<algo>.trainer`` defines (imported here by name, so the loop does not
     import the algorithms that build on it)."""
     if algo not in ALGORITHMS:
-        raise ValueError(f"algo: must be one of {', '.join(ALGORITHMS)}, got {algo!r}")
+        raise OptionError("algo", f"must be one of {', '.join(ALGORITHMS)}, got {algo!r}")
     importlib.import_module(f"minerva.trainers.{algo}.trainer")
     return OnPolicyTrainer.TRAINERS[algo]
 
@@ -94,7 +94,7 @@ class OnPolicyTrainer(Resumable):
                             "or a PPOTrainer, or call OnPolicyTrainer.from_config(config)")
         self.config = config.validate()
         if config.algo != self.ALGORITHM:
-            raise ValueError(f"algo: {type(self).__name__} trains {self.ALGORITHM}, got "
+            raise OptionError("algo", f"{type(self).__name__} trains {self.ALGORITHM}, got "
                              f"{config.algo!r}")
         cfg = self.config
         if cfg.torch_threads:
@@ -109,7 +109,7 @@ class OnPolicyTrainer(Resumable):
         try:
             self.env_id = resolve_env_id(cfg.env_id)
         except ValueError as error:
-            raise ValueError(f"env_id: {error}") from None
+            raise OptionError("env_id", str(error)) from None
         self.backend = default_backend(self.env_id) if cfg.backend == "auto" else cfg.backend
         check_rollout_memory(cfg, *env_spaces(self.env_id))
         check_network_memory(cfg, *env_spaces(self.env_id))
@@ -134,7 +134,7 @@ class OnPolicyTrainer(Resumable):
             if not is_out_of_memory(error):
                 raise
             name = wider_network(cfg)
-            raise ValueError(f"{name}: the networks do not fit in the memory left on "
+            raise OptionError(name, f"the networks do not fit in the memory left on "
                              f"{self.device} (allocating them failed), got "
                              f"{getattr(cfg, name)}") from None
         # the native ops and storage, or the pure-Python references (to measure the difference)
@@ -164,7 +164,7 @@ class OnPolicyTrainer(Resumable):
             self.envs, self.storage, self.agent, self.device,
             self.reward_scaler if cfg.normalize_rewards else None, self.ops.gae, cfg.gamma,
             cfg.lam, self.timer, threads=self._threads,
-            value_precision=self.algorithm.autocast)
+            precision=cfg.precision)
         self.global_step = 0
         self.iteration = 0
         self.best_return = -math.inf
@@ -296,10 +296,9 @@ class OnPolicyTrainer(Resumable):
                     rollout = self._collect_rollout()
                     metrics = rollout.metrics
                     with self.timer("update"):
-                        metrics.update(self.algorithm(rollout.batch))
+                        metrics.update(self.algorithm(rollout.batch, self.global_step,
+                                                      total_steps))
                         self._update_normalizers(rollout.batch)
-                    metrics["charts/policy_lr"] = self.algorithm.schedule(
-                        metrics, self.global_step, total_steps)
                     self.iteration += 1
                     metrics["charts/steps_per_second"] = (
                         (self.global_step - steps_at_start)

@@ -13,7 +13,7 @@ import torch
 from minerva import checkpoint
 from minerva.config import TrainConfig, torch_device
 from minerva.env_ids import resolve_env_id
-from minerva.errors import first_line
+from minerva.errors import OptionError, first_line
 from minerva.trainers.checks import RESUME_FIXED_OPTIONS, check_total_steps
 
 
@@ -92,13 +92,13 @@ class Resumable:
             try:
                 resolved = resolve_env_id(overrides["env_id"])
             except ValueError as error:
-                raise ValueError(f"env_id: {error}") from None
+                raise OptionError("env_id", str(error)) from None
             if resolved != state["env_id"]:
-                raise ValueError(f"env_id: the checkpoint was trained on {state['env_id']!r}; "
+                raise OptionError("env_id", f"the checkpoint was trained on {state['env_id']!r}; "
                                  f"a resumed run cannot change it, got {overrides['env_id']!r}")
         for name, why in RESUME_FIXED_OPTIONS.items():
             if name in overrides and overrides[name] != saved[name]:
-                raise ValueError(f"{name}: the checkpoint has {saved[name]!r} ({why}); a "
+                raise OptionError(name, f"the checkpoint has {saved[name]!r} ({why}); a "
                                  f"resumed run cannot change it, got {overrides[name]!r}")
         if cls.ALGORITHM and saved["algo"] != cls.ALGORITHM:
             raise checkpoint.CheckpointError(
@@ -108,7 +108,7 @@ class Resumable:
             try:
                 torch_device(config.device)
             except ValueError as error:
-                raise ValueError(f"device: the checkpoint was trained on {config.device!r}, "
+                raise OptionError("device", f"the checkpoint was trained on {config.device!r}, "
                                  f"which {error}; choose another, e.g. cpu") from None
         config.validate()
         if "total_steps" in overrides:  # asked for: it must leave steps to train

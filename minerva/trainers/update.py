@@ -15,7 +15,7 @@ import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import ClassVar
 
 import torch
@@ -25,26 +25,30 @@ from minerva import distributed, losses
 from minerva.config import TrainConfig
 from minerva.distributed import Ranks
 from minerva.errors import NonFiniteError, first_line
-from minerva.networks import Agent
+from minerva.networks import Agent, precision_context
 from minerva.rollout import RolloutBatch
 from minerva.threads import threads_for, torch_threads
 
-LossFunction = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
 
 class Update:
-    """One algorithm's update of ``agent`` from a rollout (:meth:`__call__`).
+    """One algorithm's update of ``agent`` from a rollout (:meth:`__call__`, the skeleton
+    every algorithm shares): ``m_steps`` passes over the rollout, each in
+    ``num_minibatches`` gradient steps on :meth:`loss`; then the updated networks measured on
+    the whole rollout, the statistics moved to the host in one transfer, and the learning
+    rates set for the next update (:meth:`schedule`).
 
-    Subclasses set :attr:`OPTIMIZER_GROUP_LRS` (the option each of their optimiser's groups
-    takes its learning rate from: resume overrides go there), build ``self.optimizer`` from
-    :meth:`network_groups` and their own groups, and implement :meth:`__call__`,
-    :meth:`schedule` and, for state beyond the optimiser's, :meth:`state_dict`.
+    An algorithm subclasses it: it sets :attr:`OPTIMIZER_GROUP_LRS` (the option each of its
+    optimiser's groups takes its learning rate from: resume overrides go there), builds
+    ``self.optimizer`` from :meth:`network_groups` and its own groups, and supplies
+    :meth:`samples`, :meth:`loss`, :meth:`clip_gradients` and :meth:`schedule`, and where it
+    needs them :meth:`pass_inputs`, :meth:`after_step`, :meth:`update_statistics` and
+    :meth:`state_dict`.
     """
 
     OPTIMIZER_GROUP_LRS: ClassVar[tuple[str, ...]] = ("policy_lr", "value_lr")
 
     def __init__(self, agent: Agent, config: TrainConfig, device: torch.device, ranks: Ranks,
-                 ops, losses_fn: LossFunction, threads: int) -> None:
+                 ops, threads: int) -> None:
         self.agent, self.config, self.device, self.ranks, self.ops = (
             agent, config, device, ranks, ops)
         self.threads = threads
@@ -53,22 +57,77 @@ class Update:
                               *agent.policy.parameters()]
         self.value_params = [*agent.value_trunk.parameters(), *agent.value_head.parameters()]
         self.optimizer: torch.optim.Optimizer
-        self._losses = losses_fn
-        self._compiled = (torch.compile(losses_fn, dynamic=False) if config.compile_update
+        self._compiled = (torch.compile(self.loss, dynamic=False) if config.compile_update
                           else None)
         self._compiled_sizes: set[int] = set()
         self.compile_seconds = 0.0
 
+    def __call__(self, batch: RolloutBatch, global_step: int,
+                 total_steps: int) -> dict[str, float]:
+        """Updates the agent from one rollout (``global_step`` of ``total_steps`` trained,
+        the rollout included); returns the update's statistics on the host, the policy's
+        learning rate for the next update among them (``charts/policy_lr``)."""
+        size = batch.valid.shape[0]
+        samples = self.samples(batch)
+        history: dict[str, list[torch.Tensor]] = {}
+        inputs: tuple = ()
+        with self.step_threads(size):
+            for pass_index in range(self.config.m_steps):
+                inputs = self.pass_inputs(batch, samples, pass_index)
+                for minibatch in self.minibatches(samples):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    terms = self.backward(minibatch, *inputs)
+                    self.average_gradients()
+                    terms.update(self.clip_gradients())
+                    self.optimizer.step()
+                    self.after_step()
+                    for name, value in terms.items():
+                        history.setdefault(name, []).append(value.detach())
+        statistics = stack_history(history)
+        with torch.no_grad():
+            with torch_threads(threads_for(size, self.threads)):
+                params, values = self.forward(batch.observations)
+            statistics.update(self.update_statistics(batch, params, *inputs))
+        statistics.update(self.rollout_statistics(batch, values))
+        on_host = self.to_host(statistics, batch)
+        on_host["charts/policy_lr"] = self.schedule(on_host, global_step, total_steps)
+        return on_host
+
     # --- what an algorithm provides --------------------------------------------------------
 
-    def __call__(self, batch: RolloutBatch) -> dict[str, float]:
-        """Updates the agent from one rollout; returns the update's statistics on the host."""
+    def samples(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """The rollout's tensors (one row per sample) the minibatches are cut from."""
         raise NotImplementedError
 
-    def schedule(self, metrics: Mapping[str, float], global_step: int,
+    def pass_inputs(self, batch: RolloutBatch, samples: dict[str, torch.Tensor],
+                    pass_index: int) -> tuple:
+        """What :meth:`loss` reads beyond its minibatch during pass ``pass_index`` (computed
+        before the pass; ``samples`` may be refreshed in place): none by default."""
+        return ()
+
+    def loss(self, minibatch: dict[str, torch.Tensor], *inputs: torch.Tensor
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One gradient step's loss on ``minibatch`` and its terms to log (what
+        ``compile_update`` compiles)."""
+        raise NotImplementedError
+
+    def clip_gradients(self) -> dict[str, torch.Tensor]:
+        """Clips the step's gradients; returns the norms before clipping, by metric name."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Anything an algorithm does after each optimiser step."""
+
+    def update_statistics(self, batch: RolloutBatch, params: torch.Tensor,
+                          *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The algorithm's statistics of the whole update (``params``: the updated policy's
+        on the rollout; ``inputs``: the last pass's :meth:`pass_inputs`)."""
+        return {}
+
+    def schedule(self, statistics: Mapping[str, float], global_step: int,
                  total_steps: int) -> float:
-        """Sets the learning rates for the next update (``lr_schedule``); returns the
-        policy's."""
+        """Sets the learning rates for the next update (``lr_schedule``) from this update's
+        ``statistics``; returns the policy's."""
         raise NotImplementedError
 
     def synchronised(self) -> list[torch.Tensor]:
@@ -102,9 +161,7 @@ class Update:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The networks' precision (``precision``): bfloat16 autocast, or float32 as is."""
-        if self.config.precision == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return precision_context(self.config.precision, self.device)
 
     def forward(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The agent's ``(dist_params, values)`` computed in the update's precision, returned
@@ -113,43 +170,39 @@ class Update:
             params, values = self.agent(observations)
         return params.float(), values.float()
 
-    def minibatches(self, samples: dict[str, torch.Tensor], passes: int | None = None,
-                    ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor | None]]:
-        """``passes`` (``m_steps``) passes over ``samples`` (tensors of the rollout's rows), each in
-        ``num_minibatches`` random minibatches of (nearly) equal size: each minibatch and the
-        rollout rows it holds (None: one full-batch step, all of them). Each pass gathers the
-        samples once in a random order and cuts the minibatches from it as views, instead of
-        gathering every minibatch on its own: one index per tensor per pass, not per step."""
-        cfg = self.config
-        size = samples["valid"].shape[0]
-        for _ in range(cfg.m_steps if passes is None else passes):
-            if cfg.num_minibatches == 1:
-                yield samples, None
-                continue
-            order = torch.randperm(size, device=self.device)
-            parts = {name: t[order].tensor_split(cfg.num_minibatches)
-                     for name, t in samples.items()}
-            for k, rows in enumerate(order.tensor_split(cfg.num_minibatches)):
-                yield {name: chunks[k] for name, chunks in parts.items()}, rows
+    def minibatches(self, samples: dict[str, torch.Tensor]
+                    ) -> Iterator[dict[str, torch.Tensor]]:
+        """One pass over ``samples`` (tensors of the rollout's rows) in ``num_minibatches``
+        random minibatches of (nearly) equal size (1: the whole rollout, as it is). The pass
+        gathers the samples once in a random order and cuts the minibatches from it as views,
+        instead of gathering every minibatch on its own: one index per tensor per pass."""
+        count = self.config.num_minibatches
+        if count == 1:
+            yield samples
+            return
+        order = torch.randperm(samples["valid"].shape[0], device=self.device)
+        parts = {name: t[order].tensor_split(count) for name, t in samples.items()}
+        for k in range(count):
+            yield {name: chunks[k] for name, chunks in parts.items()}
 
     def step_threads(self, size: int) -> contextlib.AbstractContextManager:
         """The torch threads a gradient step on a minibatch of a ``size``-sample rollout
         warrants (:mod:`minerva.threads`)."""
         return torch_threads(threads_for(size // self.config.num_minibatches, self.threads))
 
-    def backward(self, *args: torch.Tensor | dict | None) -> dict[str, torch.Tensor]:
-        """Backpropagates the algorithm's loss on ``args`` (a minibatch first); returns its
+    def backward(self, *args: torch.Tensor | dict) -> dict[str, torch.Tensor]:
+        """Backpropagates :meth:`loss` on ``args`` (a minibatch first); returns its
         terms. With ``compile_update`` the first step of each minibatch size compiles
         (its time goes to ``time/compile_s``); if compiling fails, a warning names the error
         and the update runs eagerly."""
-        def run(losses_fn: LossFunction) -> dict[str, torch.Tensor]:
-            loss, terms = losses_fn(*args)
+        def run(loss_fn) -> dict[str, torch.Tensor]:
+            loss, terms = loss_fn(*args)
             loss.backward()
             return terms
 
         size = args[0]["valid"].shape[0]
         if self._compiled is None or size in self._compiled_sizes:
-            return run(self._losses if self._compiled is None else self._compiled)
+            return run(self.loss if self._compiled is None else self._compiled)
         start = time.perf_counter()
         try:
             terms = run(self._compiled)
@@ -159,7 +212,7 @@ class Update:
                           stacklevel=2)
             self._compiled = None
             self.optimizer.zero_grad(set_to_none=True)
-            terms = run(self._losses)
+            terms = run(self.loss)
         self._compiled_sizes.add(size)
         self.compile_seconds += time.perf_counter() - start
         return terms
@@ -174,7 +227,7 @@ class Update:
         if self.ranks.distributed:
             distributed.average_gradients(self.synchronised(), self.ranks.world_size)
 
-    def clip_gradients(self, *parameter_sets: list[nn.Parameter]) -> list[torch.Tensor]:
+    def clip_norms(self, *parameter_sets: list[nn.Parameter]) -> list[torch.Tensor]:
         """Clips each set's gradient norm to ``max_grad_norm`` on its own; returns the norms
         before clipping."""
         return [nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)

@@ -24,9 +24,8 @@ from minerva.config import TrainConfig
 from minerva.distributed import Ranks
 from minerva.networks import Agent
 from minerva.rollout import RolloutBatch
-from minerva.threads import threads_for, torch_threads
 from minerva.trainers.ppo import losses as ppo_losses
-from minerva.trainers.update import Update, stack_history
+from minerva.trainers.update import Update
 
 # CleanRL's Adam epsilon (torch's default is 1e-8)
 ADAM_EPSILON = 1e-5
@@ -38,40 +37,29 @@ class PPOUpdate(Update):
 
     def __init__(self, agent: Agent, config: TrainConfig, device: torch.device, ranks: Ranks,
                  ops, threads: int) -> None:
-        super().__init__(agent, config, device, ranks, ops, self.compute_losses, threads)
+        super().__init__(agent, config, device, ranks, ops, threads)
         self.optimizer = self.make_optimizer(self.network_groups(), eps=ADAM_EPSILON)
 
-    def __call__(self, batch: RolloutBatch) -> dict[str, float]:
-        valid = batch.valid
-        size = valid.shape[0]
-        samples = {"observations": batch.observations, "actions": batch.actions,
-                   "log_probs": batch.log_probs, "advantages": batch.advantages,
-                   "returns": batch.returns, "values": batch.values, "valid": valid}
-        history: dict[str, list[torch.Tensor]] = {}
-        with self.step_threads(size):
-            for minibatch, _ in self.minibatches(samples):
-                self.optimizer.zero_grad(set_to_none=True)
-                terms = self.backward(minibatch)
-                self.average_gradients()
-                [terms["losses/grad_norm"]] = self.clip_gradients(
-                    [*self.policy_params, *self.value_params])
-                self.optimizer.step()
-                for name, value in terms.items():
-                    history.setdefault(name, []).append(value.detach())
-        statistics = stack_history(history)
-        with torch.no_grad():
-            with torch_threads(threads_for(size, self.threads)):
-                params, values = self.forward(batch.observations)
-            after = ppo_losses.clipped_surrogate(
-                self.agent.policy.log_prob(params, batch.actions), batch.log_probs,
-                batch.advantages, self.config.clip_coef, valid)
-        # how far the whole update moved the policy, on the rollout's actions
-        statistics["losses/approx_kl_after"] = after.approx_kl
-        statistics.update(self.rollout_statistics(batch, values))
-        return self.to_host(statistics, batch)
+    def samples(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        return {"observations": batch.observations, "actions": batch.actions,
+                "log_probs": batch.log_probs, "advantages": batch.advantages,
+                "returns": batch.returns, "values": batch.values, "valid": batch.valid}
 
-    def compute_losses(self, minibatch: dict[str, torch.Tensor]
-                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def clip_gradients(self) -> dict[str, torch.Tensor]:
+        """One norm over the policy and the value function, as CleanRL's."""
+        [norm] = self.clip_norms([*self.policy_params, *self.value_params])
+        return {"losses/grad_norm": norm}
+
+    def update_statistics(self, batch: RolloutBatch,
+                          params: torch.Tensor) -> dict[str, torch.Tensor]:
+        """How far the whole update moved the policy, on the rollout's actions."""
+        after = ppo_losses.clipped_surrogate(
+            self.agent.policy.log_prob(params, batch.actions), batch.log_probs,
+            batch.advantages, self.config.clip_coef, batch.valid)
+        return {"losses/approx_kl_after": after.approx_kl}
+
+    def loss(self, minibatch: dict[str, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """PPO's loss on a minibatch and its terms (what ``compile_update`` compiles)."""
         cfg = self.config
         valid = minibatch["valid"]

@@ -29,7 +29,7 @@ from minerva.distributed import Ranks
 from minerva.networks import Agent
 from minerva.rollout import RolloutBatch
 from minerva.threads import threads_for, torch_threads
-from minerva.trainers.update import Update, remaining_fraction, stack_history
+from minerva.trainers.update import Update, remaining_fraction
 from minerva.trainers.vmpo import losses as vmpo_losses
 
 
@@ -109,7 +109,7 @@ class VMPOUpdate(Update):
 
     def __init__(self, agent: Agent, config: TrainConfig, device: torch.device, ranks: Ranks,
                  ops, threads: int) -> None:
-        super().__init__(agent, config, device, ranks, ops, self.compute_losses, threads)
+        super().__init__(agent, config, device, ranks, ops, threads)
         self.per_dimension = config.per_dimension_kl and not agent.discrete
         # per dimension: the mean's multipliers, then the std's
         num_alphas = (1 if agent.discrete
@@ -148,52 +148,29 @@ class VMPOUpdate(Update):
                 self.target.load_state_dict(target["agent"])
                 self.gradient_steps = int(target["gradient_steps"])
 
-    def __call__(self, batch: RolloutBatch) -> dict[str, float]:
-        """The E-step's selection once per rollout (with ``recompute_advantages``, again
-        before each pass, from the advantages of the critic as it is then), then ``m_steps``
-        passes over it, each in ``num_minibatches`` gradient steps (M-step, value, duals);
-        then the KL the update moved the policy by and the critic's fit, measured on the
-        whole rollout."""
-        if self.target is not None and self.gradient_steps == 0:  # the weights every rank has
+    def samples(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """The minibatches' tensors; ``rows``: each sample's row among the E-step's (every
+        rank's samples when distributed). The target policy starts from the policy here, where
+        every rank holds the same weights."""
+        if self.target is not None and self.gradient_steps == 0:
             self.target.load_state_dict(self.agent.state_dict())
-        valid = batch.valid
-        size = valid.shape[0]
-        advantages, selected, offset = self.selection(batch.advantages, valid)
-        samples = {"observations": batch.observations, "actions": batch.actions,
-                   "behaviour": batch.dist_params, "returns": batch.returns, "valid": valid}
-        # the E-step's rows of this rank's samples (None: all, on one process)
-        whole = (None if not self.ranks.distributed
-                 else torch.arange(size, device=self.device) + offset)
-        history: dict[str, list[torch.Tensor]] = {}
-        recompute = self.config.recompute_advantages and batch.gae_inputs is not None
-        passes = [1] * self.config.m_steps if recompute else [self.config.m_steps]
-        with self.step_threads(size):
-            for index, count in enumerate(passes):
-                if index > 0:
-                    batch_advantages, samples["returns"] = self.recomputed_advantages(batch)
-                    advantages, selected, offset = self.selection(batch_advantages, valid)
-                for minibatch, indices in self.minibatches(samples, count):
-                    rows = whole if indices is None else indices + offset
-                    for name, value in self.m_step(minibatch, advantages, selected,
-                                                   rows).items():
-                        history.setdefault(name, []).append(value.detach())
-        selected = selected[offset:offset + size]  # this rank's, for its statistics
-        statistics = stack_history(history)
-        with torch.no_grad():
-            with torch_threads(threads_for(size, self.threads)):
-                params, values = self.forward(batch.observations)
-            statistics.update({f"losses/{name}_after": p.kl.sum() for name, p in
-                               self.kl_penalties(batch.dist_params, params, valid).items()})
-        statistics.update(self.rollout_statistics(batch, values))
-        statistics["losses/eta"] = self.duals.eta.detach()
-        alphas = self.duals.alphas.detach()
-        if self.agent.discrete:
-            statistics["losses/alpha"] = alphas[0]
-        else:  # per dimension: the mean over the dimensions
-            alpha_mean, alpha_std = alphas.view(2, -1).mean(-1)
-            statistics["losses/alpha_mean"], statistics["losses/alpha_std"] = alpha_mean, alpha_std
-        statistics["charts/topk_share"] = selected.sum() / valid.sum().clamp(min=1)
-        return self.to_host(statistics, batch)
+        size = batch.valid.shape[0]
+        rows = torch.arange(size, device=self.device) + self.ranks.rank * size
+        return {"observations": batch.observations, "actions": batch.actions,
+                "behaviour": batch.dist_params, "returns": batch.returns, "valid": batch.valid,
+                "rows": rows}
+
+    def pass_inputs(self, batch: RolloutBatch, samples: dict[str, torch.Tensor],
+                    pass_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The E-step's advantages and top-k selection over the whole rollout, made before
+        the first pass; with ``recompute_advantages`` again before every later pass, from the
+        critic as it is then (the minibatches' returns too)."""
+        if pass_index == 0:
+            self._selection = self.selection(batch.advantages, batch.valid)
+        elif self.config.recompute_advantages and batch.gae_inputs is not None:
+            advantages, samples["returns"] = self.recomputed_advantages(batch)
+            self._selection = self.selection(advantages, batch.valid)
+        return self._selection
 
     @torch.no_grad()
     def recomputed_advantages(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,44 +189,37 @@ class VMPOUpdate(Update):
         return advantages.flatten(), returns.flatten()
 
     def selection(self, advantages: torch.Tensor,
-                  valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+                  valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The E-step's advantages (standardised when ``normalize_advantages``) and its
         top-k selection, over the whole rollout: a minibatch's own top half would keep the
         best of that minibatch, not the best of what the policy did. Distributed, over every
-        rank's rollout (gathered in rank order); ``offset`` is this rank's first row."""
+        rank's rollout (gathered in rank order)."""
         cfg = self.config
-        offset = 0
         if self.ranks.distributed:
-            offset = self.ranks.rank * valid.shape[0]
             advantages = distributed.gather_rows(advantages, self.device, self.ranks.world_size)
             valid = distributed.gather_rows(valid.to(torch.uint8), self.device,
                                             self.ranks.world_size).bool()  # (gloo: no bools)
         if cfg.normalize_advantages:
             advantages = losses.normalize_advantages(advantages, valid)
-        return advantages, self.ops.topk_mask(advantages, valid, cfg.topk_fraction), offset
+        return advantages, self.ops.topk_mask(advantages, valid, cfg.topk_fraction)
 
-    def m_step(self, minibatch: dict[str, torch.Tensor], advantages: torch.Tensor,
-               selected: torch.Tensor, rows: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """One gradient step on a minibatch (``rows`` of the rollout, of every rank's samples
-        when distributed; None: all of it): the losses of :meth:`compute_losses`, the
-        gradients averaged across ranks and clipped, the optimiser's step and the duals
-        projected into their range."""
-        self.optimizer.zero_grad(set_to_none=True)
-        metrics = self.backward(minibatch, advantages, selected, rows)
-        self.average_gradients()
-        # each network clipped on its own: the critic's gradient, often far larger, would
-        # otherwise shrink the policy's step
-        metrics["losses/policy_grad_norm"], metrics["losses/value_grad_norm"] = (
-            self.clip_gradients(self.policy_params, self.value_params))
+    def clip_gradients(self) -> dict[str, torch.Tensor]:
+        """Each network's gradient clipped on its own (the critic's, often far larger, would
+        otherwise shrink the policy's step); the duals' together, with
+        ``dual_max_grad_norm``."""
+        norms = dict(zip(("losses/policy_grad_norm", "losses/value_grad_norm"),
+                         self.clip_norms(self.policy_params, self.value_params)))
         if self.config.dual_max_grad_norm > 0:
-            metrics["losses/dual_grad_norm"] = nn.utils.clip_grad_norm_(
+            norms["losses/dual_grad_norm"] = nn.utils.clip_grad_norm_(
                 list(self.duals.parameters()), self.config.dual_max_grad_norm)
-        self.optimizer.step()
+        return norms
+
+    def after_step(self) -> None:
+        """The duals projected into their range; the target policy refreshed on its period."""
         self.duals.project_()
         self.gradient_steps += 1
         if self.target is not None and self.gradient_steps % self.config.target_update_period == 0:
             self.target.load_state_dict(self.agent.state_dict())
-        return metrics
 
     def constraints(self, anchor: torch.Tensor,
                     params: torch.Tensor) -> dict[str, vmpo_losses.KLConstraint]:
@@ -294,9 +264,8 @@ class VMPOUpdate(Update):
         return (policy.log_prob(torch.cat([mean, log_std_old], -1), actions)
                 + policy.log_prob(torch.cat([mean_old, log_std], -1), actions))
 
-    def compute_losses(self, minibatch: dict[str, torch.Tensor], advantages: torch.Tensor,
-                       selected: torch.Tensor, rows: torch.Tensor | None,
-                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, minibatch: dict[str, torch.Tensor], advantages: torch.Tensor,
+             selected: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one gradient step and its terms (what ``compile_update`` compiles):
         V-MPO's objective (:func:`~minerva.trainers.vmpo.losses.vmpo_loss`: the E-step's
         temperature loss, the M-step's weighted likelihood and the KL trust regions around
@@ -312,7 +281,7 @@ class VMPOUpdate(Update):
         policy = vmpo_losses.vmpo_loss(
             self.log_probs(params, anchor, minibatch["actions"]), advantages, selected,
             self.duals.eta, cfg.epsilon_eta, tuple(constraints.values()), minibatch["valid"],
-            rows, vmpo_weights=self.ops.vmpo_weights)
+            minibatch["rows"], vmpo_weights=self.ops.vmpo_weights)
         critic = losses.value_loss(values, minibatch["returns"], minibatch["valid"])
         terms = {"losses/policy_nll": policy.policy_nll, "losses/value": critic,
                  "losses/temperature": policy.temperature_loss,
@@ -323,7 +292,27 @@ class VMPOUpdate(Update):
         terms.update({f"losses/{name}": kl.sum() for name, kl in zip(constraints, policy.kls)})
         return policy.loss + critic, terms
 
-    def schedule(self, metrics: Mapping[str, float], global_step: int,
+    def update_statistics(self, batch: RolloutBatch, params: torch.Tensor,
+                          advantages: torch.Tensor,
+                          selected: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The KLs the update moved the policy by on the rollout, the duals, and the share
+        of this rank's valid samples the last E-step selected."""
+        valid = batch.valid
+        statistics = {f"losses/{name}_after": p.kl.sum() for name, p in
+                      self.kl_penalties(batch.dist_params, params, valid).items()}
+        statistics["losses/eta"] = self.duals.eta.detach()
+        alphas = self.duals.alphas.detach()
+        if self.agent.discrete:
+            statistics["losses/alpha"] = alphas[0]
+        else:  # per dimension: the mean over the dimensions
+            alpha_mean, alpha_std = alphas.view(2, -1).mean(-1)
+            statistics["losses/alpha_mean"], statistics["losses/alpha_std"] = alpha_mean, alpha_std
+        size = valid.shape[0]
+        mine = selected[self.ranks.rank * size:(self.ranks.rank + 1) * size]
+        statistics["charts/topk_share"] = mine.sum() / valid.sum().clamp(min=1)
+        return statistics
+
+    def schedule(self, statistics: Mapping[str, float], global_step: int,
                  total_steps: int) -> float:
         """Sets the policy learning rate for the next update (``lr_schedule``); returns it.
 
@@ -338,9 +327,9 @@ class VMPOUpdate(Update):
         if cfg.lr_schedule == "linear":
             self.linear_schedule([group], [cfg.policy_lr], global_step, total_steps)
         elif cfg.lr_schedule in ADAPTIVE_LR_SCHEDULES:
-            kl, bound = ((metrics["losses/kl_after"], cfg.epsilon_categorical)
+            kl, bound = ((statistics["losses/kl_after"], cfg.epsilon_categorical)
                          if self.agent.discrete
-                         else (metrics["losses/kl_mean_after"], cfg.epsilon_mu))
+                         else (statistics["losses/kl_mean_after"], cfg.epsilon_mu))
             if kl > 2.0 * bound:
                 group["lr"] /= self.ADAPTIVE_LR_FACTOR
             elif kl < 0.5 * bound:
