@@ -220,11 +220,11 @@ def test_a_rank_that_dies_stops_the_others_with_a_clear_error(tmp_path):
         if trainer.ranks.rank == 1:  # dies during its second update
             update_class = type(trainer.algorithm)
             update, calls = update_class.__call__, []
-            def dying(self, batch):
+            def dying(self, batch, *progress):
                 if calls:
                     os._exit(3)
                 calls.append(batch)
-                return update(self, batch)
+                return update(self, batch, *progress)
             update_class.__call__ = dying
         try:
             trainer.train(100_000, folder + "/run")

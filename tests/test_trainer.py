@@ -307,7 +307,7 @@ def test_last_100_training_episodes_are_logged_and_checkpointed(tmp_path):
     trainer = make_trainer("CartPole-v1", eval_every=10_000)  # early CartPole: short episodes
     trainer.train(4096, str(tmp_path))
     trainer.close()
-    recent = list(trainer._recent_returns)
+    recent = list(trainer.recent_returns)
     events = read_events(tmp_path)
     episodes = sum(e.get("charts/episodes", 0) for e in events)
     assert episodes > VMPOTrainer.RECENT_EPISODES
@@ -315,7 +315,7 @@ def test_last_100_training_episodes_are_logged_and_checkpointed(tmp_path):
     last = [e for e in events if "charts/episode_return_last100" in e][-1]
     assert last["charts/episode_return_last100"] == pytest.approx(np.mean(recent))
     loaded = VMPOTrainer.from_checkpoint(tmp_path / "vmpo_last.pt")
-    assert list(loaded._recent_returns) == recent
+    assert list(loaded.recent_returns) == recent
     loaded.close()
 
 

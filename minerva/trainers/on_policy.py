@@ -14,8 +14,6 @@ import dataclasses
 import importlib
 import math
 import random
-import signal
-import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,14 +28,14 @@ from minerva.collector import Rollout, RolloutCollector
 from minerva.config import ALGORITHMS, TrainConfig
 from minerva.env_ids import default_backend, env_spaces, resolve_env_id
 from minerva.envs import make_vector_env
-from minerva.errors import NonFiniteError, OptionError, TrainingInterrupted
+from minerva.errors import NonFiniteError, OptionError
 from minerva.evaluation import evaluate_vectorized, record_video
 from minerva.logging import PhaseTimer, RunLogger
 from minerva.networks import agent_for
 from minerva.normalization import RewardScaler
 from minerva.rollout import RolloutBatch
-from minerva.stopping import StopOnSignal
 from minerva.storage import RolloutStorage
+from minerva.trainers.callbacks import Checkpoints, Console, Evaluation, Stopping
 from minerva.trainers.checks import (
     check_network_memory,
     check_rollout_memory,
@@ -148,8 +146,8 @@ class OnPolicyTrainer(Resumable):
             observation_dtype=storage_dtype(self.envs.single_observation_space),
         )
         self.reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma)
-        self._on_gpu = self.device.type == "cuda"
-        if self._on_gpu and not cfg.reference_ops and not ops.cuda_kernels_available():
+        self.on_gpu = self.device.type == "cuda"
+        if self.on_gpu and not cfg.reference_ops and not ops.cuda_kernels_available():
             warnings.warn("minerva: the native ops have no CUDA kernels in this build (was nvcc "
                           "found?); the GPU update uses the pure-torch reference ops",
                           RuntimeWarning, stacklevel=2)
@@ -168,11 +166,9 @@ class OnPolicyTrainer(Resumable):
         self.global_step = 0
         self.iteration = 0
         self.best_return = -math.inf
-        # the latest checkpoint written or loaded, and its step (for messages when stopping)
-        self.last_checkpoint: Path | None = None
-        self._last_saved_step: int | None = None
+        self.checkpoints = Checkpoints(self.save_checkpoint, self.ranks.is_main)
         # CleanRL's metric: the mean return of the last 100 training episodes
-        self._recent_returns: collections.deque[float] = collections.deque(
+        self.recent_returns: collections.deque[float] = collections.deque(
             maxlen=self.RECENT_EPISODES)
         if self.ranks.distributed:  # one agent: rank 0's initial weights, each rank's noise
             distributed.broadcast_parameters(self.algorithm.synchronised())
@@ -216,9 +212,9 @@ class OnPolicyTrainer(Resumable):
         self.global_step += (self.storage.num_steps * self.storage.num_envs
                              * self.ranks.world_size)
         if rollout.finished_returns:
-            self._recent_returns.extend(rollout.finished_returns)
+            self.recent_returns.extend(rollout.finished_returns)
             rollout.metrics["charts/episode_return_last100"] = float(
-                np.mean(self._recent_returns))
+                np.mean(self.recent_returns))
         return rollout
 
     # --- update ------------------------------------------------------------------------------
@@ -262,18 +258,94 @@ class OnPolicyTrainer(Resumable):
         self.config = dataclasses.replace(self.config, total_steps=total_steps,
                                           out_dir=str(out_dir), overwrite=overwrite)
         if not self.ranks.is_main:  # only rank 0 writes
-            return self._train(total_steps, Path(out_dir))
+            return self.learn(total_steps, Path(out_dir))
         with run_logging.locked_out_dir(run_logging.create_out_dir(out_dir)):
             out = run_logging.prepare_out_dir(out_dir, self.global_step or None, overwrite,
                                               self.config.algo)
-            return self._train(total_steps, out)
+            return self.learn(total_steps, out)
 
-    def _train(self, total_steps: int, out: Path) -> dict[str, float]:
-        """The training loop, in a prepared and locked ``out``."""
+    def learn(self, total_steps: int, out: Path) -> dict[str, float]:
+        """The training loop, in ``out`` as :meth:`train` prepared and locked it: each
+        iteration collects a rollout, updates the agent and the normalisers and logs; then
+        the callbacks (:mod:`minerva.trainers.callbacks`) evaluate and keep the best policy,
+        checkpoint, print, and stop on a signal or at the target return. Returns the last
+        evaluation's metrics."""
         cfg = self.config
         main = self.ranks.is_main
+        logger = self._start_logging(out, total_steps)
+        self.checkpoints.start(lambda which: self.checkpoint_path(out, which),
+                               cfg.checkpoint_every_s, logger.elapsed)
+        evaluation = Evaluation(self._timed_evaluation, cfg.eval_every, self.global_step,
+                                self.best_return, self._new_best, main)
+        stopping = Stopping(self.ranks, self.device, cfg.target_return)
+        console = Console(logger, self._console_line)
+        steps_at_start, time_at_start = self.global_step, logger.elapsed
+        finished = reached_target = False
+        try:
+            with stopping:
+                while self.global_step < total_steps and stopping.requested is None:
+                    metrics = self._iterate(total_steps)
+                    metrics["charts/steps_per_second"] = (
+                        (self.global_step - steps_at_start)
+                        / max(logger.elapsed - time_at_start, 1e-9))
+                    logger.log(self.global_step, metrics)
+                    logger.advance(self.global_step)
+
+                    finished = self.global_step >= total_steps
+                    if stopping.by_signal(finished):
+                        break
+                    if evaluation.due(self.global_step, finished):
+                        results = evaluation()
+                        if main:
+                            logger.log(self.global_step, {**results, **self.timer.metrics()})
+                            self.checkpoints.save_last(self.global_step, logger.elapsed)
+                            console.print({**results, **self._console_subset(metrics)})
+                        reached_target = stopping.at_target(results)
+                        if reached_target:
+                            logger.print(f"reached the target return {cfg.target_return:g} at "
+                                         f"step {self.global_step} ({logger.elapsed:.1f} s)")
+                            break
+                    else:
+                        self.checkpoints.on_schedule(self.global_step, logger.elapsed)
+                        console.now_and_then(self._console_subset(metrics))
+                if stopping.requested is not None and not (finished or reached_target):
+                    self.checkpoints.ensure_saved(self.global_step, logger.elapsed)
+                    raise stopping.interrupted(self.global_step, self.checkpoints)
+            if main and cfg.capture_video:
+                logger.print(self._record_best(out))
+        finally:
+            logger.print(f"time per phase: {self.timer.split()}")
+            logger.close()
+        return evaluation.last
+
+    def _iterate(self, total_steps: int) -> dict[str, float]:
+        """One iteration: a rollout, the update, the normalisers; its metrics."""
+        rollout = self._collect_rollout()
+        metrics = rollout.metrics
+        with self.timer("update"):
+            metrics.update(self.algorithm(rollout.batch, self.global_step, total_steps))
+            self._update_normalizers(rollout.batch)
+        self.iteration += 1
+        metrics["charts/iteration"] = self.iteration
+        metrics.update(self.timer.metrics())
+        if self.algorithm.compiled:
+            metrics["time/compile_s"] = self.algorithm.compile_seconds
+        return metrics
+
+    def _new_best(self, best_return: float) -> None:
+        self.best_return = best_return
+        self.checkpoints.save_best()
+
+    def _timed_evaluation(self) -> dict[str, float]:
+        with self.timer("evaluation"):
+            return self.evaluate()
+
+    def _start_logging(self, out: Path, total_steps: int) -> RunLogger:
+        """The run's logger (metrics, TensorBoard, console), with the run's facts written
+        (``run.json``) and its first line printed."""
+        cfg = self.config
         logger = RunLogger(out, total_steps, self.global_step, progress=cfg.progress,
-                           enabled=main, wandb_project=cfg.wandb_project,
+                           enabled=self.ranks.is_main, wandb_project=cfg.wandb_project,
                            config={**dataclasses.asdict(cfg), "env_id": self.env_id})
         logger.write_run_info({"config": dataclasses.asdict(cfg), "env_id": self.env_id,
                                "backend": self.backend, "device": str(self.device),
@@ -282,84 +354,7 @@ class OnPolicyTrainer(Resumable):
         ranks = (f" x {self.ranks.world_size} ranks" if self.ranks.distributed else "")
         logger.print(f"minerva: {self.NAME} on {self.env_id} ({self.backend}, {cfg.num_envs} envs"
                      f"{ranks}, device {self.device}) -> {out}")
-        next_eval = (self.global_step // cfg.eval_every + 1) * cfg.eval_every
-        last_eval: dict[str, float] = {}
-        last_print, last_save = -math.inf, logger.elapsed
-        steps_at_start, time_at_start = self.global_step, logger.elapsed
-        stop = StopOnSignal(
-            lambda name: f"minerva: {name}: stopping after this iteration, with a checkpoint "
-                         "(send it again to stop at once without one)" if main else "")
-        finished = reached_target = False
-        try:
-            with stop:
-                while self.global_step < total_steps and stop.requested is None:
-                    rollout = self._collect_rollout()
-                    metrics = rollout.metrics
-                    with self.timer("update"):
-                        metrics.update(self.algorithm(rollout.batch, self.global_step,
-                                                      total_steps))
-                        self._update_normalizers(rollout.batch)
-                    self.iteration += 1
-                    metrics["charts/steps_per_second"] = (
-                        (self.global_step - steps_at_start)
-                        / max(logger.elapsed - time_at_start, 1e-9))
-                    metrics["charts/iteration"] = self.iteration
-                    metrics.update(self.timer.metrics())
-                    if self.algorithm.compiled:
-                        metrics["time/compile_s"] = self.algorithm.compile_seconds
-                    logger.log(self.global_step, metrics)
-                    logger.advance(self.global_step)
-
-                    finished = self.global_step >= total_steps
-                    if self._any_rank(stop.requested is not None) and not finished:
-                        stop.requested = stop.requested or signal.SIGTERM  # (another rank's)
-                        break  # no evaluation: the checkpoint below holds this iteration
-                    if self.global_step >= next_eval or finished:
-                        while next_eval <= self.global_step:
-                            next_eval += cfg.eval_every
-                        if main:
-                            with self.timer("evaluation"):
-                                last_eval = self.evaluate()
-                            logger.log(self.global_step, {**last_eval, **self.timer.metrics()})
-                            if last_eval["eval/return_mean"] > self.best_return:
-                                self.best_return = last_eval["eval/return_mean"]
-                                self.save_checkpoint(self.checkpoint_path(out, "best"))
-                            self._save_last(out)
-                            last_save = logger.elapsed
-                            logger.print(self._console_line({**last_eval,
-                                                             **self._console_subset(metrics)}))
-                            last_print = logger.elapsed
-                            reached_target = cfg.target_return is not None and (
-                                last_eval["eval/return_mean"] >= cfg.target_return)
-                        if self.ranks.distributed:  # rank 0's evaluation decides
-                            reached_target = distributed.from_main(reached_target, self.device)
-                        if reached_target:
-                            logger.print(f"reached the target return {cfg.target_return:g} at "
-                                         f"step {self.global_step} ({logger.elapsed:.1f} s)")
-                            break
-                    else:
-                        if main and cfg.checkpoint_every_s and (
-                                logger.elapsed - last_save >= cfg.checkpoint_every_s):
-                            self._save_last(out)
-                            last_save = logger.elapsed
-                        if logger.elapsed - last_print > 10.0:
-                            logger.print(self._console_line(self._console_subset(metrics)))
-                            last_print = logger.elapsed
-                if stop.requested is not None and not (finished or reached_target):
-                    if self._last_saved_step != self.global_step:
-                        self._save_last(out)
-                    interrupted = TrainingInterrupted(
-                        stop.requested, f"stopped at step {self.global_step} after a complete "
-                                        f"iteration; {self.checkpoint_status()}")
-                    if main:
-                        print(f"minerva: {interrupted}", file=sys.stderr, flush=True)
-                    raise interrupted
-            if main and cfg.capture_video:
-                logger.print(self._record_best(out))
-        finally:
-            logger.print(f"time per phase: {self.timer.split()}")
-            logger.close()
-        return last_eval
+        return logger
 
     def _record_best(self, out: Path) -> str:
         """Records one episode of the best policy (``<algo>_best.pt``) to
@@ -375,21 +370,14 @@ class OnPolicyTrainer(Resumable):
         return (f"video: {path} (the best policy, step {best['global_step']}: {frames} frames, "
                 f"return {episode_return:.1f})")
 
-    def _save_last(self, out: Path) -> None:
-        path = self.checkpoint_path(out, "last")
-        if self.ranks.is_main:
-            self.save_checkpoint(path)
-        self.last_checkpoint, self._last_saved_step = path, self.global_step
-
-    def _any_rank(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on any rank (on one process: ``flag``)."""
-        return distributed.any_rank(flag, self.device) if self.ranks.distributed else flag
-
     def checkpoint_status(self) -> str:
         """Where the last checkpoint is (for messages when training stops)."""
-        if self.last_checkpoint is None:
-            return "no checkpoint was written"
-        return f"the last checkpoint (step {self._last_saved_step}) is {self.last_checkpoint}"
+        return self.checkpoints.status()
+
+    @property
+    def last_checkpoint(self) -> Path | None:
+        """The latest checkpoint written or loaded."""
+        return self.checkpoints.last_path
 
     def _console_line(self, metrics: Mapping[str, float]) -> str:
         return f"step {self.global_step}: {format_metrics(metrics)} | {self.timer.split()}"

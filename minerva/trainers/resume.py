@@ -35,10 +35,10 @@ class Resumable:
             "global_step": self.global_step,
             "iteration": self.iteration,
             "best_return": self.best_return,
-            "recent_returns": list(self._recent_returns),
+            "recent_returns": list(self.recent_returns),
             "rng": {**checkpoint.rng_state(),
                     # the minibatches' permutations on a GPU draw from its generator
-                    "torch_cuda": (torch.cuda.get_rng_state(self.device) if self._on_gpu
+                    "torch_cuda": (torch.cuda.get_rng_state(self.device) if self.on_gpu
                                    else None)},
         }
 
@@ -59,10 +59,10 @@ class Resumable:
         self.global_step = state["global_step"]
         self.iteration = state["iteration"]
         self.best_return = state["best_return"]
-        self._recent_returns.clear()
-        self._recent_returns.extend(state.get("recent_returns", []))
+        self.recent_returns.clear()
+        self.recent_returns.extend(state.get("recent_returns", []))
         checkpoint.set_rng_state(state["rng"])
-        if self._on_gpu and state["rng"].get("torch_cuda") is not None:
+        if self.on_gpu and state["rng"].get("torch_cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["torch_cuda"], self.device)
         self._decorrelate_ranks()
 
@@ -128,5 +128,5 @@ class Resumable:
                 group["lr"] = overrides[name]
             if config.optimizer_type == "sgd" and "sgd_momentum" in overrides:
                 group["momentum"] = overrides["sgd_momentum"]
-        trainer.last_checkpoint, trainer._last_saved_step = Path(path), trainer.global_step
+        trainer.checkpoints.loaded(Path(path), trainer.global_step)
         return trainer

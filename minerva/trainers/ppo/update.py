@@ -81,7 +81,7 @@ class PPOUpdate(Update):
                       "losses/entropy": entropy, "losses/approx_kl": surrogate.approx_kl,
                       "charts/clip_fraction": surrogate.clip_fraction}
 
-    def schedule(self, metrics: Mapping[str, float], global_step: int,
+    def schedule(self, statistics: Mapping[str, float], global_step: int,
                  total_steps: int) -> float:
         """``linear``: both networks' rates anneal to 0 at ``total_steps`` (CleanRL's
         ``anneal_lr``); ``constant`` leaves them. Returns the policy's."""
