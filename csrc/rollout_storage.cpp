@@ -21,8 +21,6 @@
 #include <string>
 #include <vector>
 
-#include "cpu/advantages.h"
-
 namespace py = pybind11;
 
 namespace minerva {
@@ -306,7 +304,6 @@ class RolloutStorage {
     add("log_probs", Kind::Float32, {}, per_step);
     add("dist_params", Kind::Float32, {dist_params_dim}, "num_steps, num_envs or dist_params_dim");
     add("values", Kind::Float32, {}, per_step);
-    add("next_values", Kind::Float32, {}, per_step);
     add("rewards", Kind::Float32, {}, per_step);
     add("terminated", Kind::Bool, {}, per_step);
     add("truncated", Kind::Bool, {}, per_step);
@@ -317,13 +314,6 @@ class RolloutStorage {
     for (const BufferSpec& spec : specs) total_bytes += spec.bytes;
     buffers_.reserve(specs.size());
     for (const BufferSpec& spec : specs) buffers_.emplace_back(spec, total_bytes);
-    try {
-      done_.assign(static_cast<size_t>(T_ * N_), 0);
-    } catch (const std::bad_alloc&) {
-      throw AllocationError("RolloutStorage: cannot allocate " +
-                            bytes_string(static_cast<long double>(T_) * N_) +
-                            " of scratch space for compute_advantages; reduce " + per_step);
-    }
   }
 
   int64_t num_steps() const { return T_; }
@@ -332,8 +322,7 @@ class RolloutStorage {
   bool full() const { return step_ == T_; }
   void reset() { step_ = 0; }
 
-  // Stores step `step()` of the rollout. next_values[step - 1] becomes values
-  // (V of the observation that followed the previous step).
+  // Stores step `step()` of the rollout.
   void insert(const py::object& observations, const py::object& actions,
               const py::object& log_probs, const py::object& dist_params,
               const py::object& values, const py::object& rewards,
@@ -378,60 +367,12 @@ class RolloutStorage {
     bool* valid_row = buffer("valid").typed_row<bool>(step_);
     if (!valid.is_none()) stage(valid, buffer("valid"));
 
-    const Buffer& values_buffer = buffer("values");
-    float* previous_next_values =
-        step_ > 0 ? buffer("next_values").typed_row<float>(step_ - 1) : nullptr;
     {
       py::gil_scoped_release release;
       for (const PendingCopy& copy : copies) run_copy(copy);
       if (valid.is_none()) std::fill(valid_row, valid_row + N_, true);
-      if (previous_next_values) {
-        std::memcpy(previous_next_values, values_buffer.row(step_), N_ * sizeof(float));
-      }
     }
     ++step_;
-  }
-
-  // next_values[T-1] = last_values, then advantages/returns in place (native gae).
-  void compute_advantages(const py::object& last_values, double gamma, double lam) {
-    if (!full()) {
-      throw py::value_error("RolloutStorage.compute_advantages: the rollout holds " +
-                            std::to_string(step_) + " of " + std::to_string(T_) +
-                            " steps; fill it first");
-    }
-    if (!(gamma >= 0.0 && gamma <= 1.0)) {
-      throw py::value_error("RolloutStorage.compute_advantages: gamma must be in [0, 1], got " +
-                            std::to_string(gamma));
-    }
-    if (!(lam >= 0.0 && lam <= 1.0)) {
-      throw py::value_error("RolloutStorage.compute_advantages: lam must be in [0, 1], got " +
-                            std::to_string(lam));
-    }
-    Buffer& next_values = buffer("next_values");
-    py::array last = as_array(last_values, "RolloutStorage.compute_advantages", "last_values");
-    if (last.ndim() != 1 || last.shape(0) != N_) {
-      throw py::value_error("RolloutStorage.compute_advantages: last_values must have shape (" +
-                            std::to_string(N_) + ",), got " +
-                            shape_string({last.shape(), last.shape() + last.ndim()}));
-    }
-    if (last.dtype().kind() != 'f' || !(last.itemsize() == 4 || last.itemsize() == 8)) {
-      throw py::type_error(
-          "RolloutStorage.compute_advantages: last_values must be float32 or float64, got " +
-          py::str(last.dtype()).cast<std::string>());
-    }
-    PendingCopy copy{last, last.data(), last.dtype().kind(), static_cast<size_t>(last.itemsize()),
-                     Kind::Float32, next_values.row(T_ - 1), N_};
-    const bool* terminated = buffer("terminated").typed_row<bool>(0);
-    const bool* truncated = buffer("truncated").typed_row<bool>(0);
-    py::gil_scoped_release release;
-    run_copy(copy);
-    for (int64_t i = 0; i < T_ * N_; ++i) done_[i] = terminated[i] || truncated[i];
-    cpu::gae_columns<float>(buffer("rewards").typed_row<float>(0),
-                            buffer("values").typed_row<float>(0), next_values.typed_row<float>(0),
-                            terminated, reinterpret_cast<const bool*>(done_.data()),
-                            buffer("advantages").typed_row<float>(0),
-                            buffer("returns").typed_row<float>(0), T_, N_, 0, N_,
-                            static_cast<float>(gamma), static_cast<float>(lam));
   }
 
   // name -> numpy array viewing the buffer; `owner` keeps this object alive.
@@ -456,7 +397,6 @@ class RolloutStorage {
   int64_t N_;
   int64_t step_ = 0;
   std::vector<Buffer> buffers_;
-  std::vector<char> done_;  // terminated | truncated, scratch for gae
 };
 
 }  // namespace
@@ -479,8 +419,6 @@ PYBIND11_MODULE(_rollout_storage, m) {
       .def("insert", &RolloutStorage::insert, py::arg("observations"), py::arg("actions"),
            py::arg("log_probs"), py::arg("dist_params"), py::arg("values"), py::arg("rewards"),
            py::arg("terminated"), py::arg("truncated"), py::arg("valid") = py::none())
-      .def("compute_advantages", &RolloutStorage::compute_advantages, py::arg("last_values"),
-           py::arg("gamma"), py::arg("lam"))
       .def("_arrays", [](const py::object& self) {
         return self.cast<const RolloutStorage&>().arrays(self);
       });

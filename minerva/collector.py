@@ -178,30 +178,38 @@ class RolloutCollector:
 
     def _batch_with_advantages(self) -> RolloutBatch:
         """The rollout where the update runs, its values scored in one batch (the step
-        after the rollout's last included) and its advantages and returns computed there.
-        On the CPU the tensors are the storage's, which is filled in place."""
-        storage = self.storage
-        rollout = (dict(storage._tensors) if self.device_rollout is None
-                   else self.device_rollout.transfer(storage))
-        num_steps, num_envs = rollout["values"].shape
+        after the rollout's last included) and its advantages and returns computed there
+        (:func:`advantages_from_critic`, as the update recomputes them). On the CPU the
+        tensors are the storage's, which is filled in place."""
+        rollout = (self.storage.buffers if self.device_rollout is None
+                   else self.device_rollout.transfer(self.storage))
         stored = rollout["observations"]
         last = torch.as_tensor(self.observations, device=self.device).to(stored.dtype)
-        observations = torch.cat([stored.flatten(0, 1), last])
+        inputs = GAEInputs(rollout["rewards"], rollout["terminated"],
+                           rollout["terminated"] | rollout["truncated"], last)
         with precision_context(self.precision, self.device):
-            values = self.agent.value(observations).float()
-        rollout["values"].copy_(values[:-num_envs].view(num_steps, num_envs))
-        # next_values[t] = V(the observation that followed step t): with next-step autoreset
-        # the true final one when step t ended an episode
-        rollout["next_values"][:-1].copy_(rollout["values"][1:])
-        rollout["next_values"][-1].copy_(values[-num_envs:])
-        gae_inputs = GAEInputs(rollout["rewards"], rollout["terminated"],
-                               rollout["terminated"] | rollout["truncated"], last)
-        advantages, returns = self.gae(
-            rollout["rewards"], rollout["values"], rollout["next_values"],
-            gae_inputs.terminated, gae_inputs.done, self.gamma, self.lam)
+            values, advantages, returns = advantages_from_critic(
+                self.agent, stored.flatten(0, 1), inputs, self.gae, self.gamma, self.lam)
+        rollout["values"].copy_(values)
         rollout["advantages"].copy_(advantages)
         rollout["returns"].copy_(returns)
-        return flatten(rollout)._replace(gae_inputs=gae_inputs)
+        return flatten(rollout)._replace(gae_inputs=inputs)
+
+
+def advantages_from_critic(agent: Agent, observations: torch.Tensor, inputs: GAEInputs,
+                           gae: Callable, gamma: float, lam: float
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A rollout's values, advantages and returns (each ``[T, N]``) from ``agent``'s critic:
+    the values of its ``[T * N, ...]`` observations and of the ones after its last step in
+    one batch, then GAE (``gae``: :func:`minerva.ops.gae`) with ``next_values[t]`` the value
+    of the observation that followed step t (with next-step autoreset, the true final one
+    when step t ended an episode)."""
+    num_steps, num_envs = inputs.rewards.shape
+    values = agent.value(torch.cat([observations, inputs.last_observations])).float()
+    values = values.view(num_steps + 1, num_envs)
+    advantages, returns = gae(inputs.rewards, values[:-1], values[1:], inputs.terminated,
+                              inputs.done, gamma, lam)
+    return values[:-1], advantages, returns
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)

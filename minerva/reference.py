@@ -181,26 +181,4 @@ class RolloutStorage(RolloutViews):
                     f"{str(source.dtype).removeprefix('torch.')})"
                 )
             row.copy_(source)
-        if self._step > 0:
-            self._tensors["next_values"][self._step - 1] = self._tensors["values"][self._step]
         self._step += 1
-
-    def compute_advantages(self, last_values, gamma: float, lam: float) -> None:
-        if not self.full:
-            raise ValueError(
-                f"RolloutStorage.compute_advantages: the rollout holds {self._step} of "
-                f"{self.num_steps} steps; fill it first"
-            )
-        t = self._tensors
-        last_values = torch.as_tensor(last_values)
-        if last_values.shape != (self.num_envs,) or not last_values.is_floating_point():
-            raise ValueError(
-                f"RolloutStorage.compute_advantages: last_values must be floating with shape "
-                f"({self.num_envs},), got {str(last_values.dtype).removeprefix('torch.')} "
-                f"{tuple(last_values.shape)}"
-            )
-        t["next_values"][-1] = last_values
-        advantages, returns = gae(t["rewards"], t["values"], t["next_values"], t["terminated"],
-                                  t["terminated"] | t["truncated"], gamma, lam)
-        t["advantages"].copy_(advantages)
-        t["returns"].copy_(returns)

@@ -3,6 +3,7 @@ the constructor's checks, and the flattened batch."""
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -60,7 +61,6 @@ class RolloutViews:
     log_probs = _Buffer()
     dist_params = _Buffer()
     values = _Buffer()
-    next_values = _Buffer()
     rewards = _Buffer()
     terminated = _Buffer()
     truncated = _Buffer()
@@ -69,6 +69,21 @@ class RolloutViews:
     returns = _Buffer()
 
     _tensors: dict[str, torch.Tensor]
+
+    @property
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """Every ``[T, N, ...]`` buffer by name, as torch tensors sharing the storage's
+        memory (a new dict; the tensors are the storage's)."""
+        return dict(self._tensors)
+
+    @classmethod
+    def bytes_per_step(cls, observation_shape: tuple[int, ...], action_shape: tuple[int, ...],
+                       discrete_actions: bool, dist_params_dim: int,
+                       observation_dtype: torch.dtype) -> int:
+        """The bytes one step of one env takes in the storage, every buffer counted."""
+        layout = cls._layout(1, 1, observation_shape, action_shape, discrete_actions,
+                             dist_params_dim, observation_dtype)
+        return sum(dtype.itemsize * math.prod(trailing) for dtype, trailing in layout.values())
 
     @staticmethod
     def _layout(num_steps, num_envs, observation_shape, action_shape, discrete_actions,
@@ -110,7 +125,6 @@ class RolloutViews:
             "log_probs": scalar,
             "dist_params": (torch.float32, (dist_params_dim,)),
             "values": scalar,
-            "next_values": scalar,
             "rewards": scalar,
             "terminated": flag,
             "truncated": flag,
@@ -147,12 +161,13 @@ class DeviceRollout:
         self.device = device
         pin = torch.device(device).type == "cuda"
         self._pinned = {name: torch.empty_like(tensor, pin_memory=pin)
-                        for name, tensor in storage._tensors.items()}
+                        for name, tensor in storage.buffers.items()}
 
     def transfer(self, storage: RolloutViews) -> dict[str, torch.Tensor]:
         """The storage's buffers on the device, ``[T, N, ...]`` each."""
         on_device = {}
+        buffers = storage.buffers
         for name, pinned in self._pinned.items():
-            pinned.copy_(storage._tensors[name])
+            pinned.copy_(buffers[name])
             on_device[name] = pinned.to(self.device, non_blocking=True)
         return on_device

@@ -6,14 +6,13 @@ fields in one pass with the GIL released, converting float64 observations to flo
 way. Its buffers are torch tensors that share the native memory. :mod:`minerva.reference`
 has a pure-Python storage with the same interface.
 
-Per step ``t`` it stores what the V-MPO update needs: ``observations``, ``actions``,
-``log_probs`` (behaviour policy), ``dist_params`` (the behaviour distribution's parameters,
-for the KL terms), ``values``, ``rewards``, ``terminated``, ``truncated`` and ``valid``
-(False for transitions that are not experience, such as envpool's reset step).
-``next_values[t]`` is filled with ``values[t + 1]`` when step ``t + 1`` is inserted (with
-next-step autoreset, the observation after a finished step is its true final observation)
-and with ``last_values`` by :meth:`compute_advantages`; overwrite rows after the next insert
-if your environments autoreset differently.
+Per step ``t`` it stores what an update needs: ``observations``, ``actions``, ``log_probs``
+(behaviour policy), ``dist_params`` (the behaviour distribution's parameters, for the KL
+terms), ``values``, ``rewards``, ``terminated``, ``truncated`` and ``valid`` (False for
+transitions that are not experience, such as envpool's reset step), and has room for the
+``advantages`` and ``returns``. Advantages are computed by one op, :func:`minerva.ops.gae`,
+where the update runs (the trainer scores the values in one batch after the rollout, on the
+update's device: :func:`minerva.collector.advantages_from_critic`).
 """
 
 from __future__ import annotations

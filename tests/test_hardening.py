@@ -92,7 +92,7 @@ def storage_layouts(draw):
 def steps(draw, layout):
     """One insert: per field a dtype and a memory layout, and now and then one bad field."""
     buffer_dtypes = {name: str(tensor.dtype).removeprefix("torch.")
-                     for name, tensor in reference.RolloutStorage(**layout)._tensors.items()}
+                     for name, tensor in reference.RolloutStorage(**layout).buffers.items()}
     fields = {name: (draw(st.sampled_from(DTYPES[buffer_dtypes[name]][0])),
                      draw(st.sampled_from(LAYOUTS))) for name in FIELDS}
     # None stands for valid = all True, and for dist_params when there are none
@@ -135,7 +135,7 @@ def bits(tensor):
 
 
 def snapshot(storage):
-    return {name: tensor.clone() for name, tensor in storage._tensors.items()}
+    return {name: tensor.clone() for name, tensor in storage.buffers.items()}
 
 
 @settings(max_examples=150, deadline=None)
@@ -159,7 +159,7 @@ def test_native_insert_matches_reference(layout, data, seed):
             native.insert(**native_inputs)
         assert native.step == python.step
         for name, tensor in before.items():  # nothing was written
-            assert torch.equal(bits(native._tensors[name]), bits(tensor)), name
+            assert torch.equal(bits(native.buffers[name]), bits(tensor)), name
         # where the reference refuses too (it is laxer about some dtypes), it says the same
         probe = reference.RolloutStorage(**layout)
         try:
@@ -170,18 +170,7 @@ def test_native_insert_matches_reference(layout, data, seed):
 
     assert native.step == python.step
     t = native.step  # the reference may leave partial rows behind a refused insert: compare
-    for name in native._tensors:  # the inserted ones, bit for bit (NaN payloads included)
-        rows = t - 1 if name == "next_values" else t
+    for name in native.buffers:  # the inserted ones, bit for bit (NaN payloads included)
         if name not in ("advantages", "returns"):
-            assert torch.equal(bits(getattr(native, name)[:rows]),
-                               bits(getattr(python, name)[:rows])), name
-    if native.full:
-        last_values = random_values(rng, (layout["num_envs"],), "float32")
-        for storage in (native, python):
-            storage.compute_advantages(last_values, 0.99, 0.95)
-        # float32 rounding (and fused multiply-adds) err relative to the inputs' magnitude
-        inputs = torch.cat([python.rewards, python.values, python.next_values])
-        scale = torch.nan_to_num(inputs, posinf=0.0, neginf=0.0).abs().max().item()
-        for name in ("advantages", "returns"):
-            torch.testing.assert_close(getattr(native, name), getattr(python, name), rtol=1e-5,
-                                       atol=1e-5 * scale * layout["num_steps"], equal_nan=True)
+            assert torch.equal(bits(getattr(native, name)[:t]),
+                               bits(getattr(python, name)[:t])), name

@@ -2,6 +2,7 @@
 presets, and the loop's features (checkpoints, resume, signals, torchrun, evaluation, videos,
 W&B) working for it as they do for V-MPO."""
 
+import dataclasses
 import json
 import math
 import signal
@@ -122,6 +123,21 @@ def make_ppo(env_id="Pendulum-v1", **overrides):
                "num_minibatches": 4, "eval_every": 64, "eval_episodes": 2, "progress": False,
                "backend": "envpool", "entropy_coef": 0.01, **overrides}
     return PPOTrainer(**options)
+
+
+def test_ppo_trainer_defaults_are_ppos_own():
+    """PPOTrainer starts from PPO's defaults (CleanRL's, presets.toml's [ppo]), not V-MPO's;
+    what it is given wins."""
+    from minerva.presets import algorithm_table
+
+    trainer = PPOTrainer(env_id="CartPole-v1", progress=False, entropy_coef=0.0)
+    defaults = algorithm_table("ppo")
+    assert defaults["max_grad_norm"] == 0.5 and defaults["lr_schedule"] == "linear"
+    config = dataclasses.asdict(trainer.config)
+    assert {k: config[k] for k in defaults if k != "entropy_coef"} == {
+        k: v for k, v in defaults.items() if k != "entropy_coef"}
+    assert trainer.config.entropy_coef == 0.0
+    trainer.close()
 
 
 # --- the update ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from minerva import presets
+from minerva import presets, reference
 from minerva.config import TrainConfig
 from minerva.envs import make_vector_env
 from minerva.networks import VMPOAgent
@@ -61,7 +61,6 @@ def test_short_training_run_writes_every_output(tmp_path, env_id, backend):
 
 
 def test_reference_ops_switch_trains_on_the_pure_python_core(tmp_path):
-    from minerva import reference
 
     trainer = make_trainer("Pendulum-v1", "gymnasium", reference_ops=True, eval_every=10_000)
     assert isinstance(trainer.storage, reference.RolloutStorage)
@@ -167,9 +166,22 @@ def test_reset_transitions_are_masked_out_of_the_rollout():
     # the step after an episode ends is envpool's autoreset: not experience
     assert not valid[1:][done[:-1]].any()
     assert valid[1:][~done[:-1]].all()
-    # next_values[t] = V(the observation that followed step t), the true final one if done
-    assert torch.equal(storage.next_values[:-1], storage.values[1:])
     trainer.close()
+
+
+def expected_advantages(trainer):
+    """The rollout's values, advantages and returns by the reference GAE, its values scored
+    step by step: next_values[t] = V(the observation that followed step t), the true final
+    one where step t ended an episode, and after the last step the collector's current one."""
+    storage = trainer.storage
+    with torch.no_grad():
+        values = torch.stack([trainer.agent.value(o) for o in storage.observations])
+        last = trainer.agent.value(torch.as_tensor(trainer.collector.observations,
+                                                   dtype=torch.float32))
+    advantages, returns = reference.gae(
+        storage.rewards, values, torch.cat([values[1:], last[None]]), storage.terminated,
+        storage.terminated | storage.truncated, trainer.config.gamma, trainer.config.lam)
+    return values, advantages, returns
 
 
 def deterministic(trainer):
@@ -209,12 +221,10 @@ def test_values_are_scored_as_each_step_would_be():
     trainer = make_trainer("Pendulum-v1", rollout_steps=32)
     batch = trainer._collect_rollout().batch
     storage = trainer.storage
-    with torch.no_grad():
-        per_step = torch.stack([trainer.agent.value(o) for o in storage.observations])
-        last = trainer.agent.value(torch.as_tensor(trainer.collector.observations,
-                                                   dtype=torch.float32))
-    torch.testing.assert_close(storage.values, per_step)
-    torch.testing.assert_close(storage.next_values[-1], last)
+    values, advantages, returns = expected_advantages(trainer)
+    torch.testing.assert_close(storage.values, values)
+    torch.testing.assert_close(storage.advantages, advantages)
+    torch.testing.assert_close(storage.returns, returns)
     assert batch.values.data_ptr() == storage.values.data_ptr()  # on the CPU, a view
     trainer.close()
 
@@ -447,16 +457,10 @@ def test_training_with_the_rollout_on_the_device(env_id, device, tmp_path):
     storage = trainer.storage
     assert batch.observations.data_ptr() != storage.observations.data_ptr()  # a copy
     torch.testing.assert_close(batch.observations.cpu(), storage.observations.flatten(0, 1))
-    with torch.no_grad():
-        values = torch.stack([trainer.agent.value(o) for o in storage.observations])
-        last_values = trainer.agent.value(
-            torch.as_tensor(trainer.collector.observations, dtype=torch.float32))
-    storage.values.copy_(values)
-    storage.next_values[:-1].copy_(values[1:])
-    storage.compute_advantages(last_values, trainer.config.gamma, trainer.config.lam)
-    torch.testing.assert_close(batch.values.cpu(), storage.values.flatten(0, 1))
-    torch.testing.assert_close(batch.advantages.cpu(), storage.advantages.flatten(0, 1))
-    torch.testing.assert_close(batch.returns.cpu(), storage.returns.flatten(0, 1))
+    values, advantages, returns = expected_advantages(trainer)
+    torch.testing.assert_close(batch.values.cpu(), values.flatten())
+    torch.testing.assert_close(batch.advantages.cpu(), advantages.flatten())
+    torch.testing.assert_close(batch.returns.cpu(), returns.flatten())
     assert all(math.isfinite(value) for value in trainer.algorithm(batch, 0, 1000).values())
     trainer.train(3 * SMALL["num_envs"] * SMALL["rollout_steps"], str(tmp_path))
     assert (tmp_path / "vmpo_last.pt").exists()

@@ -16,6 +16,7 @@ from minerva.env_ids import supported_observation_box
 from minerva.errors import OptionError, first_line
 from minerva.evaluation import check_can_record
 from minerva.networks import agent_for
+from minerva.rollout import RolloutViews
 
 # options of a run, not of the trainer
 RUN_ONLY_OPTIONS = ("total_steps", "out_dir", "overwrite", "capture_video", "wandb_project")
@@ -63,16 +64,13 @@ def check_rollout_memory(config: TrainConfig, observation_space: gym.spaces.Spac
                           action_space: gym.spaces.Space) -> None:
     """Refuses a rollout whose storage cannot fit in this machine's memory, before any env
     or buffer is made (an OptionError naming the size it would need)."""
-    observation_size = (int(np.prod(observation_space.shape))
-                        if isinstance(observation_space, gym.spaces.Box)
-                        else int(gym.spaces.flatdim(observation_space)))
     discrete = isinstance(action_space, gym.spaces.Discrete)
-    action_size = 1 if discrete else int(np.prod(action_space.shape))
-    params_size = int(action_space.n) if discrete else 2 * action_size
-    observation_bytes = storage_dtype(observation_space).itemsize
-    # the observations, float32 dist_params and 6 scalars, the actions, and 3 bool flags
-    bytes_per_step = (observation_bytes * observation_size + 4 * (params_size + 6)
-                      + 8 * action_size + 3)
+    action_shape = () if discrete else (int(np.prod(action_space.shape)),)
+    bytes_per_step = RolloutViews.bytes_per_step(
+        observation_space.shape if isinstance(observation_space, gym.spaces.Box)
+        else (int(gym.spaces.flatdim(observation_space)),),
+        action_shape, discrete, int(action_space.n) if discrete else 2 * action_shape[0],
+        storage_dtype(observation_space))
     needed = config.rollout_steps * config.num_envs * bytes_per_step
     available, whose = _memory(torch.device("cpu"))
     if needed > available:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from minerva.config import TrainConfig
+from minerva.presets import algorithm_table
 from minerva.trainers.on_policy import OnPolicyTrainer
 from minerva.trainers.ppo.update import PPOUpdate
 
@@ -16,9 +17,10 @@ class PPOTrainer(OnPolicyTrainer):
     and ``gae``, normalisers, networks, evaluation and checkpoints.
 
     ``PPOTrainer(env_id="Hopper-v5", seed=2, ...)`` takes any :class:`~minerva.config.
-    TrainConfig` option by name (``algo`` is ``ppo``) over ``TrainConfig``'s defaults, which
-    are V-MPO's: for PPO's presets (CleanRL's settings), which ``python -m minerva.train
-    --algo ppo`` applies, pass ``**minerva.presets.preset(env_id, "ppo")`` too.
+    TrainConfig` option by name (``algo`` is ``ppo``) over PPO's defaults, CleanRL's (the
+    ``[ppo]`` table of ``presets.toml``; the options it does not name are ``TrainConfig``'s).
+    The per-env presets ``python -m minerva.train --algo ppo`` adds on top (the
+    continuous-control table, an env's budget) are ``minerva.presets.preset(env_id, "ppo")``.
     :meth:`from_config` takes a whole config.
     """
 
@@ -29,8 +31,8 @@ class PPOTrainer(OnPolicyTrainer):
                     "losses/approx_kl_after", "losses/value")
 
     def __init__(self, config: TrainConfig | None = None, **options):
-        options = {**(dataclasses.asdict(config) if config is not None else {}), **options,
-                   "algo": "ppo"}
+        defaults = dataclasses.asdict(config) if config is not None else algorithm_table("ppo")
+        options = {**defaults, **options, "algo": "ppo"}
         for name in ("policy_layer_sizes", "value_layer_sizes"):
             if name in options:
                 options[name] = tuple(options[name])

@@ -10,7 +10,7 @@ are minerva's own functions under the names the seed API gives them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
@@ -155,8 +155,10 @@ class VMPOTrainer(OnPolicyTrainer):
     (:class:`~minerva.trainers.vmpo.update.VMPOUpdate`): the top-k of the whole rollout
     selected with the native ``topk_mask``, then ``m_steps`` passes over the rollout, each in
     ``num_minibatches`` gradient steps on the V-MPO losses. See
-    :class:`~minerva.config.TrainConfig` for what every argument means;
-    :meth:`from_config` builds one from a whole config.
+    :class:`~minerva.config.TrainConfig` for what every argument means. The named arguments
+    and their defaults are the original trainer's; any other ``TrainConfig`` option is taken
+    by keyword (``backend="envpool"``, ``num_minibatches=8``), over ``TrainConfig``'s
+    defaults, V-MPO's. :meth:`from_config` builds one from a whole config.
     """
 
     ALGORITHM = "vmpo"
@@ -192,45 +194,13 @@ class VMPOTrainer(OnPolicyTrainer):
         num_envs: int = 1,
         shared_encoder: bool = False,
         m_steps: int = 1,
-        *,
-        backend: str = "auto",
-        activation: str = "tanh",
-        epsilon_categorical: float = 0.01,
-        alpha_init: float = 1.0,
-        init_log_std: float = 0.0,
-        normalize_observations: bool = True,
-        normalize_rewards: bool = True,
-        eval_every: int = 10_000,
-        eval_episodes: int = 10,
-        target_return: float | None = None,
-        torch_threads: int = 0,
-        progress: bool = True,
-        reference_ops: bool = False,
-        lr_schedule: str = "constant",
-        num_minibatches: int = 1,
-        state_dependent_std: bool = True,
-        min_log_std: float = -5.0,
-        precision: str = "float32",
-        compile_update: bool = False,
-        pipelined_rollout: bool = False,
-        eval_max_steps: int = 100_000,
-        checkpoint_every_s: float = 300.0,
-        dist_timeout_s: float = 600.0,
-        encoder: str = "auto",
-        action_bounds: str = "squash",
-        decoupled_likelihood: bool = False,
-        per_dimension_kl: bool = False,
-        dual_parameterization: str = "log",
-        dual_max_grad_norm: float = 0.0,
-        target_update_period: int = 0,
-        recompute_advantages: bool = False,
-        std_parameterization: str = "bounded",
-        input_layer_norm: bool = False,
+        **options: Any,
     ):
-        options = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        options.update(device=str(device), policy_layer_sizes=tuple(policy_layer_sizes),
-                       value_layer_sizes=tuple(value_layer_sizes))
-        super().__init__(TrainConfig(**options))
+        seed_options = {k: v for k, v in locals().items()
+                        if k not in ("self", "__class__", "options")}
+        seed_options.update(device=str(device), policy_layer_sizes=tuple(policy_layer_sizes),
+                            value_layer_sizes=tuple(value_layer_sizes))
+        super().__init__(TrainConfig(**{**options, **seed_options}))
 
     @property
     def duals(self) -> Duals:

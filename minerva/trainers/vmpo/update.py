@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from minerva import distributed, losses
+from minerva.collector import advantages_from_critic
 from minerva.config import ADAPTIVE_LR_SCHEDULES, TrainConfig
 from minerva.distributed import Ranks
 from minerva.networks import Agent
@@ -174,18 +175,14 @@ class VMPOUpdate(Update):
 
     @torch.no_grad()
     def recomputed_advantages(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rollout's advantages and returns (flattened) from the critic as it is now, by
-        the advantages op the collector uses (:func:`minerva.ops.gae`), on its rewards."""
-        inputs = batch.gae_inputs
-        num_steps, num_envs = inputs.rewards.shape
-        observations = torch.cat([batch.observations, inputs.last_observations])
-        with torch_threads(threads_for(observations.shape[0], self.threads)), self.autocast():
-            values = self.agent.value(observations).float()
-        values, last = values[:-num_envs].view(num_steps, num_envs), values[-num_envs:]
-        next_values = torch.cat([values[1:], last.unsqueeze(0)])
-        cfg = self.config
-        advantages, returns = self.ops.gae(inputs.rewards, values, next_values,
-                                           inputs.terminated, inputs.done, cfg.gamma, cfg.lam)
+        """The rollout's advantages and returns (flattened) from the critic as it is now,
+        computed as the collector computes them (:func:`~minerva.collector.
+        advantages_from_critic`), on the rollout's rewards."""
+        size = batch.observations.shape[0] + batch.gae_inputs.last_observations.shape[0]
+        with torch_threads(threads_for(size, self.threads)), self.autocast():
+            _, advantages, returns = advantages_from_critic(
+                self.agent, batch.observations, batch.gae_inputs, self.ops.gae,
+                self.config.gamma, self.config.lam)
         return advantages.flatten(), returns.flatten()
 
     def selection(self, advantages: torch.Tensor,
