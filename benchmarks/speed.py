@@ -21,8 +21,7 @@ overhead of small minibatches, not arithmetic.
 
 ``rollout``: the rollout phase (acting, stepping, storing, the batched value pass and the
 advantages) of the HalfCheetah-v5 preset at 8 and 64 envs against envpool stepping the same
-envs with random actions and nothing else, with the pipelined and the synchronous collector,
-and the time per step in each phase.
+envs with random actions and nothing else, and the time per step in each phase.
 
 ``busy``: CartPole-v1 (the preset, 30k steps) and the HalfCheetah-v5 preset (20k steps) with
 torch's default thread count, on an idle machine and beside one process that keeps a core
@@ -216,35 +215,29 @@ def rollout(rollouts: int) -> dict:
     for num_envs in (8, 64):
         rollout_steps = 8 * 2048 // num_envs
         raw = raw_envpool_steps_per_second(env_id, num_envs, rollouts * rollout_steps)
-        row = {"raw_envpool": raw}
-        for collector in ("pipelined", "synchronous"):
-            trainer = trainer_for(env_id, num_envs=num_envs, rollout_steps=rollout_steps,
-                                  pipelined_rollout=collector == "pipelined")
-            trainer._collect_rollout()  # warm-up
-            trainer.timer.seconds.clear()
-            start = time.perf_counter()
-            for _ in range(rollouts):
-                trainer._collect_rollout()
-            seconds = time.perf_counter() - start
-            steps = rollouts * rollout_steps * num_envs
-            row[collector] = {"steps_per_second": steps / seconds,
-                              "us_per_step": {phase: 1e6 * s / (rollouts * rollout_steps)
-                                              for phase, s in trainer.timer.seconds.items()}}
-            trainer.close()
+        trainer = trainer_for(env_id, num_envs=num_envs, rollout_steps=rollout_steps)
+        trainer._collect_rollout()  # warm-up
+        trainer.timer.seconds.clear()
+        start = time.perf_counter()
+        for _ in range(rollouts):
+            trainer._collect_rollout()
+        seconds = time.perf_counter() - start
+        steps = rollouts * rollout_steps * num_envs
+        row = {"raw_envpool": raw, "steps_per_second": steps / seconds,
+               "us_per_step": {phase: 1e6 * s / (rollouts * rollout_steps)
+                               for phase, s in trainer.timer.seconds.items()}}
+        trainer.close()
         rows[num_envs] = row
     print(f"{env_id} rollouts (the preset's networks; {rollouts} rollouts of 16,384 steps), "
           "against envpool stepping the same envs with random actions\n")
-    print("| envs | raw envpool steps/s | collector | rollout steps/s | share of raw | "
+    print("| envs | raw envpool steps/s | rollout steps/s | share of raw | "
           "µs per step: inference, env step, storage, values + advantages |")
-    print("| ---: | ---: | --- | ---: | ---: | --- |")
+    print("| ---: | ---: | ---: | ---: | --- |")
     for num_envs, row in rows.items():
-        for collector in ("pipelined", "synchronous"):
-            run = row[collector]
-            phases = ", ".join(f"{run['us_per_step'].get(p, 0.0):.0f}"
-                               for p in ("inference", "env_step", "storage", "advantages"))
-            print(f"| {num_envs} | {row['raw_envpool']:,.0f} | {collector} | "
-                  f"{run['steps_per_second']:,.0f} | "
-                  f"{100 * run['steps_per_second'] / row['raw_envpool']:.0f}% | {phases} |")
+        phases = ", ".join(f"{row['us_per_step'].get(p, 0.0):.0f}"
+                           for p in ("inference", "env_step", "storage", "advantages"))
+        print(f"| {num_envs} | {row['raw_envpool']:,.0f} | {row['steps_per_second']:,.0f} | "
+              f"{100 * row['steps_per_second'] / row['raw_envpool']:.0f}% | {phases} |")
     return rows
 
 

@@ -34,6 +34,8 @@ import torch
 from minerva.errors import first_line
 
 FORMAT = 3  # 3: no numpy objects (weights_only); 2: log-space multipliers; 1: softplus ones
+_FORMATS_READ = (f"this minerva reads format {FORMAT} only: resume it with the minerva that "
+                 "wrote it, or train anew")
 
 
 class CheckpointError(ValueError):
@@ -82,33 +84,22 @@ _DISK_FULL = {errno.ENOSPC: "the disk is full (No space left on device)",
               errno.EDQUOT: "the disk quota is exceeded (Disk quota exceeded)"}
 
 
-def _legacy_globals() -> list:
-    """numpy's array reconstruction (it builds arrays, nothing else), for formats 1 and 2:
-    under both of the names numpy 1 and numpy 2 pickle it with."""
-    dtypes = [type(np.dtype(name)) for name in ("uint32", "float64", "float32", "int64")]
-    multiarray = getattr(np, "_core", None) or np.core  # numpy 2, numpy 1
-    reconstruct = multiarray.multiarray._reconstruct
-    return [np.ndarray, np.dtype, *dtypes, reconstruct,
-            (reconstruct, "numpy.core.multiarray._reconstruct"),
-            (reconstruct, "numpy._core.multiarray._reconstruct")]
-
-
-# what every format holds (format 1 and 2 files hold more, which upgrade() converts), and
-# what each algorithm's update adds (a checkpoint without an algo is V-MPO's)
+# what a checkpoint holds, and what each algorithm's update adds (a checkpoint without an
+# algo is V-MPO's)
 REQUIRED_KEYS = ("format", "config", "env_id", "agent", "optimizer", "reward_scaler",
                  "global_step", "iteration", "best_return", "rng")
 ALGORITHM_KEYS = {"vmpo": ("duals",), "ppo": ()}
 
 
 def load(path: str | Path) -> dict:
-    """Reads a minerva checkpoint safely and returns it in today's format.
+    """Reads a minerva checkpoint safely (tensors and plain values only).
 
     Raises:
         FileNotFoundError: no such file.
         CheckpointError: naming the file and what it is instead (a folder, empty, truncated
             or corrupt, not a torch file, a torch file holding other objects, another
-            format), or the value that is wrong (an env id minerva does not make, non-finite
-            weights, ...).
+            format: those before 3 are refused), or the value that is wrong (an env id
+            minerva does not make, non-finite weights, ...).
     """
     path = Path(path)
     if not path.exists():
@@ -121,15 +112,17 @@ def load(path: str | Path) -> dict:
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path} is not a torch checkpoint (a text file, or truncated?)")
     try:
-        with torch.serialization.safe_globals(_legacy_globals()):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        unsafe = ""
+        names: list[str] = []
         try:
             names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            unsafe = f" ({', '.join(names)})" if names else ""
         except Exception:  # noqa: BLE001  (the refusal is what matters)
             pass
+        if names and all(name.startswith("numpy") for name in names):
+            raise CheckpointError(f"{path} is a checkpoint of format 1 or 2 (it holds numpy "
+                                  f"objects); {_FORMATS_READ}") from None
+        unsafe = f" ({', '.join(names)})" if names else ""
         raise CheckpointError(
             f"{path} holds Python objects a minerva checkpoint never holds{unsafe}; it was "
             "not loaded, as unpickling them could run code") from error
@@ -138,9 +131,9 @@ def load(path: str | Path) -> dict:
     if not isinstance(state, dict) or "config" not in state or "agent" not in state:
         raise CheckpointError(f"{path} is a torch file but not a minerva checkpoint")
     version = state.get("format")
-    if version not in (1, 2, FORMAT):
-        raise CheckpointError(f"{path} is a minerva checkpoint of format {version!r}; this "
-                              f"minerva reads formats 1 to {FORMAT}")
+    if version != FORMAT:
+        raise CheckpointError(f"{path} is a minerva checkpoint of format {version!r}; "
+                              f"{_FORMATS_READ}")
     if not isinstance(state["config"], dict):
         raise CheckpointError(f"{path} is an incomplete minerva checkpoint (it lacks a config "
                               "dict)")
@@ -152,11 +145,6 @@ def load(path: str | Path) -> dict:
     if missing:
         raise CheckpointError(f"{path} is an incomplete minerva checkpoint (it lacks "
                               f"{', '.join(missing)})")
-    try:
-        state = upgrade(state) if version != FORMAT else state
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{path} is a damaged minerva checkpoint of format {version} "
-                              f"({type(error).__name__}: {error})") from None
     _check_values(state, path)
     return state
 
@@ -237,41 +225,6 @@ def load_weights(module: torch.nn.Module, weights: dict, what: str) -> None:
                               f"{problems[0]}{more}") from None
 
 
-def upgrade(state: dict) -> dict:
-    """A checkpoint of format 1 or 2 in format 3.
-
-    Format 1 kept the multipliers behind a softplus (``eta_raw``, ``alpha_raw``) and had a
-    ``clip_per_network`` option: their values carry over exactly; the optimiser's moments of
-    the multipliers, in the old units, are dropped. Format 2 kept numpy's random state as a
-    numpy tuple and the reward scaler's per-env returns (they restart with the envs now)."""
-    state = dict(state)
-    if state["format"] == 1:
-        state["config"] = {k: v for k, v in state["config"].items() if k != "clip_per_network"}
-        duals = state["duals"]
-        softplus = torch.nn.functional.softplus
-        state["duals"] = {"log_eta": torch.log(softplus(duals["eta_raw"])),
-                          "log_alpha": torch.log(softplus(duals["alpha_raw"]))}
-        optimizer = state["optimizer"]
-        dual_params = {index for group in optimizer["param_groups"][2:]
-                       for index in group["params"]}
-        state["optimizer"] = {**optimizer, "state": {
-            index: moments for index, moments in optimizer["state"].items()
-            if index not in dual_params}}
-    state.pop("reward_scaler_return", None)
-    rng = dict(state["rng"])
-    python_version, python_state, gauss = rng["python"]
-    rng["python"] = [python_version, list(python_state), gauss]
-    numpy_state = rng["numpy"]
-    if isinstance(numpy_state, tuple):  # np.random.get_state()'s legacy tuple
-        _, key, position, has_gauss, cached = numpy_state
-        rng["numpy"] = {"key": torch.from_numpy(np.asarray(key, np.int64)),
-                        "pos": int(position), "has_gauss": int(has_gauss),
-                        "gauss": float(cached)}
-    state["rng"] = rng
-    state["format"] = FORMAT
-    return state
-
-
 def saved_config(state: dict, path: str | Path) -> dict:
     """The checkpoint's configuration as a full set of options: those newer than its format
     at their defaults (or at :data:`~minerva.config.LEGACY_DEFAULTS`, what minerva did
@@ -282,13 +235,19 @@ def saved_config(state: dict, path: str | Path) -> dict:
     Raises:
         CheckpointError: for options this minerva does not know, or invalid values.
     """
-    from minerva.config import LEGACY_DEFAULTS, OPTION_DEFAULTS, TrainConfig
+    from minerva.config import LEGACY_DEFAULTS, OPTION_DEFAULTS, REMOVED_OPTIONS, TrainConfig
 
-    unknown = set(state["config"]) - set(OPTION_DEFAULTS)
+    saved = dict(state["config"])
+    for name, (same, why) in REMOVED_OPTIONS.items():
+        # gone, and at its value minerva's behaviour now; another value is refused
+        if name in saved and saved.pop(name) != same is not None:
+            raise CheckpointError(f"{path} was trained with {name} = {state['config'][name]!r}, "
+                                  f"which this minerva no longer has ({why})")
+    unknown = set(saved) - set(OPTION_DEFAULTS)
     if unknown:
         raise CheckpointError(f"{path} has options this minerva does not know: "
                               f"{sorted(unknown)}")
-    config = {**OPTION_DEFAULTS, **LEGACY_DEFAULTS, **state["config"]}
+    config = {**OPTION_DEFAULTS, **LEGACY_DEFAULTS, **saved}
     try:  # but the device: where it runs now is the caller's choice (a GPU run on a CPU)
         TrainConfig(**{**config, "device": "cpu"}).validate()
     except (TypeError, ValueError) as error:

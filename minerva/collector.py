@@ -9,11 +9,6 @@ On the CPU the batch is a view of the storage.
 Acting runs only the policy. The value network scores the whole rollout's observations (and
 the observation after it) afterwards in one batch: it does not change during a rollout, so
 this gives the same values as scoring each step, at a fraction of the per-step cost.
-
-With a :class:`~minerva.envs.SplitVectorEnv` the rollout is pipelined: one half of the envs
-steps (in envpool's threads) while the policy acts on the other half. Each step's
-transitions are stored for all envs together, in env order, exactly as stepping all envs at
-once would store them.
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from minerva.envs import SplitVectorEnv, StepResult, VectorEnv, concatenate_steps
+from minerva.envs import StepResult, VectorEnv
 from minerva.errors import NonFiniteError
 from minerva.logging import PhaseTimer
 from minerva.networks import Action, Agent, precision_context
@@ -43,7 +38,7 @@ class RolloutCollector:
     """Fills ``storage`` from ``envs`` with ``agent`` and hands over the batch.
 
     Args:
-        envs: the training envs; a :class:`~minerva.envs.SplitVectorEnv` pipelines.
+        envs: the training envs.
         storage: ``[T, N]`` rollout storage (native or reference).
         agent: the policy and value networks, on ``device``.
         device: where the agent acts and the update runs.
@@ -58,7 +53,7 @@ class RolloutCollector:
             option: ``float32`` or ``bfloat16``, as the update's).
     """
 
-    def __init__(self, envs: VectorEnv | SplitVectorEnv, storage: RolloutViews, agent: Agent,
+    def __init__(self, envs: VectorEnv, storage: RolloutViews, agent: Agent,
                  device: torch.device, reward_scaler: RewardScaler | None, gae: Callable,
                  gamma: float, lam: float, timer: PhaseTimer, threads: int = 1,
                  precision: str = "float32") -> None:
@@ -78,10 +73,6 @@ class RolloutCollector:
         self._finished_returns: list[float] = []
         self._finished_lengths: list[int] = []
 
-    @property
-    def pipelined(self) -> bool:
-        return isinstance(self.envs, SplitVectorEnv)
-
     def collect(self) -> Rollout:
         """One rollout: ``T`` steps of every env, then values and advantages."""
         self.storage.reset()
@@ -90,14 +81,11 @@ class RolloutCollector:
             self.observations = self.envs.reset()
             _check_finite(self.envs.env_id, "observation", self.observations, "at reset")
         with torch.inference_mode(), torch_threads(threads_for(self.envs.num_envs, self.threads)):
-            if self.pipelined:
-                self._fill_pipelined()
-            else:
-                while not self.storage.full:
-                    action, env_actions = self._act(self.observations)
-                    with self.timer("env_step"):
-                        result = self.envs.step(env_actions)
-                    self._record(action, result)
+            while not self.storage.full:
+                action, env_actions = self._act(self.observations)
+                with self.timer("env_step"):
+                    result = self.envs.step(env_actions)
+                self._record(action, result)
         # outside inference mode: the update's autograd saves some of the batch's tensors
         rows = self.storage.num_steps * self.envs.num_envs
         with self.timer("advantages"), torch.no_grad(), torch_threads(
@@ -109,34 +97,6 @@ class RolloutCollector:
             metrics["charts/episode_length"] = float(np.mean(self._finished_lengths))
             metrics["charts/episodes"] = float(len(self._finished_returns))
         return Rollout(batch, metrics, self._finished_returns)
-
-    def _fill_pipelined(self) -> None:
-        """Each half is sent its next actions as soon as its step is received, so it steps
-        while the policy acts on the other half and while the step is stored."""
-        halves = self.envs.halves
-        pending = [self._send(half, observations)
-                   for half, observations in zip(halves, self.envs.split(self.observations))]
-        while not self.storage.full:
-            last_step = self.storage.step == self.storage.num_steps - 1
-            results, following = [], []
-            for half, first_env in zip(halves, (0, halves[0].num_envs)):
-                with self.timer("env_step"):
-                    results.append(half.recv())
-                # before the policy acts on them (the whole step is checked when stored)
-                _check_finite(self.envs.env_id, "observation", results[-1].observations,
-                              f"at step {self.storage.step} of the rollout", first_env)
-                if not last_step:  # the next rollout acts with the updated policy
-                    following.append(self._send(half, results[-1].observations))
-            raw, log_prob, dist_params = (torch.cat(fields)
-                                          for fields in zip(*(action[:3] for action in pending)))
-            self._record(Action(raw, log_prob, dist_params, None), concatenate_steps(results))
-            pending = following
-
-    def _send(self, half: VectorEnv, observations: np.ndarray) -> Action:
-        action, env_actions = self._act(observations)
-        with self.timer("env_step"):
-            half.send(env_actions)
-        return action
 
     def _act(self, observations: np.ndarray) -> tuple[Action, np.ndarray]:
         """The policy's action for ``observations``, on the host; and the env's actions."""
@@ -215,8 +175,7 @@ def advantages_from_critic(agent: Agent, observations: torch.Tensor, inputs: GAE
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _check_finite(env_id: str, quantity: str, values: np.ndarray, when: str,
-                  first_env: int = 0) -> None:
+def _check_finite(env_id: str, quantity: str, values: np.ndarray, when: str) -> None:
     """Raises NonFiniteError naming the env that gave a NaN or an infinity (or a float64
     beyond float32's range, which the storage and the networks would turn into one), before
     it reaches the policy, the storage or a running statistic. One vectorised test per call."""
@@ -231,5 +190,5 @@ def _check_finite(env_id: str, quantity: str, values: np.ndarray, when: str,
     value = values.reshape(len(values), -1)[env, feature]
     where = f" in feature {feature}" if per_env.shape[1] > 1 else ""
     beyond = " (beyond float32's range)" if np.isfinite(value) else ""
-    raise NonFiniteError(f"{env_id}: env {first_env + env} gave a non-finite {quantity} "
+    raise NonFiniteError(f"{env_id}: env {env} gave a non-finite {quantity} "
                          f"({value}{where}){beyond} {when}")

@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     import torch
 
 ESTIMATORS = ("returns", "dae", "gae")
-OPTIMIZERS = ("adam", "sgd")
 BACKENDS = ("auto", "envpool", "gymnasium")
 ACTIVATIONS = ("tanh", "relu", "elu", "silu")
 ADAPTIVE_LR_SCHEDULES = ("adaptive", "adaptive_annealed")  # V-MPO's, from its KL bound
@@ -58,13 +57,6 @@ class TrainConfig:
     num_envs: int = _option(8, "environments stepped together")
     rollout_steps: int = _option(64, "steps per environment in each rollout")
     torch_threads: int = _option(0, "torch intra-op threads (0: torch's default)")
-    pipelined_rollout: bool = _option(
-        False, "envpool: step half the envs while the policy acts on the other half (the "
-               "same transitions as stepping all at once; it acts twice per step, which costs "
-               "more than it overlaps on a 2-core machine)")
-    reference_ops: bool = _option(
-        False, "use the pure-Python reference ops and storage instead of the native ones "
-               "(to measure what the native core buys)")
     # --- V-MPO (and the advantages both use) ------------------------------------------------
     advantage_estimator: str = _option("gae", "advantage estimator", choices=ESTIMATORS)
     gamma: float = _option(0.99, "discount factor")
@@ -138,8 +130,6 @@ class TrainConfig:
         "squash", "how a Gaussian policy's actions meet a bounded Box: squash (tanh into the "
                   "bounds, softplus for one bound) or clip (the Gaussian's sample clipped to the "
                   "bounds, as CleanRL and SB3 do)", choices=ACTION_BOUNDS)
-    optimizer_type: str = _option("adam", "optimizer", choices=OPTIMIZERS)
-    sgd_momentum: float = _option(0.9, "momentum when optimizer_type is sgd")
     policy_lr: float = _option(5e-4, "policy learning rate")
     value_lr: float = _option(1e-3, "value function learning rate")
     temperature_lr: float = _option(
@@ -242,8 +232,6 @@ class TrainConfig:
         if self.algo == "ppo" and self.lr_schedule in ADAPTIVE_LR_SCHEDULES:
             bad("lr_schedule", "adaptive follows V-MPO's KL bound on the policy's mean; PPO "
                 "takes constant or linear")
-        if not 0.0 <= self.sgd_momentum < 1.0:
-            bad("sgd_momentum", "must be in [0, 1)")
         for name in ("policy_layer_sizes", "value_layer_sizes"):
             if any(not isinstance(s, int) or s < 1 for s in getattr(self, name)):
                 bad(name, "must be positive integers")
@@ -295,3 +283,13 @@ OPTION_DEFAULTS: dict[str, object] = {f.name: f.default for f in dataclasses.fie
 # options whose default differs from what minerva did before they existed: a checkpoint
 # without one was trained with this value
 LEGACY_DEFAULTS: dict[str, object] = {"encoder": "mlp"}
+# options minerva no longer has: the value that did what minerva does now (None: any value,
+# for an option that only acted with another one), and why the option went
+REMOVED_OPTIONS: dict[str, tuple[object, str]] = {
+    "pipelined_rollout": (False, "stepping half the envs while the policy acted on the other "
+                                 "cost more than it overlapped; every env steps at once"),
+    "reference_ops": (False, "the pure-Python reference ops are for tests and "
+                             "benchmarks/bench_ops.py; training runs the native ones"),
+    "optimizer_type": ("adam", "SGD had no preset and no result; Adam is the optimiser"),
+    "sgd_momentum": (None, "SGD had no preset and no result; Adam is the optimiser"),
+}

@@ -310,52 +310,6 @@ class GymnasiumVectorEnv(VectorEnv):
         return self._env.step(self._actions)
 
 
-class SplitVectorEnv(_Environments):
-    """``num_envs`` environments as two vector envs, the first ``num_envs - num_envs // 2``
-    and the rest, seeded as one (env ``i`` gets ``seed + i``), so that a collector can step
-    one half while the policy acts on the other (:attr:`halves`). As a whole it behaves as
-    one :class:`VectorEnv` whose step starts both halves before waiting for either."""
-
-    def __init__(self, halves: tuple[VectorEnv, VectorEnv]) -> None:
-        first, second = halves
-        self.halves = halves
-        self.backend, self.env_id = first.backend, first.env_id
-        self.num_envs = first.num_envs + second.num_envs
-        self.single_observation_space = first.single_observation_space
-        self.single_action_space = first.single_action_space
-        self._split = first.num_envs
-
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        first, second = self.halves
-        observations = [first.reset(seed),
-                        second.reset(None if seed is None else seed + self._split)]
-        return np.concatenate(observations)
-
-    def step(self, actions: Any) -> StepResult:
-        actions = np.asarray(actions)
-        if actions.shape[:1] != (self.num_envs,):
-            raise ValueError(f"actions must have {self.num_envs} rows, got shape "
-                             f"{actions.shape}")
-        for half, part in zip(self.halves, self.split(actions)):
-            half.send(part)
-        return concatenate_steps([half.recv() for half in self.halves])
-
-    def split(self, rows: Any) -> tuple[Any, Any]:
-        """``rows`` (one per env, in env order) as the two halves' parts."""
-        return rows[:self._split], rows[self._split:]
-
-    def close(self) -> None:
-        for half in self.halves:
-            half.close()
-
-
-def concatenate_steps(results: list[StepResult]) -> StepResult:
-    """Step results of consecutive env ranges as one (the infos are the first's: envpool's
-    carry nothing the trainer reads)."""
-    return StepResult(*(np.concatenate(fields) for fields in zip(*(r[:4] for r in results))),
-                      results[0].infos)
-
-
 def gymnasium_env_factory(env_id: str, seed: int) -> Callable[[], gym.Env]:
     """A thunk making one gymnasium env for a vector env: make, FlattenObservation
     (Dict/Tuple observations only), RecordEpisodeStatistics, with the action space seeded (the
@@ -377,8 +331,7 @@ def make_vector_env(
     seed: int,
     backend: str | None = None,
     make_env: EnvFactory | None = None,
-    split: bool = False,
-) -> VectorEnv | SplitVectorEnv:
+) -> VectorEnv:
     """Makes ``num_envs`` copies of ``env_id`` on ``backend``.
 
     Args:
@@ -389,8 +342,6 @@ def make_vector_env(
         backend: ``"envpool"``, ``"gymnasium"`` or None for :func:`default_backend`.
         make_env: gymnasium backend only: ``make_env(env_id, seed) -> thunk`` for one env
             (default: :func:`gymnasium_env_factory`). envpool makes its own environments.
-        split: two halves (:class:`SplitVectorEnv`, for a pipelined rollout) when
-            ``num_envs >= 2``.
     """
     if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
         raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
@@ -398,16 +349,6 @@ def make_vector_env(
         raise ValueError(f"seed must be an integer, got {seed!r}")
     num_envs, seed = int(num_envs), int(seed)
     backend = default_backend(env_id) if backend is None else backend
-    if split and num_envs >= 2:
-        first = num_envs - num_envs // 2
-        first_half = make_vector_env(env_id, first, seed, backend, make_env)
-        try:
-            second_half = make_vector_env(env_id, num_envs - first, seed + first, backend,
-                                          make_env)
-        except BaseException:
-            first_half.close()
-            raise
-        return SplitVectorEnv((first_half, second_half))
     if make_env is None or backend != "gymnasium":  # (a factory of one's own makes any id)
         check_backend(env_id, backend)
     if backend == "envpool":

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from minerva import envs
-from minerva.config import OPTION_DEFAULTS, TrainConfig
+from minerva.config import OPTION_DEFAULTS, REMOVED_OPTIONS, TrainConfig
 from minerva.env_ids import resolve_env_id
 from minerva.errors import OneLineParser, OptionError, unexpected_error
 from minerva.presets import CONTINUOUS_CONTROL, IMAGES, all_presets, preset
@@ -39,6 +39,17 @@ EXPLICIT_NONE = _ExplicitNone()
 
 def _optional_float(text: str) -> float | _ExplicitNone:
     return EXPLICIT_NONE if text.lower() in ("none", "null", "") else float(text)
+
+
+def _removed(why: str) -> type[argparse.Action]:
+    """The action of a flag minerva no longer has: one line saying why and what replaced it
+    (the flag is left out of ``--help``)."""
+
+    class Removed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None) -> None:
+            parser.error(f"{option_string}: removed ({why})")
+
+    return Removed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             kwargs["type"] = kind
         parser.add_argument(_flag(f.name), **kwargs)
+    for name, (_, why) in REMOVED_OPTIONS.items():
+        flag = _flag(name)
+        parser.add_argument(flag, f"--no-{flag[2:]}", action=_removed(why), nargs="?",
+                            help=argparse.SUPPRESS, dest=f"removed_{name}", default=None)
     parser.add_argument("--resume", metavar="CHECKPOINT", default=None,
                         help="continue from a checkpoint (vmpo_last.pt, ppo_last.pt); flags "
                              "override its config, e.g. a larger --total-steps (the options "

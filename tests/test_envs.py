@@ -473,7 +473,7 @@ def test_mujoco_dtypes(backend, monkeypatch, tmp_path):
         assert result.observations.dtype == np.float64 and result.rewards.dtype == np.float32
 
 
-# --- send/recv and the split vector env ---------------------------------------------------
+# --- send/recv ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -497,33 +497,3 @@ def test_send_then_recv_is_a_step(backend):
         with pytest.raises(ValueError, match="NaN at env 0"):
             sent.send(np.full((N, 1), np.nan, dtype=np.float32))
         sent.step(actions)  # a rejected send starts nothing
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("num_envs", [2, 5])
-def test_split_vector_env_steps_as_one(backend, num_envs):
-    """Two halves seeded as one env: the same observations, rewards, terminations and
-    truncations, in env order, through autoresets."""
-    rng = np.random.default_rng(0)
-    with make_vector_env("CartPole-v1", num_envs, 7, backend) as whole, \
-            make_vector_env("CartPole-v1", num_envs, 7, backend, split=True) as split:
-        assert [half.num_envs for half in split.halves] == [num_envs - num_envs // 2,
-                                                            num_envs // 2]
-        assert split.num_envs == num_envs
-        assert split.single_action_space == whole.single_action_space
-        np.testing.assert_array_equal(split.reset(), whole.reset())
-        ended = 0
-        for _ in range(120):
-            actions = rng.integers(0, 2, num_envs)
-            want, got = whole.step(actions), split.step(actions)
-            ended += int((want.terminated | want.truncated).sum())
-            for name in ("observations", "rewards", "terminated", "truncated"):
-                np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
-        assert ended > 0  # autoresets were crossed
-        with pytest.raises(ValueError, match=f"actions must have {num_envs} rows"):
-            split.step(np.zeros(num_envs + 1, dtype=np.int64))
-
-
-def test_one_env_is_not_split():
-    with make_vector_env("CartPole-v1", 1, 0, "gymnasium", split=True) as env:
-        assert not hasattr(env, "halves")

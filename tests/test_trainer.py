@@ -14,7 +14,7 @@ from minerva import presets, reference
 from minerva.config import TrainConfig
 from minerva.envs import make_vector_env
 from minerva.networks import VMPOAgent
-from minerva.rollout import DeviceRollout, RolloutBatch
+from minerva.rollout import DeviceRollout
 from minerva.threads import PARALLEL_MIN_ROWS, threads_for
 from minerva.trainers.vmpo.trainer import VMPOTrainer, _evaluate_vectorized, _make_env
 from minerva.trainers.vmpo.update import VMPOUpdate
@@ -58,16 +58,6 @@ def test_short_training_run_writes_every_output(tmp_path, env_id, backend):
                            "eval/return_max", "eval/length_mean"}
     assert list(tmp_path.glob("events.out.tfevents.*"))
     assert (tmp_path / "vmpo_last.pt").exists() and (tmp_path / "vmpo_best.pt").exists()
-
-
-def test_reference_ops_switch_trains_on_the_pure_python_core(tmp_path):
-
-    trainer = make_trainer("Pendulum-v1", "gymnasium", reference_ops=True, eval_every=10_000)
-    assert isinstance(trainer.storage, reference.RolloutStorage)
-    assert trainer.ops is reference
-    trainer.train(64, str(tmp_path))
-    assert trainer.global_step == 64
-    trainer.close()
 
 
 def test_linear_schedule_lowers_the_policy_learning_rate_to_zero():
@@ -188,33 +178,6 @@ def deterministic(trainer):
     """Makes the trainer's policy act with its mean (argmax) action."""
     trainer.agent.act = functools.partial(VMPOAgent.act, trainer.agent, deterministic=True)
     return trainer
-
-
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-def test_pipelined_rollout_stores_the_synchronous_transitions(env_id):
-    """Stepping half the envs while the policy acts on the other half changes nothing in
-    the rollout: the same transitions, per env and in order, through autoresets and
-    (Pendulum, 200 steps) truncations, with the same values and advantages. (The networks'
-    outputs agree to float rounding: a matmul over 3 rows may round unlike one over 5.)"""
-    options = dict(num_envs=5, rollout_steps=64)
-    pipelined = deterministic(make_trainer(env_id, pipelined_rollout=True, **options))
-    synchronous = deterministic(make_trainer(env_id, pipelined_rollout=False, **options))
-    assert pipelined.collector.pipelined and not synchronous.collector.pipelined
-    ended = 0
-    for _ in range(4):
-        got, want = pipelined._collect_rollout(), synchronous._collect_rollout()
-        for name in RolloutBatch._fields:
-            torch.testing.assert_close(getattr(got.batch, name), getattr(want.batch, name),
-                                       rtol=1e-5, atol=1e-5, msg=name)
-        for name in ("terminated", "truncated", "valid"):  # exactly the same episodes
-            assert torch.equal(getattr(pipelined.storage, name),
-                               getattr(synchronous.storage, name)), name
-        assert got.finished_returns == pytest.approx(want.finished_returns, rel=1e-6)
-        ended += int((pipelined.storage.terminated | pipelined.storage.truncated).sum())
-    assert ended > 0
-    assert pipelined.global_step == synchronous.global_step == 4 * 5 * 64
-    pipelined.close()
-    synchronous.close()
 
 
 def test_values_are_scored_as_each_step_would_be():
@@ -363,31 +326,39 @@ def test_minibatches_hold_the_rows_they_name():
     full.close()
 
 
-def test_format_1_checkpoints_are_upgraded(tmp_path):
-    import torch.nn.functional as F
-
+def test_older_formats_and_unknown_options_are_refused_in_one_line(tmp_path):
     trainer = make_trainer("Pendulum-v1", eval_every=10_000)
     trainer.train(64, str(tmp_path))
     trainer.close()
     state = torch.load(tmp_path / "vmpo_last.pt", weights_only=True)
-    # what format 1 saved: softplus-parameterised multipliers and the clip_per_network option
-    eta, alphas = trainer.duals.eta.detach(), trainer.duals.alphas.detach()
-    state.update(format=1, config={**state["config"], "clip_per_network": True},
-                 duals={"eta_raw": eta + torch.log(-torch.expm1(-eta)),
-                        "alpha_raw": alphas + torch.log(-torch.expm1(-alphas))})
-    old = tmp_path / "format1.pt"
-    torch.save(state, old)
-    loaded = VMPOTrainer.from_checkpoint(old)
-    torch.testing.assert_close(loaded.duals.eta, eta)
-    torch.testing.assert_close(loaded.duals.alphas, alphas)
-    torch.testing.assert_close(F.softplus(state["duals"]["eta_raw"]), eta)
-    loaded.train(128, str(tmp_path / "resumed"))  # and it trains on
-    loaded.close()
-    torch.save({**state, "format": 7}, old)
-    with pytest.raises(ValueError, match="of format 7; this minerva reads formats 1 to 3"):
+    old = tmp_path / "old.pt"
+    for version in (1, 2, 7):
+        torch.save({**state, "format": version}, old)
+        with pytest.raises(ValueError, match=f"of format {version}; this minerva reads format "
+                                             "3 only: resume it with the minerva that wrote it"):
+            VMPOTrainer.from_checkpoint(old)
+    torch.save({**state, "config": {**state["config"], "warp": 9}}, old)
+    with pytest.raises(ValueError, match=r"does not know: \['warp'\]"):
         VMPOTrainer.from_checkpoint(old)
-    torch.save({**state, "format": 3, "config": {**state["config"], "warp": 9}}, old)
-    with pytest.raises(ValueError, match=r"does not know: \['clip_per_network', 'warp'\]"):
+
+
+def test_checkpoints_with_removed_options_resume_at_what_minerva_does_now(tmp_path):
+    """A checkpoint from before an option went resumes where its value is what minerva does
+    now (and SGD's momentum meant nothing without SGD); another value is refused."""
+    trainer = make_trainer("Pendulum-v1", eval_every=10_000)
+    trainer.train(64, str(tmp_path))
+    trainer.close()
+    state = torch.load(tmp_path / "vmpo_last.pt", weights_only=True)
+    old = tmp_path / "old.pt"
+    removed = {"pipelined_rollout": False, "reference_ops": False, "optimizer_type": "adam",
+               "sgd_momentum": 0.5}
+    torch.save({**state, "config": {**state["config"], **removed}}, old)
+    loaded = VMPOTrainer.from_checkpoint(old)
+    assert loaded.global_step == 64
+    loaded.close()
+    torch.save({**state, "config": {**state["config"], "optimizer_type": "sgd"}}, old)
+    with pytest.raises(ValueError, match="trained with optimizer_type = 'sgd', which this "
+                                         "minerva no longer has"):
         VMPOTrainer.from_checkpoint(old)
 
 
@@ -422,7 +393,6 @@ def test_gymnasium_backend_uses_the_seed_env_factory():
     (dict(topk_fraction=0.0), "topk_fraction"),
     (dict(advantage_estimator="td"), "advantage_estimator"),
     (dict(gamma=1.5), "gamma"),
-    (dict(optimizer_type="rmsprop"), "optimizer_type"),
     (dict(num_envs=0), "num_envs"),
     (dict(epsilon_eta=-1.0), "epsilon_eta"),
     (dict(policy_lr=float("nan")), "policy_lr"),

@@ -32,7 +32,6 @@ RESUME_FIXED_OPTIONS = {
     "min_log_std": "how the policy's weights map to its std",
     "action_bounds": "how the policy's outputs map to actions",
     "normalize_observations": "what the networks' inputs were during training",
-    "optimizer_type": "the optimiser's state",
     "temperature_init": "an initial value: the checkpoint's temperature carries on",
     "alpha_init": "an initial value: the checkpoint's multipliers carry on",
     "init_log_std": "an initial value: the checkpoint's policy carries on",
@@ -97,8 +96,8 @@ def check_network_memory(config: TrainConfig, observation_space: gym.spaces.Spac
         raise OptionError(name, f"layers too large for any memory ({first_line(error)}), "
                          f"got {getattr(config, name)}") from None
     parameters = sum(p.numel() for p in agent.parameters())
-    # the weights, their gradients, and Adam's two moments or SGD's momentum, in float32
-    copies = 4 if config.optimizer_type == "adam" else 3
+    # the weights, their gradients and Adam's two moments, in float32
+    copies = 4
     minibatch = -(-config.num_envs * config.rollout_steps // config.num_minibatches)
     activations = 2 * minibatch * sum((*config.policy_layer_sizes, *config.value_layer_sizes))
     needed = 4 * (copies * parameters + activations)

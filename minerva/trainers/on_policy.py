@@ -111,12 +111,9 @@ class OnPolicyTrainer(Resumable):
         self.backend = default_backend(self.env_id) if cfg.backend == "auto" else cfg.backend
         check_rollout_memory(cfg, *env_spaces(self.env_id))
         check_network_memory(cfg, *env_spaces(self.env_id))
-        # pipelined_rollout: on envpool half the envs step while the policy acts on the other
-        # half (gymnasium steps in this thread: nothing would overlap, so it is never split)
         # rank r's env i is seeded with seed + r * num_envs + i: no two ranks' envs share one
         self.envs = make_vector_env(
-            self.env_id, cfg.num_envs, cfg.seed + self.ranks.rank * cfg.num_envs, self.backend,
-            split=cfg.pipelined_rollout and self.backend == "envpool")
+            self.env_id, cfg.num_envs, cfg.seed + self.ranks.rank * cfg.num_envs, self.backend)
         # rank 0 evaluates (and logs, and writes checkpoints)
         self.eval_envs = (make_vector_env(self.env_id, cfg.eval_episodes, cfg.seed + 1000,
                                           self.backend) if self.ranks.is_main else None)
@@ -135,11 +132,9 @@ class OnPolicyTrainer(Resumable):
             raise OptionError(name, f"the networks do not fit in the memory left on "
                              f"{self.device} (allocating them failed), got "
                              f"{getattr(cfg, name)}") from None
-        # the native ops and storage, or the pure-Python references (to measure the difference)
-        self.ops = reference if cfg.reference_ops else ops
-        storage_class = reference.RolloutStorage if cfg.reference_ops else RolloutStorage
+        self.ops = ops
         action_space = self.envs.single_action_space
-        self.storage = storage_class(
+        self.storage = RolloutStorage(
             cfg.rollout_steps, cfg.num_envs, self.envs.single_observation_space.shape,
             () if self.agent.discrete else (int(np.prod(action_space.shape)),),
             discrete_actions=self.agent.discrete, dist_params_dim=self.agent.policy.params_dim,
@@ -147,7 +142,7 @@ class OnPolicyTrainer(Resumable):
         )
         self.reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma)
         self.on_gpu = self.device.type == "cuda"
-        if self.on_gpu and not cfg.reference_ops and not ops.cuda_kernels_available():
+        if self.on_gpu and not ops.cuda_kernels_available():
             warnings.warn("minerva: the native ops have no CUDA kernels in this build (was nvcc "
                           "found?); the GPU update uses the pure-torch reference ops",
                           RuntimeWarning, stacklevel=2)

@@ -126,7 +126,5 @@ class Resumable:
                                trainer.algorithm.OPTIMIZER_GROUP_LRS):
             if name in overrides:
                 group["lr"] = overrides[name]
-            if config.optimizer_type == "sgd" and "sgd_momentum" in overrides:
-                group["momentum"] = overrides["sgd_momentum"]
         trainer.checkpoints.loaded(Path(path), trainer.global_step)
         return trainer

@@ -152,12 +152,9 @@ class Update:
                 {"params": self.value_params, "lr": cfg.value_lr, **options}]
 
     def make_optimizer(self, groups: list[dict], eps: float = 1e-8) -> torch.optim.Optimizer:
-        """Adam (fused: one kernel per parameter instead of a dozen, which is most of a small
-        minibatch's optimiser time) or SGD with momentum (``optimizer_type``)."""
-        cfg = self.config
-        if cfg.optimizer_type == "adam":
-            return torch.optim.Adam(groups, eps=eps, fused=True)
-        return torch.optim.SGD(groups, momentum=cfg.sgd_momentum)
+        """Adam, fused: one kernel per parameter instead of a dozen, which is most of a small
+        minibatch's optimiser time."""
+        return torch.optim.Adam(groups, eps=eps, fused=True)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The networks' precision (``precision``): bfloat16 autocast, or float32 as is."""

@@ -15,9 +15,10 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import torch
 
-from minerva.config import TrainConfig
+from minerva.config import REMOVED_OPTIONS, TrainConfig
 from minerva.env_ids import resolve_env_id
 from minerva.envs import VectorEnv, gymnasium_env_factory
+from minerva.errors import OptionError
 from minerva.evaluation import evaluate_vectorized
 from minerva.networks import Agent
 from minerva.trainers.on_policy import OnPolicyTrainer, format_metrics
@@ -196,8 +197,12 @@ class VMPOTrainer(OnPolicyTrainer):
         m_steps: int = 1,
         **options: Any,
     ):
+        if optimizer_type != "adam":  # (sgd_momentum only ever acted with SGD)
+            raise OptionError("optimizer_type", f"{REMOVED_OPTIONS['optimizer_type'][1]}, got "
+                                                f"{optimizer_type!r}")
         seed_options = {k: v for k, v in locals().items()
-                        if k not in ("self", "__class__", "options")}
+                        if k not in ("self", "__class__", "options", "optimizer_type",
+                                     "sgd_momentum")}
         seed_options.update(device=str(device), policy_layer_sizes=tuple(policy_layer_sizes),
                             value_layer_sizes=tuple(value_layer_sizes))
         super().__init__(TrainConfig(**{**options, **seed_options}))
