@@ -21,10 +21,10 @@ import torch
 
 from minerva.envs import StepResult, VectorEnv
 from minerva.errors import NonFiniteError
-from minerva.logging import PhaseTimer
 from minerva.networks import Action, Agent, precision_context
 from minerva.normalization import RewardScaler
 from minerva.rollout import DeviceRollout, GAEInputs, RolloutBatch, RolloutViews, flatten
+from minerva.run_log import PhaseTimer
 from minerva.threads import threads_for, torch_threads
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from minerva import _native, reference
-from minerva._checks import check_gae_args, check_topk_args, check_weights_args
+from minerva.op_checks import check_gae_args, check_topk_args, check_weights_args
 
 __all__ = ["gae", "topk_mask", "vmpo_weights", "native_available", "cuda_kernels_available"]
 

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from minerva._checks import check_gae_args, check_topk_args, check_weights_args
+from minerva.op_checks import check_gae_args, check_topk_args, check_weights_args
 from minerva.rollout import RolloutViews
 
 

@@ -156,9 +156,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from minerva import distributed
     from minerva.checkpoint import CheckpointError
     from minerva.errors import NonFiniteError, TrainingInterrupted
-    from minerva.logging import create_out_dir, prepare_out_dir
+    from minerva.run_folder import create_out_dir, prepare_out_dir
     from minerva.trainers import OnPolicyTrainer
-    from minerva.trainers.checks import check_run_outputs
+    from minerva.trainers.preflight import check_run_outputs
 
     def option_error(check, *check_args):
         try:

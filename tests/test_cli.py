@@ -136,7 +136,7 @@ def test_every_continuous_control_task_trains_with_one_configuration():
 
 def test_option_errors_are_typed_and_name_their_option(tmp_path, capsys):
     from minerva.errors import OptionError, OutDirError
-    from minerva.logging import create_out_dir
+    from minerva.run_folder import create_out_dir
 
     with pytest.raises(OptionError) as bad_option:
         TrainConfig(gamma=1.5).validate()

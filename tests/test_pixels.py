@@ -159,12 +159,12 @@ def test_a_short_pong_run_trains_and_evaluates(pong, tmp_path):
 
 def test_the_rollout_memory_check_counts_uint8_frames():
     from minerva.config import TrainConfig
-    from minerva.trainers.checks import check_rollout_memory
+    from minerva.trainers.preflight import check_rollout_memory
 
-    # 2**32 steps of 28,224-byte frames (and 59 bytes of the rest) take 113,132 GiB as
+    # 2**32 steps of 28,224-byte frames (and 55 bytes of the rest) take 113,116 GiB as
     # uint8; as float32 they would take four times as much
     config = TrainConfig(env_id="Pong-v5", num_envs=65_536, rollout_steps=65_536)
-    with pytest.raises(ValueError, match=r"needs 113,132\.0 GiB of storage"):
+    with pytest.raises(ValueError, match=r"needs 113,116\.0 GiB of storage"):
         check_rollout_memory(config, ATARI, ACTIONS)
 
 

@@ -324,7 +324,7 @@ def test_the_seed_api_keeps_its_names():
 
 
 def test_only_minervas_own_checkpoint_names_mark_a_run(tmp_path):
-    from minerva.logging import prepare_out_dir
+    from minerva.run_folder import prepare_out_dir
 
     (tmp_path / "model_best.pt").write_bytes(b"a user's file")
     assert prepare_out_dir(tmp_path) == tmp_path  # not a run: kept, and no refusal

@@ -469,7 +469,7 @@ def test_a_resumed_run_refuses_a_folder_holding_another_run(saved_run, tmp_path)
 
 
 def test_two_runs_cannot_write_one_folder(tmp_path):
-    from minerva.logging import locked_out_dir
+    from minerva.run_folder import locked_out_dir
 
     trainer = make_trainer()
     with locked_out_dir(tmp_path):  # as another process holding it would
@@ -623,8 +623,8 @@ def test_a_rollout_that_cannot_fit_in_memory_is_refused_before_any_env(rollout_s
 ])
 def test_networks_that_cannot_fit_in_memory_are_refused_before_any_env(sizes, message,
                                                                       monkeypatch):
-    import minerva.trainers.checks as checks
     import minerva.trainers.on_policy as trainer_module
+    import minerva.trainers.preflight as checks
 
     def no_envs(*args, **kwargs):
         raise AssertionError("an env was made")
@@ -640,7 +640,7 @@ def test_networks_that_cannot_fit_in_memory_are_refused_before_any_env(sizes, me
 def test_networks_that_fail_to_allocate_are_a_bad_option(tmp_path):
     """Networks within the bound (here made to pass) that the allocator refuses: exit 2."""
     script = ("import re, resource, sys\n"
-              "import minerva.trainers.checks as checks\n"
+              "import minerva.trainers.preflight as checks\n"
               "from minerva.train import main\n"
               "checks._memory = lambda device: (2**50, 'this machine\\'s')\n"
               "status = open('/proc/self/status').read()\n"

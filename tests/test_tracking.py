@@ -9,7 +9,7 @@ import tempfile
 import pytest
 
 from minerva.config import TrainConfig
-from minerva.logging import check_wandb
+from minerva.run_log import check_wandb
 from minerva.trainers.vmpo.trainer import VMPOTrainer
 
 pytest.importorskip("envpool")

@@ -17,7 +17,7 @@ import torch
 from minerva import distributed
 from minerva.distributed import Ranks
 from minerva.errors import TrainingInterrupted
-from minerva.logging import RunLogger
+from minerva.run_log import RunLogger
 from minerva.stopping import StopOnSignal
 
 

@@ -22,21 +22,20 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from minerva import checkpoint, distributed, ops, reference
-from minerva import logging as run_logging
+from minerva import checkpoint, distributed, ops, reference, run_folder
 from minerva.collector import Rollout, RolloutCollector
 from minerva.config import ALGORITHMS, TrainConfig
 from minerva.env_ids import default_backend, env_spaces, resolve_env_id
 from minerva.envs import make_vector_env
 from minerva.errors import NonFiniteError, OptionError
 from minerva.evaluation import evaluate_vectorized, record_video
-from minerva.logging import PhaseTimer, RunLogger
 from minerva.networks import agent_for
 from minerva.normalization import RewardScaler
 from minerva.rollout import RolloutBatch
+from minerva.run_log import PhaseTimer, RunLogger
 from minerva.storage import RolloutStorage
 from minerva.trainers.callbacks import Checkpoints, Console, Evaluation, Stopping
-from minerva.trainers.checks import (
+from minerva.trainers.preflight import (
     check_network_memory,
     check_rollout_memory,
     check_run_outputs,
@@ -240,7 +239,7 @@ class OnPolicyTrainer(Resumable):
         into ``out_dir``; returns the last evaluation's metrics. A fresh trainer refuses an
         ``out_dir`` holding a run, and a resumed one a folder holding another run, unless
         ``overwrite`` (default: the config's) deletes that run's files; a folder another run
-        is writing to is refused (:func:`minerva.logging.prepare_out_dir`).
+        is writing to is refused (:func:`minerva.run_folder.prepare_out_dir`).
 
         ``<algo>_last.pt`` is written after complete iterations only: at each evaluation, every
         ``checkpoint_every_s`` seconds, and when SIGINT, SIGTERM or SIGHUP stops training
@@ -254,8 +253,8 @@ class OnPolicyTrainer(Resumable):
                                           out_dir=str(out_dir), overwrite=overwrite)
         if not self.ranks.is_main:  # only rank 0 writes
             return self.learn(total_steps, Path(out_dir))
-        with run_logging.locked_out_dir(run_logging.create_out_dir(out_dir)):
-            out = run_logging.prepare_out_dir(out_dir, self.global_step or None, overwrite,
+        with run_folder.locked_out_dir(run_folder.create_out_dir(out_dir)):
+            out = run_folder.prepare_out_dir(out_dir, self.global_step or None, overwrite,
                                               self.config.algo)
             return self.learn(total_steps, out)
 
@@ -382,7 +381,7 @@ class OnPolicyTrainer(Resumable):
 
     def checkpoint_path(self, out: Path, which: str) -> Path:
         """``out/<algo>_last.pt`` or ``out/<algo>_best.pt`` (``which``: last or best)."""
-        return out / run_logging.checkpoint_name(self.config.algo, which)
+        return out / run_folder.checkpoint_name(self.config.algo, which)
 
     def close(self) -> None:
         self.envs.close()

@@ -14,7 +14,7 @@ from minerva import checkpoint
 from minerva.config import TrainConfig, torch_device
 from minerva.env_ids import resolve_env_id
 from minerva.errors import OptionError, first_line
-from minerva.trainers.checks import RESUME_FIXED_OPTIONS, check_total_steps
+from minerva.trainers.preflight import RESUME_FIXED_OPTIONS, check_total_steps
 
 
 class Resumable:

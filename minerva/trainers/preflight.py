@@ -10,13 +10,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from minerva import logging as run_logging
 from minerva.config import TrainConfig
 from minerva.env_ids import supported_observation_box
 from minerva.errors import OptionError, first_line
 from minerva.evaluation import check_can_record
 from minerva.networks import agent_for
 from minerva.rollout import RolloutViews
+from minerva.run_log import check_wandb
 
 # options of a run, not of the trainer
 RUN_ONLY_OPTIONS = ("total_steps", "out_dir", "overwrite", "capture_video", "wandb_project")
@@ -41,7 +41,7 @@ RESUME_FIXED_OPTIONS = {
 def check_run_outputs(config: TrainConfig, env_id: str) -> None:
     """Raises OptionError (``capture_video: ...``, ``wandb_project: ...``) for an output a
     run of ``env_id`` (resolved) is asked for and cannot produce, before it starts."""
-    run_logging.check_wandb(config.wandb_project)
+    check_wandb(config.wandb_project)
     if config.capture_video:
         try:
             check_can_record(env_id)

@@ -4,7 +4,6 @@ metric lines."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -18,8 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from minerva.config import ALGORITHMS
-from minerva.errors import OptionError, OutDirError, first_line
+from minerva.errors import OptionError, first_line
 
 
 def cpu_model() -> str:
@@ -31,115 +29,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def checkpoint_name(algo: str, which: str) -> str:
-    """A run's checkpoint file: ``<algo>_last.pt`` or ``<algo>_best.pt`` (``which``)."""
-    return f"{algo}_{which}.pt"
-
-
-RUN_FILES = ("metrics.jsonl", "run.json",
-             *(checkpoint_name(algo, which) for algo in ALGORITHMS for which in ("last", "best")),
-             "videos/best.mp4")
-LOCK_FILE = ".minerva.lock"
-
-
-def create_out_dir(out_dir: str | Path) -> Path:
-    """Creates ``out_dir`` if needed and checks that it is a writable folder.
-
-    Raises:
-        OutDirError: ``out_dir: ...``, naming the folder and what is wrong with it.
-    """
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise OutDirError(f"{out} is a file, not a folder") from None
-    except NotADirectoryError:
-        raise OutDirError(f"{out} is under a file, not a folder") from None
-    except OSError as error:
-        raise OutDirError(f"cannot create {out}: {error.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OutDirError(f"{out} is not writable")
-    return out
-
-
-def prepare_out_dir(out_dir: str | Path, resumed_step: int | None = None,
-                    overwrite: bool = False, algo: str = "vmpo") -> Path:
-    """:func:`create_out_dir`, and refuses a folder that holds another run.
-
-    A fresh run (``resumed_step`` None) needs a folder without a run (of any algorithm); a
-    resumed one of ``algo``, a folder without a run or holding this run at the resumed step
-    (its ``<algo>_last.pt`` there): continuing another run's folder would drop or mix its
-    events. With ``overwrite`` the other run's files (metrics, TensorBoard events, checkpoints) are
-    deleted instead.
-
-    Raises:
-        OutDirError: ``out_dir: ...``, naming the folder and what it holds.
-    """
-    out = create_out_dir(out_dir)
-    earlier = [out / name for name in RUN_FILES if (out / name).exists()]
-    earlier += sorted(out.glob("events.out.tfevents.*"))
-    last = [path for path in earlier if path.name.endswith("_last.pt")]
-    if not earlier or (resumed_step is not None and _saved_step(out, algo) == resumed_step):
-        return out
-    if not overwrite:
-        held = ", ".join(path.name for path in earlier[:3]) + (", ..." if earlier[3:] else "")
-        if resumed_step is None:
-            raise OutDirError(
-                f"{out} already holds a run ({held}); resume it with --resume "
-                f"{last[0] if last else out / checkpoint_name(algo, 'last')}, replace it with "
-                "--overwrite, or choose another --out-dir")
-        raise OutDirError(
-            f"{out} holds another run ({held}; its last checkpoint is not at this "
-            f"checkpoint's step {resumed_step}): continuing there would drop or mix its "
-            "events; choose another --out-dir, or replace that run with --overwrite")
-    for path in earlier:
-        path.unlink()
-    return out
-
-
-def _saved_step(out: Path, algo: str) -> int | None:
-    from minerva import checkpoint  # here: checkpoints need torch, logging does not
-
-    try:
-        return checkpoint.load(out / checkpoint_name(algo, "last"))["global_step"]
-    except (OSError, checkpoint.CheckpointError):
-        return None
-
-
-@contextmanager
-def locked_out_dir(out: Path) -> Iterator[None]:
-    """Holds an exclusive lock on ``out`` for a run: two runs writing one folder would mix
-    their metrics and remove each other's checkpoint files.
-
-    Raises:
-        OutDirError: ``out_dir: ...`` when another process holds it, or its lock file cannot
-            be opened (a symbolic link, which would have the run write through it, or a
-            folder).
-    """
-    path = out / LOCK_FILE
-    try:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
-    except OSError as error:
-        why = "is a symbolic link" if path.is_symlink() else f"cannot be opened ({error.strerror})"
-        raise OutDirError(f"{path}, the run's lock file, {why}; remove it") from None
-    with open(descriptor, "a+", encoding="utf-8") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            raise OutDirError(f"{out} is in use by another minerva run "
-                             f"({holder})") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()}\n")
-        lock.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def check_wandb(project: str) -> None:
