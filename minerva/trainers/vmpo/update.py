@@ -103,9 +103,8 @@ class VMPOUpdate(Update):
     the policy, the value function, the temperature and the KL multipliers."""
 
     OPTIMIZER_GROUP_LRS = ("policy_lr", "value_lr", "temperature_lr", "alpha_lr")
-    # the adaptive schedule's bounds (the upper one a multiple of policy_lr: at 1e-2 a
-    # solved InvertedPendulum-v5, whose updates barely move the policy, was pushed into
-    # steps that destroyed it) and its factor
+    # the adaptive schedule's bounds and factor; the upper bound is a multiple of policy_lr,
+    # as a fixed one pushed a solved task's tiny updates into destructive steps
     ADAPTIVE_LR_MIN, ADAPTIVE_LR_MAX_FACTOR, ADAPTIVE_LR_FACTOR = 1e-5, 10.0, 1.5
 
     def __init__(self, agent: Agent, config: TrainConfig, device: torch.device, ranks: Ranks,
