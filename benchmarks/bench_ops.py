@@ -48,7 +48,7 @@ from torch.utils.benchmark import Timer
 
 import minerva
 from minerva import ops, reference
-from minerva.logging import cpu_model
+from minerva.run_log import cpu_model
 
 try:
     import torchrl

@@ -52,8 +52,8 @@ import time
 from pathlib import Path
 
 from minerva.config import TrainConfig
-from minerva.logging import cpu_model
 from minerva.presets import preset
+from minerva.run_log import cpu_model
 from minerva.trainers.ppo.trainer import PPOTrainer
 from minerva.trainers.vmpo.trainer import VMPOTrainer
 

@@ -45,8 +45,8 @@ import torch
 from torch import nn
 
 from minerva.config import TrainConfig
-from minerva.logging import cpu_model
 from minerva.presets import preset
+from minerva.run_log import cpu_model
 from minerva.trainers.vmpo.trainer import VMPOTrainer
 
 BENCHMARKS = Path(__file__).resolve().parent
