@@ -54,7 +54,8 @@ def save(state: dict, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name}."
     for stale in path.parent.glob(f"{prefix}*"):
-        stale.unlink(missing_ok=True)
+        if stale.is_symlink() or stale.is_file():  # (a folder of that name is not ours)
+            stale.unlink(missing_ok=True)
     # serialised in memory first: torch's zip writer reports a failed write as "unexpected
     # pos", while a plain write raises the OSError that says why
     buffer = io.BytesIO()

@@ -1,10 +1,14 @@
 """A run's folder: where its files go, what makes a folder one run's (its metrics, ``run.json``
-and checkpoints), and the lock that keeps two runs from writing one folder."""
+and checkpoints), the lock that keeps two runs from writing one folder, and how files are
+written there: never through a symbolic link (:func:`refuse_links`, :func:`write_file`,
+:func:`open_to_append`), so a link planted in a run folder cannot make minerva write or
+delete anything outside it."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +26,54 @@ RUN_FILES = ("metrics.jsonl", "run.json",
              *(checkpoint_name(algo, which) for algo in ALGORITHMS for which in ("last", "best")),
              "videos/best.mp4")
 LOCK_FILE = ".minerva.lock"
+VIDEOS = "videos"
+
+
+def refuse_links(out: Path) -> None:
+    """Refuses a symbolic link (dangling or not) where a run's file or folder belongs in
+    ``out``: writing, replacing or deleting through it would reach outside the folder.
+
+    Raises:
+        OutDirError: ``out_dir: ...`` naming the link.
+    """
+    for path in (out / VIDEOS, *(out / name for name in RUN_FILES),
+                 *out.glob("events.out.tfevents.*")):
+        if path.is_symlink():
+            raise OutDirError(f"{path} is a symbolic link where the run's own "
+                              f"{'folder' if path.name == VIDEOS else 'file'} belongs; minerva "
+                              "writes only its own files in a run folder: remove the link or "
+                              "choose another --out-dir")
+
+
+def write_file(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` in a run folder: into a new temporary file beside it
+    (created exclusively, so no link is followed), then renamed over ``path`` (which
+    replaces a link there instead of writing through it); a kill leaves the old file."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def open_to_append(path: Path):
+    """``path`` in a run folder opened to append text (created if missing), refusing a
+    symbolic link there (``O_NOFOLLOW``) instead of appending through it.
+
+    Raises:
+        OutDirError: ``out_dir: ...`` when ``path`` is a link.
+    """
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                             0o644)
+    except OSError:
+        if path.is_symlink():
+            refuse_links(path.parent)
+        raise
+    return open(descriptor, "a", encoding="utf-8")
 
 
 def create_out_dir(out_dir: str | Path) -> Path:
@@ -58,6 +110,7 @@ def prepare_out_dir(out_dir: str | Path, resumed_step: int | None = None,
         OutDirError: ``out_dir: ...``, naming the folder and what it holds.
     """
     out = create_out_dir(out_dir)
+    refuse_links(out)
     earlier = [out / name for name in RUN_FILES if (out / name).exists()]
     earlier += sorted(out.glob("events.out.tfevents.*"))
     last = [path for path in earlier if path.name.endswith("_last.pt")]

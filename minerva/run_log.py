@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from minerva.errors import OptionError, first_line
+from minerva.run_folder import open_to_append, write_file
 
 
 def cpu_model() -> str:
@@ -89,8 +90,8 @@ class RunLogger:
         if initial_step > 0 and jsonl.exists():
             kept = [line for line in jsonl.read_text(encoding="utf-8").splitlines(keepends=True)
                     if _event_step(line) <= initial_step]
-            _write_atomically(jsonl, "".join(kept))
-        self._jsonl = open(jsonl, "a", encoding="utf-8")
+            write_file(jsonl, "".join(kept))
+        self._jsonl = open_to_append(jsonl)
         if wandb_project:
             resumed_id = _run_info(self.out_dir).get("wandb_run_id") if initial_step else None
             self._wandb = _start_wandb(wandb_project, self.out_dir, config or {}, resumed_id)
@@ -113,7 +114,7 @@ class RunLogger:
                                     "python": platform.python_version()}}
         if self._wandb is not None:
             info["wandb_run_id"] = self._wandb.id
-        (self.out_dir / "run.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+        write_file(self.out_dir / "run.json", json.dumps(info, indent=2, default=str) + "\n")
 
     @property
     def elapsed(self) -> float:
@@ -170,12 +171,6 @@ def _event_step(line: str) -> float:
         return json.loads(line)["global_step"]
     except (ValueError, KeyError, TypeError):  # a line cut by a kill: not an event
         return math.inf
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.rewrite")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 class PhaseTimer:

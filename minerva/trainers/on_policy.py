@@ -357,7 +357,8 @@ class OnPolicyTrainer(Resumable):
         agent = agent_for(self.config, self.eval_envs.single_observation_space,
                           self.eval_envs.single_action_space).to(self.device)
         agent.load_state_dict(best["agent"])
-        path = out / "videos" / "best.mp4"
+        run_folder.refuse_links(out)  # (a link may have appeared since the run started)
+        path = out / run_folder.VIDEOS / "best.mp4"
         path.parent.mkdir(exist_ok=True)
         frames, episode_return = record_video(agent, self.env_id, path, self.config.seed + 1000,
                                               True, self.config.eval_max_steps)

@@ -1,0 +1,134 @@
+"""A run's folder is written and cleaned only through its own files: a symbolic link where a
+run's file or folder belongs is refused in one line, and nothing outside the folder is
+written, replaced or deleted through one."""
+
+import functools
+import shutil
+
+import pytest
+
+from minerva import checkpoint
+from minerva.errors import OutDirError
+from minerva.run_folder import open_to_append, prepare_out_dir, refuse_links, write_file
+from minerva.train import main
+from minerva.trainers.vmpo.trainer import VMPOTrainer
+
+pytest.importorskip("envpool")
+
+SMALL = dict(rollout_steps=16, num_envs=4, m_steps=2, eval_episodes=2, progress=False,
+             backend="envpool", eval_every=64)
+TRAIN = ["--env-id", "CartPole-v1", "--num-envs", "4", "--rollout-steps", "16",
+         "--m-steps", "2", "--eval-episodes", "2", "--eval-every", "64", "--backend", "envpool",
+         "--policy-layer-sizes", "16", "--value-layer-sizes", "16", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """A short CartPole run's folder: metrics, run.json, last and best checkpoints."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    trainer = VMPOTrainer("CartPole-v1", 0, "cpu", (16,), (16,), **SMALL)
+    trainer.train(128, str(out))
+    trainer.close()
+    return out
+
+
+@pytest.fixture
+def run(saved_run, tmp_path):
+    """A copy of the saved run, and a victim file outside it."""
+    copy = tmp_path / "run"
+    shutil.copytree(saved_run, copy)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    return copy, victim
+
+
+@pytest.fixture
+def cli(in_process):
+    return functools.partial(in_process, main)
+
+
+def refused(result, path):
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("python -m minerva.train: error: --out-dir: ")
+    assert f"{path} is a symbolic link where the run's own" in line
+
+
+@pytest.mark.parametrize("name", ["run.json", "metrics.jsonl", "vmpo_best.pt"])
+def test_resume_refuses_a_link_where_a_run_file_belongs(run, cli, name):
+    folder, victim = run
+    (folder / name).unlink()
+    (folder / name).symlink_to(victim)
+    result = cli("--resume", folder / "vmpo_last.pt", "--total-steps", "192")
+    refused(result, folder / name)
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("name", ["run.json", "metrics.jsonl"])
+def test_a_dangling_link_is_refused_and_its_target_not_created(tmp_path, cli, name):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    target = tmp_path / "elsewhere" / "created"
+    (tmp_path / "elsewhere").mkdir()
+    (folder / name).symlink_to(target)
+    refused(cli(*TRAIN, "--total-steps", "64", "--out-dir", folder), folder / name)
+    assert not target.exists()
+
+
+def test_overwrite_deletes_nothing_through_a_linked_videos_folder(run, cli, tmp_path):
+    folder, _ = run
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "best.mp4").write_text("someone else's video")
+    (folder / "videos").symlink_to(outside)
+    result = cli(*TRAIN, "--total-steps", "64", "--out-dir", folder, "--overwrite")
+    refused(result, folder / "videos")
+    assert (outside / "best.mp4").read_text() == "someone else's video"
+    assert (folder / "vmpo_last.pt").exists()  # and the run's own files are still there
+
+
+def test_a_planted_rewrite_file_is_not_written_through(run, tmp_path):
+    """Resuming rewrites metrics.jsonl without the events after the checkpoint: through a
+    temporary file of its own, not a name someone could have linked beforehand."""
+    folder, victim = run
+    (folder / ".metrics.jsonl.rewrite").symlink_to(victim)
+    trainer = VMPOTrainer.from_checkpoint(folder / "vmpo_last.pt")
+    trainer.train(192, str(folder))
+    trainer.close()
+    assert victim.read_text() == "precious\n"
+    assert not (folder / "metrics.jsonl").is_symlink()
+    assert '"global_step": 192' in (folder / "metrics.jsonl").read_text()
+
+
+def test_write_file_replaces_a_link_and_open_to_append_refuses_one(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / "run.json").symlink_to(victim)
+    write_file(tmp_path / "run.json", "{}\n")
+    assert victim.read_text() == "precious\n"
+    assert not (tmp_path / "run.json").is_symlink()
+    assert (tmp_path / "run.json").read_text() == "{}\n"
+    (tmp_path / "metrics.jsonl").symlink_to(victim)
+    with pytest.raises(OutDirError, match="metrics.jsonl is a symbolic link"):
+        open_to_append(tmp_path / "metrics.jsonl")
+    assert victim.read_text() == "precious\n"
+    with open_to_append(tmp_path / "new.jsonl") as f:
+        f.write("a\n")
+    with open_to_append(tmp_path / "new.jsonl") as f:
+        f.write("b\n")
+    assert (tmp_path / "new.jsonl").read_text() == "a\nb\n"
+
+
+def test_links_are_refused_before_anything_is_deleted(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    (tmp_path / "events.out.tfevents.1.host").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(OutDirError, match="events.out.tfevents.1.host is a symbolic link"):
+        prepare_out_dir(tmp_path, overwrite=True)
+    assert (tmp_path / "metrics.jsonl").exists()
+    refuse_links(tmp_path / "empty-folder-that-does-not-exist")  # nothing there: nothing to refuse
+
+
+def test_a_folder_named_like_a_checkpoints_temporary_file_does_not_stop_saving(tmp_path):
+    (tmp_path / ".vmpo_last.pt.x").mkdir()
+    checkpoint.save({"format": checkpoint.FORMAT}, tmp_path / "vmpo_last.pt")
+    assert (tmp_path / "vmpo_last.pt").is_file() and (tmp_path / ".vmpo_last.pt.x").is_dir()
