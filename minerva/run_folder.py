@@ -27,6 +27,7 @@ RUN_FILES = ("metrics.jsonl", "run.json",
              "videos/best.mp4")
 LOCK_FILE = ".minerva.lock"
 VIDEOS = "videos"
+OVERWRITTEN_PREFIX = ".overwritten-"  # an overwritten run's files, until the new one's checkpoint
 
 
 def refuse_links(out: Path) -> None:
@@ -97,14 +98,18 @@ def create_out_dir(out_dir: str | Path) -> Path:
 
 
 def prepare_out_dir(out_dir: str | Path, resumed_step: int | None = None,
-                    overwrite: bool = False, algo: str = "vmpo") -> Path:
-    """:func:`create_out_dir`, and refuses a folder that holds another run.
+                    overwrite: bool = False, algo: str = "vmpo",
+                    keep: Path | None = None) -> tuple[Path, Path | None]:
+    """:func:`create_out_dir`, and refuses a folder that holds another run; returns the
+    folder and where an overwritten run's files wait (None: none).
 
     A fresh run (``resumed_step`` None) needs a folder without a run (of any algorithm); a
     resumed one of ``algo``, a folder without a run or holding this run at the resumed step
     (its ``<algo>_last.pt`` there): continuing another run's folder would drop or mix its
-    events. With ``overwrite`` the other run's files (metrics, TensorBoard events, checkpoints) are
-    deleted instead.
+    events. With ``overwrite`` the other run's files (metrics, TensorBoard events,
+    checkpoints) are moved aside into a hidden folder of their own, for the caller to delete
+    once the new run's first checkpoint exists (a run killed before then leaves them
+    there); ``keep`` (the checkpoint a run resumes from) stays where it is.
 
     Raises:
         OutDirError: ``out_dir: ...``, naming the folder and what it holds.
@@ -115,7 +120,7 @@ def prepare_out_dir(out_dir: str | Path, resumed_step: int | None = None,
     earlier += sorted(out.glob("events.out.tfevents.*"))
     last = [path for path in earlier if path.name.endswith("_last.pt")]
     if not earlier or (resumed_step is not None and _saved_step(out, algo) == resumed_step):
-        return out
+        return out, None
     if not overwrite:
         held = ", ".join(path.name for path in earlier[:3]) + (", ..." if earlier[3:] else "")
         if resumed_step is None:
@@ -127,9 +132,14 @@ def prepare_out_dir(out_dir: str | Path, resumed_step: int | None = None,
             f"{out} holds another run ({held}; its last checkpoint is not at this "
             f"checkpoint's step {resumed_step}): continuing there would drop or mix its "
             "events; choose another --out-dir, or replace that run with --overwrite")
+    # (with what earlier overwrites killed before their first checkpoint left aside)
+    earlier += sorted(out.glob(f"{OVERWRITTEN_PREFIX}*"))
+    aside = Path(tempfile.mkdtemp(dir=out, prefix=OVERWRITTEN_PREFIX))
+    keep = None if keep is None else keep.absolute()
     for path in earlier:
-        path.unlink()
-    return out
+        if path.absolute() != keep:
+            os.replace(path, aside / path.name)
+    return out, aside
 
 
 def _saved_step(out: Path, algo: str) -> int | None:

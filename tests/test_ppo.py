@@ -327,9 +327,10 @@ def test_only_minervas_own_checkpoint_names_mark_a_run(tmp_path):
     from minerva.run_folder import prepare_out_dir
 
     (tmp_path / "model_best.pt").write_bytes(b"a user's file")
-    assert prepare_out_dir(tmp_path) == tmp_path  # not a run: kept, and no refusal
+    assert prepare_out_dir(tmp_path) == (tmp_path, None)  # not a run: kept, and no refusal
     (tmp_path / "ppo_best.pt").write_bytes(b"")
     with pytest.raises(ValueError, match="already holds a run"):
         prepare_out_dir(tmp_path)
-    prepare_out_dir(tmp_path, overwrite=True)
-    assert [p.name for p in tmp_path.iterdir()] == ["model_best.pt"]
+    _, aside = prepare_out_dir(tmp_path, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [aside.name, "model_best.pt"]
+    assert [p.name for p in aside.iterdir()] == ["ppo_best.pt"]  # until the new checkpoint

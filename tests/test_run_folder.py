@@ -132,3 +132,52 @@ def test_a_folder_named_like_a_checkpoints_temporary_file_does_not_stop_saving(t
     (tmp_path / ".vmpo_last.pt.x").mkdir()
     checkpoint.save({"format": checkpoint.FORMAT}, tmp_path / "vmpo_last.pt")
     assert (tmp_path / "vmpo_last.pt").is_file() and (tmp_path / ".vmpo_last.pt.x").is_dir()
+
+
+def test_overwrite_keeps_the_checkpoint_it_resumes_from_and_the_old_run_until_a_new_one(
+        run, cli):
+    """--resume d/vmpo_best.pt --overwrite: the old run's files wait aside until the new
+    run's first checkpoint exists; the checkpoint resumed from is never touched."""
+    folder, _ = run
+    state = checkpoint.load(folder / "vmpo_best.pt")
+    state.update(global_step=64, iteration=1)  # a best older than the last checkpoint
+    checkpoint.save(state, folder / "vmpo_best.pt")
+    best = (folder / "vmpo_best.pt").read_bytes()
+    old_last = (folder / "vmpo_last.pt").read_bytes()
+    trainer = VMPOTrainer.from_checkpoint(folder / "vmpo_best.pt")
+    original_save = trainer.checkpoints._save
+
+    def killed_at_first_save(path):
+        aside = [p for p in folder.iterdir() if p.name.startswith(".overwritten-")]
+        assert len(aside) == 1 and (aside[0] / "vmpo_last.pt").read_bytes() == old_last
+        assert (folder / "vmpo_best.pt").read_bytes() == best  # the input stays
+        raise KeyboardInterrupt  # a kill before anything new is on disk
+
+    trainer.checkpoints._save = killed_at_first_save
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(trainer.global_step + 64, str(folder), overwrite=True)
+    assert (folder / "vmpo_best.pt").read_bytes() == best
+    trainer.checkpoints._save = original_save
+    trainer.train(trainer.global_step + 128, str(folder / "again"))
+    trainer.close()
+    # a completed overwrite leaves no old files behind, the killed one's included
+    result = cli("--resume", folder / "vmpo_best.pt", "--total-steps", "256", "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert not [p for p in folder.iterdir() if p.name.startswith(".overwritten-")]
+    assert checkpoint.load(folder / "vmpo_last.pt")["global_step"] == 256
+
+
+def test_a_best_written_just_before_a_kill_stays_the_one_to_beat(run):
+    """Killed between <algo>_best.pt and <algo>_last.pt: the resumed run takes the best's
+    return from the best checkpoint, so a worse policy does not replace it."""
+    folder, _ = run
+    state = checkpoint.load(folder / "vmpo_best.pt")
+    state["best_return"] = 1e6  # what the killed run's new best was worth
+    checkpoint.save(state, folder / "vmpo_best.pt")
+    before = (folder / "vmpo_best.pt").read_bytes()
+    trainer = VMPOTrainer.from_checkpoint(folder / "vmpo_last.pt")
+    assert trainer.best_return < 1e6
+    trainer.train(256, str(folder))
+    assert trainer.best_return == 1e6
+    trainer.close()
+    assert (folder / "vmpo_best.pt").read_bytes() == before

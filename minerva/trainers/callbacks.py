@@ -7,6 +7,7 @@ agreement, the target return) and :class:`Console` (a line now and then)."""
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Mapping
@@ -34,6 +35,7 @@ class Checkpoints:
         self.last_step: int | None = None
         self.every_s = 0.0
         self._saved_at = -math.inf
+        self._discard: Path | None = None
 
     def start(self, paths: Callable[[str], Path], every_s: float, now: float) -> None:
         """A run begins: its checkpoints' paths (``paths("last")``, ``paths("best")``), the
@@ -44,10 +46,18 @@ class Checkpoints:
         """The trainer was restored from ``path`` at ``step``: the last checkpoint so far."""
         self.last_path, self.last_step = Path(path), step
 
+    def discard_after_save(self, folder: Path | None) -> None:
+        """Deletes ``folder`` (an overwritten run's files) once the next checkpoint is
+        written: until then a kill leaves the old run recoverable."""
+        self._discard = folder
+
     def save_last(self, step: int, now: float) -> None:
         path = self._paths("last")
         if self.is_main:
             self._save(path)
+            if self._discard is not None:
+                shutil.rmtree(self._discard, ignore_errors=True)
+                self._discard = None
         self.last_path, self.last_step, self._saved_at = path, step, now
 
     def save_best(self) -> None:

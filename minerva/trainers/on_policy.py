@@ -238,8 +238,11 @@ class OnPolicyTrainer(Resumable):
         Writes ``metrics.jsonl``, TensorBoard events, ``<algo>_last.pt`` and ``<algo>_best.pt``
         into ``out_dir``; returns the last evaluation's metrics. A fresh trainer refuses an
         ``out_dir`` holding a run, and a resumed one a folder holding another run, unless
-        ``overwrite`` (default: the config's) deletes that run's files; a folder another run
+        ``overwrite`` (default: the config's) replaces that run; a folder another run
         is writing to is refused (:func:`minerva.run_folder.prepare_out_dir`).
+
+        An overwritten run's files are moved aside and deleted once this run's first
+        checkpoint is written; the checkpoint a resumed trainer was loaded from stays.
 
         ``<algo>_last.pt`` is written after complete iterations only: at each evaluation, every
         ``checkpoint_every_s`` seconds, and when SIGINT, SIGTERM or SIGHUP stops training
@@ -254,9 +257,27 @@ class OnPolicyTrainer(Resumable):
         if not self.ranks.is_main:  # only rank 0 writes
             return self.learn(total_steps, Path(out_dir))
         with run_folder.locked_out_dir(run_folder.create_out_dir(out_dir)):
-            out = run_folder.prepare_out_dir(out_dir, self.global_step or None, overwrite,
-                                              self.config.algo)
+            # the checkpoint this run resumes from is never moved aside
+            out, overwritten = run_folder.prepare_out_dir(
+                out_dir, self.global_step or None, overwrite, self.config.algo,
+                keep=self.checkpoints.last_path)
+            self.checkpoints.discard_after_save(overwritten)
+            self._reconcile_best(out)
             return self.learn(total_steps, out)
+
+    def _reconcile_best(self, out: Path) -> None:
+        """A run killed between writing ``<algo>_best.pt`` and ``<algo>_last.pt`` left a best
+        newer than the last checkpoint knows of: its return becomes the one to beat, so that a
+        worse policy does not replace it."""
+        path = self.checkpoint_path(out, "best")
+        if not path.is_file() or self.global_step == 0:
+            return
+        try:
+            best_return = float(checkpoint.load(path)["best_return"])
+        except (OSError, checkpoint.CheckpointError, KeyError, TypeError, ValueError):
+            return  # a damaged best is replaced by the run's next best
+        if best_return > self.best_return:
+            self.best_return = best_return
 
     def learn(self, total_steps: int, out: Path) -> dict[str, float]:
         """The training loop, in ``out`` as :meth:`train` prepared and locked it: each
