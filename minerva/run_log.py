@@ -81,6 +81,7 @@ class RunLogger:
         self.out_dir = Path(out_dir)
         self.start = time.perf_counter()
         self.enabled = enabled
+        self._console_lost = False
         self._jsonl = self._writer = self._wandb = None
         if not enabled:
             self._bar = tqdm(disable=True)
@@ -140,8 +141,22 @@ class RunLogger:
         return event
 
     def print(self, line: str) -> None:
-        if not self.enabled:
+        """A console line, best effort: a console that cannot take it (a closed pipe, a
+        terminal gone, an encoding without its characters) never stops training; its
+        metrics and checkpoints go on."""
+        if not self.enabled or self._console_lost:
             return
+        try:
+            try:
+                self._write_line(line)
+            except UnicodeEncodeError:  # shown as the console's encoding can
+                encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+                self._write_line(line.encode(encoding, "backslashreplace").decode(encoding))
+        except (OSError, ValueError):  # a broken pipe, EIO, a closed stream
+            self._console_lost = True
+            _discard(sys.stdout if self._bar.disable else sys.stderr)
+
+    def _write_line(self, line: str) -> None:
         if self._bar.disable:
             print(line, flush=True)
         else:
@@ -156,6 +171,18 @@ class RunLogger:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+def _discard(stream) -> None:
+    """Points ``stream``'s file descriptor at ``os.devnull``, so that what is still buffered
+    for it (flushed at exit) goes nowhere instead of failing again."""
+    try:
+        descriptor = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
 
 
 def _run_info(out: Path) -> dict:
