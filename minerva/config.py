@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -56,7 +57,8 @@ class TrainConfig:
                            choices=BACKENDS)
     num_envs: int = _option(8, "environments stepped together")
     rollout_steps: int = _option(64, "steps per environment in each rollout")
-    torch_threads: int = _option(0, "torch intra-op threads (0: torch's default)")
+    torch_threads: int = _option(
+        0, "torch intra-op threads, at most the machine's CPUs (0: torch's default)")
     # --- V-MPO (and the advantages both use) ------------------------------------------------
     advantage_estimator: str = _option("gae", "advantage estimator", choices=ESTIMATORS)
     gamma: float = _option(0.99, "discount factor")
@@ -204,8 +206,10 @@ class TrainConfig:
         if self.m_steps > MAX_M_STEPS:
             bad("m_steps", f"must be at most {MAX_M_STEPS:_} (passes over one rollout; more "
                 "would only overfit it, and an update must end)")
-        if self.torch_threads < 0:
-            bad("torch_threads", "must be >= 0")
+        cpus = os.cpu_count() or 1
+        if not 0 <= self.torch_threads <= cpus:
+            bad("torch_threads", f"must be between 0 (torch's default) and this machine's "
+                                 f"{cpus} CPUs")
         if not (math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0):
             bad("checkpoint_every_s", "must be a number >= 0")
         if not (math.isfinite(self.dist_timeout_s) and self.dist_timeout_s > 0):
