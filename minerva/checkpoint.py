@@ -112,6 +112,13 @@ def load(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is empty")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path} is not a torch checkpoint (a text file, or truncated?)")
+    with zipfile.ZipFile(path) as archive:  # (torch.save stores every entry uncompressed)
+        compressed = [entry.filename for entry in archive.infolist()
+                      if entry.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise CheckpointError(f"{path} holds compressed entries ({compressed[0]}, ...), which "
+                              "torch.save never writes: it was not loaded, as a small "
+                              "compressed file can unpack to more memory than the machine has")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -182,10 +189,35 @@ def _check_values(state: dict, path: Path) -> None:
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
             raise CheckpointError(f"{path} is a damaged minerva checkpoint: {name} must be a "
                                   f"non-negative integer, got {value!r}")
+    def damaged(key: str, why: str) -> CheckpointError:
+        return CheckpointError(f"{path} is a damaged minerva checkpoint: {key} {why}")
+
     best = state["best_return"]
-    if not isinstance(best, numbers.Real) or isinstance(best, bool) or math.isnan(best):
-        raise CheckpointError(f"{path} is a damaged minerva checkpoint: best_return must be a "
-                              f"number, got {best!r}")
+    if not _is_number(best) or math.isnan(best) or best == math.inf:
+        raise damaged("best_return", f"must be a finite number or -inf, got {best!r}")
+    recent = state.get("recent_returns", [])
+    if not isinstance(recent, list) or not all(
+            _is_number(value) and math.isfinite(value) for value in recent):
+        raise damaged("recent_returns", "must be a list of finite numbers")
+    for group in state["optimizer"].get("param_groups", []):
+        lr = group.get("lr") if isinstance(group, dict) else None
+        if not _is_number(lr) or not 0 < lr < math.inf:
+            raise damaged("optimizer learning rate", f"must be a positive number, got {lr!r}")
+    # the normalisers' variances and counts
+    for key, tensor in _tensors({"agent": state["agent"], "reward_scaler": state["reward_scaler"]}):
+        if key.endswith((".var", ".count")) and (tensor < 0).any():
+            raise damaged(key, "must be >= 0 (a variance or a count)")
+    from minerva.config import DUAL_RANGE
+
+    log_low, log_high = math.log(DUAL_RANGE[0]), math.log(DUAL_RANGE[1])
+    duals = state.get("duals", {})
+    for name in ("log_eta", "log_alpha"):  # the log parameterisation's range
+        value = duals.get(name) if isinstance(duals, dict) else None
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and (
+                (value < log_low - 1e-6) | (value > log_high + 1e-6)).any():
+            raise damaged(f"duals.{name}", f"must be in [{log_low:.3g}, {log_high:.3g}] "
+                                            f"(multipliers in [{DUAL_RANGE[0]:g}, "
+                                            f"{DUAL_RANGE[1]:g}])")
     for key, tensor in _tensors(state):
         if not tensor.is_floating_point():
             continue
@@ -195,6 +227,10 @@ def _check_values(state: dict, path: Path) -> None:
             kind = "NaN" if tensor.isnan().any() else "infinity"
             raise CheckpointError(f"{path} holds non-finite values: {key} has {kind} (the run "
                                   "that wrote it diverged, or the file is damaged)")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _tensors(value, key: str = ""):

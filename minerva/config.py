@@ -29,6 +29,9 @@ STD_PARAMETERIZATIONS = ("bounded", "softplus")
 MAX_SEED = 2_000_000_000  # envpool seeds are int32, and env i gets seed + i
 MAX_ENVS = 65_536
 MAX_M_STEPS = 1_000
+# V-MPO's temperature and KL multipliers: where they start, and where the log
+# parameterisation keeps them
+DUAL_RANGE = (1e-8, 1e4)
 
 
 def _option(default, help: str, **extra):
@@ -227,6 +230,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 bad(name, "must be a positive number")
+        low, high = DUAL_RANGE
+        for name in ("temperature_init", "alpha_init"):
+            if not low <= getattr(self, name) <= high:
+                bad(name, f"must be in [{low:g}, {high:g}], the multipliers' range")
         if not (math.isfinite(self.dual_max_grad_norm) and self.dual_max_grad_norm >= 0):
             bad("dual_max_grad_norm", "must be a number >= 0 (0: not clipped)")
         if not isinstance(self.target_update_period, int) or self.target_update_period < 0:

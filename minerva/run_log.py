@@ -194,10 +194,13 @@ def _run_info(out: Path) -> dict:
 
 
 def _event_step(line: str) -> float:
+    """An event's step; infinite (dropped on resume) for a line that is not an event: cut
+    by a kill, or damaged."""
     try:
-        return json.loads(line)["global_step"]
-    except (ValueError, KeyError, TypeError):  # a line cut by a kill: not an event
+        step = json.loads(line)["global_step"]
+    except (ValueError, KeyError, TypeError):
         return math.inf
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else math.inf
 
 
 class PhaseTimer:

@@ -590,6 +590,8 @@ def test_evaluation_cuts_episodes_that_never_end():
 @pytest.mark.parametrize("options,message", [
     (dict(m_steps=1_000_000_000), "m_steps: must be at most 1_000"),
     (dict(torch_threads=5000), "torch_threads: must be between 0 .* [0-9]+ CPUs, got 5000"),
+    (dict(temperature_init=1e-40), r"temperature_init: must be in \[1e-08, 10000\]"),
+    (dict(alpha_init=1e300), r"alpha_init: must be in \[1e-08, 10000\], the multipliers"),
     (dict(seed=-5), r"seed: must be an integer in \[0, 2_000_000_000\]"),
     (dict(seed=2**32), "seed: must be an integer in"),
     (dict(num_envs=10**9), "num_envs: must be at most 65_536"),

@@ -196,6 +196,19 @@ def gym_only_id():
     (_set("config", "policy_layer_sizes", value=(8,)),
      r"weights do not fit CartPole-v1: size mismatch for policy_trunk\.0\.weight: copying a "
      r"param with shape torch\.Size\(\[16, 4\]\)"),
+    # finite but impossible values
+    (_set("agent", "obs_normalizer.var", value=-1.0),
+     r"damaged minerva checkpoint: agent\.obs_normalizer\.var must be >= 0"),
+    (_set("reward_scaler", "return_stats.var", value=-1.0),
+     r"damaged minerva checkpoint: reward_scaler\.return_stats\.var must be >= 0"),
+    (_set("duals", "log_eta", value=1e30),
+     r"damaged minerva checkpoint: duals\.log_eta must be in \[-18\.4, 9\.21\]"),
+    (lambda state: state["optimizer"]["param_groups"][0].update(lr=-1.0),
+     r"damaged minerva checkpoint: optimizer learning rate must be a positive number, got -1"),
+    (_set("best_return", value=math.inf),
+     r"damaged minerva checkpoint: best_return must be a finite number or -inf, got inf"),
+    (_set("recent_returns", value=["a", "b"]),
+     r"damaged minerva checkpoint: recent_returns must be a list of finite numbers"),
 ])
 def test_evaluate_names_damaged_values_in_one_line(saved, tmp_path, capsys, edit, message):
     path = edited(saved, tmp_path / "damaged.pt", edit)
@@ -221,6 +234,20 @@ def test_evaluate_names_a_backend_that_cannot_run_the_id(saved, tmp_path, capsys
         assert exited.value.code == 2
         _one_line(capsys.readouterr().err, message)
     assert evaluate.main([str(path), "--episodes", "1", "--backend", "gymnasium"]) == 0
+
+
+def test_a_compressed_checkpoint_is_refused_before_it_is_unpacked(saved, tmp_path):
+    """A few hundred kilobytes that would inflate to gigabytes: torch.save stores every
+    entry as it is, so a compressed one is not minerva's."""
+    import zipfile
+
+    packed = tmp_path / "packed.pt"
+    with zipfile.ZipFile(saved) as source, zipfile.ZipFile(packed, "w") as target:
+        for item in source.infolist():
+            target.writestr(item.filename, source.read(item.filename), zipfile.ZIP_DEFLATED)
+    with pytest.raises(checkpoint.CheckpointError, match="holds compressed entries .* torch"
+                                                         ".save never writes"):
+        checkpoint.load(packed)
 
 
 def test_a_resumed_run_names_non_finite_weights(saved, tmp_path):

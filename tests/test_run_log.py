@@ -51,3 +51,13 @@ def test_training_piped_into_head_finishes_with_its_checkpoints(tmp_path):
     assert completed.stdout.startswith("minerva: V-MPO on CartPole-v1")
     assert (out / "vmpo_last.pt").exists()
     assert '"global_step": 4096' in (out / "metrics.jsonl").read_text()
+
+
+def test_a_damaged_event_is_dropped_on_resume_like_a_cut_one(tmp_path):
+    lines = ['{"global_step": 64, "x": 1.0}\n', '{"global_step": "abc"}\n',
+             '{"global_step": 128, "x": 2.0}\n', '{"global_st']
+    (tmp_path / "metrics.jsonl").write_text("".join(lines))
+    logger = RunLogger(tmp_path, total_steps=256, initial_step=64, progress=False,
+                       tensorboard=False)
+    logger.close()
+    assert (tmp_path / "metrics.jsonl").read_text() == lines[0]

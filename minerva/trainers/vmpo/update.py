@@ -25,7 +25,7 @@ from torch import nn
 
 from minerva import distributed, losses
 from minerva.collector import advantages_from_critic
-from minerva.config import ADAPTIVE_LR_SCHEDULES, TrainConfig
+from minerva.config import ADAPTIVE_LR_SCHEDULES, DUAL_RANGE, TrainConfig
 from minerva.distributed import Ranks
 from minerva.networks import Agent
 from minerva.rollout import RolloutBatch
@@ -47,8 +47,8 @@ class Duals(nn.Module):
     constraint needs; above ~2 it moves by about the learning rate per step.
     """
 
-    LOG_MIN, LOG_MAX = math.log(1e-8), math.log(1e4)
-    SOFTPLUS_MIN = 1e-8
+    LOG_MIN, LOG_MAX = math.log(DUAL_RANGE[0]), math.log(DUAL_RANGE[1])
+    SOFTPLUS_MIN = DUAL_RANGE[0]
 
     def __init__(self, temperature_init: float, alpha_init: float, num_alphas: int,
                  parameterization: str = "log"):
