@@ -209,6 +209,8 @@ class TrainConfig:
         if self.m_steps > MAX_M_STEPS:
             bad("m_steps", f"must be at most {MAX_M_STEPS:_} (passes over one rollout; more "
                 "would only overfit it, and an update must end)")
+        if not isinstance(self.out_dir, str) or not self.out_dir.strip():
+            bad("out_dir", "must name a folder (an empty one would be the current folder)")
         cpus = os.cpu_count() or 1
         if not 0 <= self.torch_threads <= cpus:
             bad("torch_threads", f"must be between 0 (torch's default) and this machine's "

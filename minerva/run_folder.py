@@ -124,10 +124,10 @@ def prepare_out_dir(out_dir: str | Path, resumed_step: int | None = None,
     if not overwrite:
         held = ", ".join(path.name for path in earlier[:3]) + (", ..." if earlier[3:] else "")
         if resumed_step is None:
-            raise OutDirError(
-                f"{out} already holds a run ({held}); resume it with --resume "
-                f"{last[0] if last else out / checkpoint_name(algo, 'last')}, replace it with "
-                "--overwrite, or choose another --out-dir")
+            resume = (f"resume it with --resume {last[0]}, " if last
+                      else "it has no checkpoint to resume from (it stopped before its first); ")
+            raise OutDirError(f"{out} already holds a run ({held}); {resume}replace it with "
+                              "--overwrite, or choose another --out-dir")
         raise OutDirError(
             f"{out} holds another run ({held}; its last checkpoint is not at this "
             f"checkpoint's step {resumed_step}): continuing there would drop or mix its "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 import sys
 import time
@@ -178,7 +179,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         out_dir = config.out_dir
     out = Path(out_dir).absolute()
     # the first folder this run creates (runs/ too, for the default out_dir)
-    new_folder = next((p for p in (*reversed(out.parents), out) if not p.exists()), None)
+    new_folder = next((p for p in (*reversed(out.parents), out) if not os.path.lexists(p)), None)
     try:
         if args.resume is not None:
             option_error(create_out_dir, out_dir)

@@ -181,3 +181,12 @@ def test_a_best_written_just_before_a_kill_stays_the_one_to_beat(run):
     assert trainer.best_return == 1e6
     trainer.close()
     assert (folder / "vmpo_best.pt").read_bytes() == before
+
+
+def test_a_run_that_died_before_its_first_checkpoint_gets_a_hint_that_works(tmp_path, cli):
+    (tmp_path / "metrics.jsonl").write_text('{"global_step": 64}\n')
+    result = cli(*TRAIN, "--total-steps", "64", "--out-dir", tmp_path)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "it has no checkpoint to resume from" in line and "--resume" not in line
+    assert "--overwrite" in line
