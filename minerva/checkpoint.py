@@ -184,6 +184,11 @@ def _check_values(state: dict, path: Path) -> None:
     if state.get("backend", BACKENDS[0]) not in BACKENDS:
         raise CheckpointError(f"{path} has an unknown backend {state['backend']!r} (minerva's "
                               f"are {' and '.join(BACKENDS)})")
+    following = state.get("next_evaluation_step")
+    if following is not None and not (isinstance(following, numbers.Integral)
+                                      and not isinstance(following, bool) and following >= 0):
+        raise CheckpointError(f"{path} is a damaged minerva checkpoint: next_evaluation_step "
+                              f"must be a non-negative integer, got {following!r}")
     for name in ("global_step", "iteration"):
         value = state[name]
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:

@@ -122,3 +122,39 @@ def test_console_prints_after_evaluations_and_otherwise_every_interval():
     logger.elapsed = 16.0
     console.now_and_then({"return": 4})
     assert logger.lines == ["return 1", "return 3", "return 4"]
+
+
+def test_a_stop_where_an_evaluation_was_due_evaluates_first_on_resume(tmp_path, monkeypatch):
+    """SIGTERM in the iteration ending at an evaluation step: the checkpoint says the
+    evaluation is due, and the resumed run makes it before training on, so that step is
+    evaluated and considered for the best policy."""
+    import json
+
+    from minerva.trainers.vmpo.trainer import VMPOTrainer
+    from minerva.trainers.vmpo.update import VMPOUpdate
+
+    pytest.importorskip("envpool")
+    trainer = VMPOTrainer("CartPole-v1", 0, "cpu", (16,), (16,), 16, num_envs=4, m_steps=1,
+                          eval_episodes=2, eval_every=128, progress=False, backend="envpool")
+    original = VMPOUpdate.__call__
+    calls = []
+
+    def stopped_in_the_second_iteration(self, batch, global_step, total_steps):
+        calls.append(global_step)
+        if global_step == 128:  # the iteration that ends where an evaluation is due
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch, global_step, total_steps)
+
+    monkeypatch.setattr(VMPOUpdate, "__call__", stopped_in_the_second_iteration)
+    with pytest.raises(TrainingInterrupted):
+        trainer.train(512, str(tmp_path))
+    trainer.close()
+    monkeypatch.setattr(VMPOUpdate, "__call__", original)
+    state = torch.load(tmp_path / "vmpo_last.pt", weights_only=True)
+    assert state["global_step"] == 128 and state["next_evaluation_step"] == 128
+    resumed = VMPOTrainer.from_checkpoint(tmp_path / "vmpo_last.pt")
+    resumed.train(256, str(tmp_path))
+    resumed.close()
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [e["global_step"] for e in events if "eval/return_mean" in e]
+    assert evaluated == [128, 256]

@@ -88,10 +88,12 @@ class Evaluation:
     saves it)."""
 
     def __init__(self, evaluate: Callable[[], dict[str, float]], every: int, global_step: int,
-                 best_return: float, new_best: Callable[[float], None], is_main: bool) -> None:
+                 best_return: float, new_best: Callable[[float], None], is_main: bool,
+                 next_step: int | None = None) -> None:
         self.evaluate, self.every, self.is_main = evaluate, every, is_main
         self.best_return, self.new_best = best_return, new_best
-        self.next_step = (global_step // every + 1) * every
+        # (a checkpoint's next_step: a run stopped where it was to evaluate has it due now)
+        self.next_step = (global_step // every + 1) * every if next_step is None else next_step
         self.last: dict[str, float] = {}
 
     def due(self, global_step: int, finished: bool) -> bool:

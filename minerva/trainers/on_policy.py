@@ -160,6 +160,9 @@ class OnPolicyTrainer(Resumable):
         self.global_step = 0
         self.iteration = 0
         self.best_return = -math.inf
+        # the loop's evaluation cadence; where a checkpoint said the next one was due
+        self.evaluation: Evaluation | None = None
+        self.next_evaluation_step: int | None = None
         self.checkpoints = Checkpoints(self.save_checkpoint, self.ranks.is_main)
         # CleanRL's metric: the mean return of the last 100 training episodes
         self.recent_returns: collections.deque[float] = collections.deque(
@@ -290,15 +293,34 @@ class OnPolicyTrainer(Resumable):
         logger = self._start_logging(out, total_steps)
         self.checkpoints.start(lambda which: self.checkpoint_path(out, which),
                                cfg.checkpoint_every_s, logger.elapsed)
-        evaluation = Evaluation(self._timed_evaluation, cfg.eval_every, self.global_step,
-                                self.best_return, self._new_best, main)
+        evaluation = self.evaluation = Evaluation(
+            self._timed_evaluation, cfg.eval_every, self.global_step, self.best_return,
+            self._new_best, main, next_step=self.next_evaluation_step)
         stopping = Stopping(self.ranks, self.device, cfg.target_return)
         console = Console(logger, self._console_line)
         steps_at_start, time_at_start = self.global_step, logger.elapsed
         finished = reached_target = False
+
+        def evaluate(metrics: dict[str, float]) -> bool:
+            """Evaluates, logs, checkpoints and prints; whether the target return is reached."""
+            results = evaluation()
+            if main:
+                logger.log(self.global_step, {**results, **self.timer.metrics()})
+                self.checkpoints.save_last(self.global_step, logger.elapsed)
+                console.print({**results, **self._console_subset(metrics)})
+            reached = stopping.at_target(results)
+            if reached:
+                logger.print(f"reached the target return {cfg.target_return:g} at step "
+                             f"{self.global_step} ({logger.elapsed:.1f} s)")
+            return reached
+
         try:
             with stopping:
-                while self.global_step < total_steps and stopping.requested is None:
+                # a run stopped by a signal where it was to evaluate evaluates first on resume
+                if self.global_step and evaluation.due(self.global_step, finished=False):
+                    reached_target = evaluate({})
+                while (self.global_step < total_steps and stopping.requested is None
+                       and not reached_target):
                     metrics = self._iterate(total_steps)
                     metrics["charts/steps_per_second"] = (
                         (self.global_step - steps_at_start)
@@ -310,16 +332,7 @@ class OnPolicyTrainer(Resumable):
                     if stopping.by_signal(finished):
                         break
                     if evaluation.due(self.global_step, finished):
-                        results = evaluation()
-                        if main:
-                            logger.log(self.global_step, {**results, **self.timer.metrics()})
-                            self.checkpoints.save_last(self.global_step, logger.elapsed)
-                            console.print({**results, **self._console_subset(metrics)})
-                        reached_target = stopping.at_target(results)
-                        if reached_target:
-                            logger.print(f"reached the target return {cfg.target_return:g} at "
-                                         f"step {self.global_step} ({logger.elapsed:.1f} s)")
-                            break
+                        reached_target = evaluate(metrics)
                     else:
                         self.checkpoints.on_schedule(self.global_step, logger.elapsed)
                         console.now_and_then(self._console_subset(metrics))

@@ -36,6 +36,8 @@ class Resumable:
             "iteration": self.iteration,
             "best_return": self.best_return,
             "recent_returns": list(self.recent_returns),
+            "next_evaluation_step": (self.evaluation.next_step if self.evaluation is not None
+                                     else self.next_evaluation_step),
             "rng": {**checkpoint.rng_state(),
                     # the minibatches' permutations on a GPU draw from its generator
                     "torch_cuda": (torch.cuda.get_rng_state(self.device) if self.on_gpu
@@ -61,6 +63,7 @@ class Resumable:
         self.best_return = state["best_return"]
         self.recent_returns.clear()
         self.recent_returns.extend(state.get("recent_returns", []))
+        self.next_evaluation_step = state.get("next_evaluation_step")
         checkpoint.set_rng_state(state["rng"])
         if self.on_gpu and state["rng"].get("torch_cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["torch_cuda"], self.device)
