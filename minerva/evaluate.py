@@ -15,6 +15,7 @@ control envs; envpool's Atari ids render through ALE, ``pip install "minerva[ata
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -26,11 +27,12 @@ import torch
 
 from minerva.checkpoint import CheckpointError, load, load_weights, saved_config
 from minerva.config import BACKENDS, MAX_ENVS, MAX_SEED, TrainConfig, torch_device
-from minerva.env_ids import check_backend, default_backend
+from minerva.env_ids import check_backend, default_backend, env_spaces
 from minerva.envs import make_vector_env
-from minerva.errors import OneLineParser, first_line, unexpected_error
+from minerva.errors import OneLineParser, OptionError, first_line, unexpected_error
 from minerva.evaluation import check_can_record, evaluate_vectorized, record_video
 from minerva.networks import Agent, agent_for
+from minerva.trainers.preflight import check_network_memory
 
 SUMMARY_KEYS = ("return_mean", "return_std", "return_min", "return_median", "return_max",
                 "length_mean", "cut_episodes")
@@ -112,6 +114,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             check_can_record(env_id)
         except ValueError as error:
             parser.error(f"--video: {error}")
+    try:  # as training checks them: networks that cannot fit are one line, not the allocator's
+        check_network_memory(dataclasses.replace(config, device=str(device)),
+                             *env_spaces(env_id), training=False)
+    except OptionError as error:
+        parser.error(f"{args.checkpoint}: {error}")
     max_steps = args.max_steps or config.eval_max_steps
     try:
         summary, agent = evaluate(state, config, args.episodes, args.seed, not args.stochastic,

@@ -196,6 +196,9 @@ def gym_only_id():
     (_set("config", "policy_layer_sizes", value=(8,)),
      r"weights do not fit CartPole-v1: size mismatch for policy_trunk\.0\.weight: copying a "
      r"param with shape torch\.Size\(\[16, 4\]\)"),
+    (_set("config", "policy_layer_sizes", value=(1_000_000, 1_000_000)),
+     r"policy_layer_sizes: the networks need .* GiB \([\d,]+ parameters, and the "
+     r"evaluation's activations\), more than"),
     # finite but impossible values
     (_set("agent", "obs_normalizer.var", value=-1.0),
      r"damaged minerva checkpoint: agent\.obs_normalizer\.var must be >= 0"),

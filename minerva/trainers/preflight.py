@@ -80,12 +80,13 @@ def check_rollout_memory(config: TrainConfig, observation_space: gym.spaces.Spac
 
 
 def check_network_memory(config: TrainConfig, observation_space: gym.spaces.Space,
-                         action_space: gym.spaces.Space) -> None:
+                         action_space: gym.spaces.Space, training: bool = True) -> None:
     """Refuses networks that cannot fit in the memory of the config's device, before any is
     allocated (an OptionError naming :func:`wider_network`'s option and the size they would
     need): their weights, gradients and optimiser state, counted on the networks built on
     torch's meta device (which allocates nothing), and a minibatch's hidden activations and
-    their gradients."""
+    their gradients; not ``training`` (evaluating), the weights and the evaluation's
+    activations only."""
     name = wider_network(config)
     box = supported_observation_box(config.env_id, observation_space, action_space)
     try:  # (warnings about the spaces come once, when the real networks are made)
@@ -96,16 +97,18 @@ def check_network_memory(config: TrainConfig, observation_space: gym.spaces.Spac
         raise OptionError(name, f"layers too large for any memory ({first_line(error)}), "
                          f"got {getattr(config, name)}") from None
     parameters = sum(p.numel() for p in agent.parameters())
-    # the weights, their gradients and Adam's two moments, in float32
-    copies = 4
-    minibatch = -(-config.num_envs * config.rollout_steps // config.num_minibatches)
+    # the weights, their gradients and Adam's two moments, in float32 (evaluating: the weights)
+    copies = 4 if training else 1
+    minibatch = (-(-config.num_envs * config.rollout_steps // config.num_minibatches)
+                 if training else config.eval_episodes)
     activations = 2 * minibatch * sum((*config.policy_layer_sizes, *config.value_layer_sizes))
     needed = 4 * (copies * parameters + activations)
     available, whose = _memory(torch.device(config.device))
     if needed > available:
         raise OptionError(
-            name, f"the networks need {_gib(needed)} ({parameters:,} parameters with their "
-            f"gradients and the optimiser's state, and a minibatch's activations), more than "
+            name, f"the networks need {_gib(needed)} ({parameters:,} parameters"
+            + (" with their gradients and the optimiser's state, and a minibatch's activations"
+               if training else ", and the evaluation's activations") + "), more than "
             f"{whose} {_gib(available)} of memory, got {getattr(config, name)}")
 
 
