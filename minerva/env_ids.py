@@ -94,9 +94,13 @@ def supported_observation_box(env_id: str, observation_space: spaces.Space,
     if not isinstance(action_space, (spaces.Box, spaces.Discrete)):
         raise ValueError(f"{env_id}: unsupported action space {action_space} "
                          "(minerva supports Box and Discrete)")
-    if isinstance(observation_space, spaces.Box):
-        return observation_space
-    return spaces.flatten_space(observation_space)
+    box = (observation_space if isinstance(observation_space, spaces.Box)
+           else spaces.flatten_space(observation_space))
+    if box.shape == () or 0 in box.shape:
+        raise ValueError(f"{env_id}: unsupported observation space {observation_space}: an "
+                         "observation needs at least one value along one axis (a scalar one: "
+                         "wrap the env in gymnasium.wrappers.ReshapeObservation(env, (1,)))")
+    return box
 
 
 def resolve_env_id(env_id: str) -> str:

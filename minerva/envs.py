@@ -20,8 +20,11 @@ batch through :func:`validate_actions` first, whichever the backend.
 from __future__ import annotations
 
 import abc
+import contextlib
+import os
+import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, Self
 
 import gymnasium as gym
@@ -37,6 +40,7 @@ from minerva.env_ids import (  # noqa: F401  (this module's names too)
     envpool_env_ids,
     supported_observation_box,
 )
+from minerva.errors import first_line
 
 #: ``make_env(env_id, seed) -> thunk`` creating one gymnasium env
 EnvFactory = Callable[[str, int], Callable[[], gym.Env]]
@@ -299,7 +303,8 @@ class GymnasiumVectorEnv(VectorEnv):
         seeds = self._first_reset_seeds
         if seed is not None:
             seeds = [seed + i for i in range(self.num_envs)]
-        observations, _ = self._env.reset(seed=seeds)
+        with self._observations_checked("reset"):
+            observations, _ = self._env.reset(seed=seeds)
         self._first_reset_seeds = None
         return observations
 
@@ -307,7 +312,23 @@ class GymnasiumVectorEnv(VectorEnv):
         self._actions = actions
 
     def _recv(self) -> tuple:
-        return self._env.step(self._actions)
+        with self._observations_checked("step"):
+            return self._env.step(self._actions)
+
+    @contextlib.contextmanager
+    def _observations_checked(self, call: str) -> Iterator[None]:
+        """gymnasium batches the envs' observations into its space's arrays: one that does not
+        fit (another shape, strings) is named with the env and its space, not numpy's words."""
+        try:
+            yield
+        except (ValueError, TypeError) as error:
+            batching = any(f"gymnasium{os.sep}vector{os.sep}utils" in frame.filename
+                           for frame in traceback.extract_tb(error.__traceback__))
+            if not batching:  # the env's own error, as it is
+                raise
+            raise ValueError(f"{self.env_id}: an observation from {call}() does not fit the "
+                             f"observation space {self._env.single_observation_space} "
+                             f"({first_line(error)})") from error
 
 
 def gymnasium_env_factory(env_id: str, seed: int) -> Callable[[], gym.Env]:

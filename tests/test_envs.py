@@ -497,3 +497,51 @@ def test_send_then_recv_is_a_step(backend):
         with pytest.raises(ValueError, match="NaN at env 0"):
             sent.send(np.full((N, 1), np.nan, dtype=np.float32))
         sent.step(actions)  # a rejected send starts nothing
+
+
+class _ScalarObservationEnv(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(), dtype=np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.float32(0.0), {}
+
+    def step(self, action):
+        return np.float32(0.0), 0.0, False, False, {}
+
+
+def test_a_scalar_observation_space_is_refused_before_any_step(in_process):
+    from minerva.train import main
+
+    env_id = "minerva-test/ScalarObservation-v0"
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point=_ScalarObservationEnv, max_episode_steps=10)
+    result = in_process(main, "--env-id", env_id, "--total-steps", "64")
+    assert result.returncode == 2
+    assert ("--env-id: minerva-test/ScalarObservation-v0: unsupported observation space "
+            "Box(-1.0, 1.0, (), float32): an observation needs at least one value"
+            in result.stderr.strip().splitlines()[-1])
+
+
+class _WrongShapeEnv(_ScalarObservationEnv):
+    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        gym.Env.reset(self, seed=seed)
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(5, np.float32), 0.0, False, False, {}
+
+
+def test_an_observation_that_does_not_fit_its_space_is_named_with_the_env():
+    env_id = "minerva-test/WrongShape-v0"
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point=_WrongShapeEnv, max_episode_steps=10)
+    with make_vector_env(env_id, 2, 0, "gymnasium") as env:
+        env.reset()
+        with pytest.raises(ValueError, match=r"minerva-test/WrongShape-v0: an observation from "
+                                             r"step\(\) does not fit the observation space "
+                                             r"Box\(-1\.0, 1\.0, \(3,\), float32\)"):
+            env.step(np.zeros(2, np.int64))
