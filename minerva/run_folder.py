@@ -6,6 +6,7 @@ delete anything outside it."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import tempfile
@@ -28,6 +29,27 @@ RUN_FILES = ("metrics.jsonl", "run.json",
 LOCK_FILE = ".minerva.lock"
 VIDEOS = "videos"
 OVERWRITTEN_PREFIX = ".overwritten-"  # an overwritten run's files, until the new one's checkpoint
+
+
+def folder_identity(out: Path) -> tuple[int, int]:
+    """What tells ``out`` from a folder made at its path later (device and inode)."""
+    status = os.stat(out)
+    return status.st_dev, status.st_ino
+
+
+def check_still_there(out: Path, identity: tuple[int, int]) -> None:
+    """Raises FileNotFoundError (one line) when the run's folder was deleted, moved or
+    replaced while the run was writing to it: the run stops instead of writing on into an
+    unlinked file or a new folder.
+    """
+    try:
+        present = folder_identity(out) == identity
+    except OSError:
+        present = False
+    if not present:
+        raise FileNotFoundError(errno.ENOENT, f"the run's folder {out} disappeared (deleted, "
+                                              "moved or replaced) while the run was writing "
+                                              "to it; training stopped")
 
 
 def refuse_links(out: Path) -> None:

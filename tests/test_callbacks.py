@@ -17,7 +17,11 @@ ONE_PROCESS = Ranks(rank=0, world_size=1)
 
 
 def checkpoints(saved: list, is_main: bool = True, every_s: float = 0.0) -> Checkpoints:
-    keeper = Checkpoints(saved.append, is_main)
+    def save(path):
+        saved.append(path)
+        path.write_bytes(b"")
+
+    keeper = Checkpoints(save, is_main)
     keeper.start(lambda which: Path(f"vmpo_{which}.pt"), every_s, now=0.0)
     return keeper
 
@@ -47,7 +51,8 @@ def test_evaluation_keeps_the_best_and_other_ranks_do_not_evaluate():
     assert other() == {} and other.last == {}
 
 
-def test_checkpoints_on_schedule_and_their_status():
+def test_checkpoints_on_schedule_and_their_status(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     saved = []
     keeper = checkpoints(saved, every_s=10.0)
     assert keeper.status() == "no checkpoint was written"
@@ -63,6 +68,10 @@ def test_checkpoints_on_schedule_and_their_status():
     assert saved == [Path("vmpo_last.pt")] * 2 + [Path("vmpo_best.pt")]
     keeper.on_schedule(step=256, now=21.0)  # ten seconds after the last save
     assert len(saved) == 3
+    Path("vmpo_last.pt").unlink()  # the folder went away, say
+    assert keeper.status() == "the last checkpoint (step 192) was vmpo_last.pt, now gone"
+    Path("elsewhere").mkdir()
+    Path("elsewhere/vmpo_best.pt").write_bytes(b"")
     keeper.loaded(Path("elsewhere/vmpo_best.pt"), 64)
     assert keeper.status() == "the last checkpoint (step 64) is elsewhere/vmpo_best.pt"
 

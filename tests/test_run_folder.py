@@ -190,3 +190,24 @@ def test_a_run_that_died_before_its_first_checkpoint_gets_a_hint_that_works(tmp_
     line = result.stderr.strip().splitlines()[-1]
     assert "it has no checkpoint to resume from" in line and "--resume" not in line
     assert "--overwrite" in line
+
+
+def test_a_run_whose_folder_disappears_stops_in_one_line(tmp_path, monkeypatch):
+    from minerva.trainers.vmpo.update import VMPOUpdate
+
+    out = tmp_path / "run"
+    trainer = VMPOTrainer("CartPole-v1", 0, "cpu", (16,), (16,), **SMALL)
+    original = VMPOUpdate.__call__
+
+    def folder_deleted_in_the_second_update(self, batch, global_step, total_steps):
+        if global_step == 128:
+            shutil.rmtree(out)
+        return original(self, batch, global_step, total_steps)
+
+    monkeypatch.setattr(VMPOUpdate, "__call__", folder_deleted_in_the_second_update)
+    with pytest.raises(FileNotFoundError, match=f"the run's folder {out} disappeared"):
+        trainer.train(512, str(out))
+    assert not out.exists()  # nothing wrote a new folder in its place
+    assert trainer.checkpoint_status() == (f"the last checkpoint (step 64) was "
+                                           f"{out / 'vmpo_last.pt'}, now gone")
+    trainer.close()

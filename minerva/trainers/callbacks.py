@@ -36,11 +36,16 @@ class Checkpoints:
         self.every_s = 0.0
         self._saved_at = -math.inf
         self._discard: Path | None = None
+        self._guard: Callable[[], None] = lambda: None
 
-    def start(self, paths: Callable[[str], Path], every_s: float, now: float) -> None:
+    def start(self, paths: Callable[[str], Path], every_s: float, now: float,
+              guard: Callable[[], None] = lambda: None) -> None:
         """A run begins: its checkpoints' paths (``paths("last")``, ``paths("best")``), the
-        time cadence and the time now (the cadence counts from it)."""
+        time cadence, the time now (the cadence counts from it), and ``guard``, called
+        before each write (it raises when the run's folder is gone: a checkpoint written
+        then would make a new folder where the old one was)."""
         self._paths, self.every_s, self._saved_at = paths, every_s, now
+        self._guard = guard
 
     def loaded(self, path: Path, step: int) -> None:
         """The trainer was restored from ``path`` at ``step``: the last checkpoint so far."""
@@ -54,6 +59,7 @@ class Checkpoints:
     def save_last(self, step: int, now: float) -> None:
         path = self._paths("last")
         if self.is_main:
+            self._guard()
             self._save(path)
             if self._discard is not None:
                 shutil.rmtree(self._discard, ignore_errors=True)
@@ -62,6 +68,7 @@ class Checkpoints:
 
     def save_best(self) -> None:
         if self.is_main:
+            self._guard()
             self._save(self._paths("best"))
 
     def on_schedule(self, step: int, now: float) -> None:
@@ -78,6 +85,8 @@ class Checkpoints:
         """Where the last checkpoint is (for messages when training stops)."""
         if self.last_path is None:
             return "no checkpoint was written"
+        if self.is_main and not self.last_path.is_file():
+            return f"the last checkpoint (step {self.last_step}) was {self.last_path}, now gone"
         return f"the last checkpoint (step {self.last_step}) is {self.last_path}"
 
 

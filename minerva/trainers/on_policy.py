@@ -291,8 +291,14 @@ class OnPolicyTrainer(Resumable):
         cfg = self.config
         main = self.ranks.is_main
         logger = self._start_logging(out, total_steps)
+        folder = run_folder.folder_identity(out) if main else None
+
+        def folder_still_there() -> None:
+            if folder is not None:
+                run_folder.check_still_there(out, folder)
+
         self.checkpoints.start(lambda which: self.checkpoint_path(out, which),
-                               cfg.checkpoint_every_s, logger.elapsed)
+                               cfg.checkpoint_every_s, logger.elapsed, folder_still_there)
         evaluation = self.evaluation = Evaluation(
             self._timed_evaluation, cfg.eval_every, self.global_step, self.best_return,
             self._new_best, main, next_step=self.next_evaluation_step)
@@ -322,6 +328,7 @@ class OnPolicyTrainer(Resumable):
                 while (self.global_step < total_steps and stopping.requested is None
                        and not reached_target):
                     metrics = self._iterate(total_steps)
+                    folder_still_there()
                     metrics["charts/steps_per_second"] = (
                         (self.global_step - steps_at_start)
                         / max(logger.elapsed - time_at_start, 1e-9))
