@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from minerva.errors import first_line
+
 METRICS_FILE = "metrics.jsonl"
 RUN_INFO_FILE = "run.json"
 DEFAULT_METRIC = "eval/return_mean"
@@ -39,6 +41,8 @@ WALL_CLOCK_POINTS = 200
 MARKED_POINTS = 30  # seed curves with at most this many points show them as dots
 ROW_SIZE = (10.0, 3.2)  # inches per env row
 DPI = 100
+# values beyond this are damage, not returns: matplotlib cannot scale an axis to ±1e308
+MAX_PLOTTED = 1e100
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ class Run:
         points: list[tuple[float, float, float]] = []
         for event in self.events:
             value = event.get(metric)
-            if value is None or not math.isfinite(value):
+            if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                    or not math.isfinite(value) or abs(value) > MAX_PLOTTED):
                 continue
             while points and points[-1][0] >= event[STEP]:
                 points.pop()
@@ -115,23 +120,40 @@ def load_run(path: str | Path) -> Run:
         raise SystemExit(f"{path}: not a run folder (no {METRICS_FILE})")
     events: list[dict[str, Any]] = []
     offset = 0.0
-    for number, line in enumerate(metrics.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        lines = metrics.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SystemExit(f"{metrics}: cannot be read ({error})") from None
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             event = json.loads(line)
             event[STEP], event[ELAPSED] = int(event[STEP]), float(event[ELAPSED])
-        except (ValueError, KeyError, TypeError) as error:
+            if not math.isfinite(event[ELAPSED]):
+                raise ValueError(f"{ELAPSED} is {event[ELAPSED]}")
+        except (ValueError, KeyError, TypeError, OverflowError) as error:
+            if number == len(lines):  # cut by a kill mid-write, as the trainer sees it too
+                break
             raise SystemExit(f"{metrics}:{number}: not a metrics event ({error})") from None
         if events and event[ELAPSED] + offset < events[-1][ELAPSED]:
             offset = events[-1][ELAPSED]  # a new session: its clock started at zero
         event[ELAPSED] += offset
         events.append(event)
-    info_file = path / RUN_INFO_FILE
-    info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
-    config = info.get("config", {})
+    info = _run_info(path / RUN_INFO_FILE)
+    config = info.get("config") if isinstance(info.get("config"), dict) else {}
     return Run(path=path, env_id=info.get("env_id") or config.get("env_id") or _env_from(path),
                seed=config.get("seed", _seed_from(path)), events=events, info=info)
+
+
+def _run_info(path: Path) -> dict[str, Any]:
+    """``run.json`` ({} when it is missing, unreadable or not an object: the run's name
+    and seed then come from its folder's)."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _env_from(path: Path) -> str:
@@ -254,9 +276,17 @@ def plot_runs(runs: Sequence[Run], output: str | Path, metric: str = DEFAULT_MET
     if title:
         figure.suptitle(title)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output)
-    plt.close(figure)
+    if output.is_dir():
+        plt.close(figure)
+        raise SystemExit(f"{output}: is a folder; name the plot's file, such as "
+                         f"{output / 'curves.png'}")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(output)
+    except (OSError, ValueError) as error:  # a folder, a read-only place, an unknown format
+        raise SystemExit(f"{output}: cannot write the plot ({first_line(error)})") from None
+    finally:
+        plt.close(figure)
     return output
 
 

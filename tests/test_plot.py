@@ -253,3 +253,50 @@ def test_learning_plan_can_start_at_another_seed(learning, tmp_path):
     command = jobs[0].command
     assert command[command.index("--seed") + 1] == "4"
     assert command[command.index("--total-steps") + 1] == "1000"
+
+
+@pytest.mark.parametrize("output,message", [
+    ("x.xyz", r"x\.xyz: cannot write the plot \(Format 'xyz' is not supported"),
+    (".", r"^\.: is a folder; name the plot's file, such as curves\.png"),
+])
+def test_an_output_that_cannot_be_written_is_one_line(runs_root, tmp_path, monkeypatch, output,
+                                                     message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=message):
+        plot.main([str(runs_root), "-o", output])
+
+
+@pytest.mark.parametrize("damage", ["cut", "array", "bytes"])
+def test_a_damaged_run_json_leaves_the_folder_names(tmp_path, damage):
+    folder = write_run(tmp_path / "Hopper-v5" / "seed3", [(100, 1.0, 5.0), (200, 2.0, 6.0)],
+                       "Hopper-v5", 3)
+    (folder / "run.json").write_bytes({"cut": b'{"config": {"env', "array": b"[1, 2]",
+                                       "bytes": b"\xff\xfe"}[damage])
+    run = plot.load_run(folder)
+    assert (run.env_id, run.seed) == ("Hopper-v5", 3)
+
+
+def test_damaged_events_are_skipped_or_named_and_a_cut_last_line_dropped(tmp_path):
+    folder = write_run(tmp_path / "run", [(100, 1.0, 5.0), (200, 2.0, 6.0)])
+    with (folder / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"global_step": 300, "time/elapsed_s": 3.0,
+                            "eval/return_mean": "high"}) + "\n")  # a string: not a point
+        f.write(json.dumps({"global_step": 400, "time/elapsed_s": 4.0,
+                            "eval/return_mean": 1e308}) + "\n")  # damage: not a point
+        f.write('{"global_step": 500, "time/ela')  # cut by a kill
+    curve = plot.load_run(folder).curve()
+    assert curve.steps.tolist() == [100, 200]
+    plot.plot_runs([plot.load_run(folder)], tmp_path / "ok.png")
+    with (folder / "metrics.jsonl").open("a") as f:
+        f.write('\n{"global_step": Infinity, "time/elapsed_s": 5.0}\n{"global_step": 1, '
+                '"time/elapsed_s": 1.0}\n')
+    with pytest.raises(SystemExit, match=r"metrics\.jsonl:7: not a metrics event"):
+        plot.load_run(folder)  # cut, then followed: damage, not a kill
+    (folder / "metrics.jsonl").write_text(
+        '{"global_step": 1, "time/elapsed_s": 1.0}\n{"global_step": Infinity, '
+        '"time/elapsed_s": 5.0}\n{"global_step": 2, "time/elapsed_s": 2.0}\n')
+    with pytest.raises(SystemExit, match=r"metrics\.jsonl:2: not a metrics event"):
+        plot.load_run(folder)
+    (folder / "metrics.jsonl").write_bytes(b"\xff\xfe\n")
+    with pytest.raises(SystemExit, match="metrics.jsonl: cannot be read"):
+        plot.load_run(folder)
