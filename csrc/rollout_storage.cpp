@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -328,6 +329,17 @@ class RolloutStorage {
               const py::object& values, const py::object& rewards,
               const py::object& terminated, const py::object& truncated,
               const py::object& valid) {
+    // One writer at a time: the copies run without the GIL, so a second thread's insert
+    // would write the same row and lose one.
+    if (inserting_.exchange(true)) {
+      throw std::runtime_error(
+          "RolloutStorage.insert: another thread is inserting into this storage; a storage "
+          "takes one writer at a time");
+    }
+    struct Done {
+      std::atomic<bool>& flag;
+      ~Done() { flag.store(false); }
+    } done{inserting_};
     if (full()) {
       throw py::value_error("RolloutStorage.insert: the storage is full (" + std::to_string(T_) +
                             " steps); call reset() before inserting more");
@@ -396,6 +408,7 @@ class RolloutStorage {
   int64_t T_;
   int64_t N_;
   int64_t step_ = 0;
+  std::atomic<bool> inserting_{false};
   std::vector<Buffer> buffers_;
 };
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from minerva.op_checks import check_gae_args, check_topk_args, check_weights_args
@@ -105,12 +106,20 @@ def vmpo_weights(
 
 
 def _storable(source: torch.dtype, buffer: torch.dtype) -> bool:
-    """Which inputs a buffer takes without losing meaning (as the native storage decides)."""
+    """Which inputs a buffer takes without losing meaning, as the native storage decides:
+    float32 buffers take float32/64, integers (unsigned up to 32 bits) and bools; int64
+    buffers integers (unsigned up to 32 bits); uint8 observations and bool flags their own
+    dtype only."""
+    if source.is_complex:
+        return False
+    integer = not source.is_floating_point and source != torch.bool
+    exact_integer = integer and (source.is_signed or source.itemsize <= 4)
     if buffer == torch.float32:
-        return not source.is_complex
+        return ((source.is_floating_point and source.itemsize in (4, 8)) or exact_integer
+                or source == torch.bool)
     if buffer == torch.int64:
-        return not (source.is_floating_point or source.is_complex or source == torch.bool)
-    return source == buffer  # uint8 observations and bool flags: exact dtype only
+        return exact_integer
+    return source == buffer
 
 
 class RolloutStorage(RolloutViews):
@@ -168,6 +177,8 @@ class RolloutStorage(RolloutViews):
             self._tensors["valid"][self._step] = True
         for name, value in fields.items():
             row = self._tensors[name][self._step]
+            if isinstance(value, np.ndarray) and not value.dtype.isnative:  # as native does
+                value = value.astype(value.dtype.newbyteorder("="))
             source = torch.as_tensor(value)
             if source.shape != row.shape:
                 raise ValueError(

@@ -103,8 +103,10 @@ class RolloutViews:
                 "RolloutStorage: discrete actions are one integer per env; action_shape must "
                 f"be (), got {action_shape}"
             )
-        if dist_params_dim < 0:
-            raise ValueError(f"RolloutStorage: dist_params_dim must be >= 0, got {dist_params_dim}")
+        if (not isinstance(dist_params_dim, (int, np.integer)) or isinstance(dist_params_dim, bool)
+                or dist_params_dim < 0):
+            raise ValueError(f"RolloutStorage: dist_params_dim must be an integer >= 0, got "
+                             f"{dist_params_dim!r}")
         sizes = {"num_steps": num_steps, "num_envs": num_envs,
                  "observation_shape": max(observation_shape, default=1),
                  "action_shape": max(action_shape, default=1), "dist_params_dim": dist_params_dim}

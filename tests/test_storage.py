@@ -195,7 +195,8 @@ def test_non_contiguous_inputs_are_accepted():
     (dict(num_envs=-1), "num_envs must be an integer >= 1"),
     (dict(observation_shape=(0,)), "observation_shape and action_shape entries must be >= 1"),
     (dict(discrete_actions=True), "discrete actions are one integer per env"),
-    (dict(dist_params_dim=-2), "dist_params_dim must be >= 0"),
+    (dict(dist_params_dim=-2), "dist_params_dim must be an integer >= 0, got -2"),
+    (dict(dist_params_dim=2.5), "dist_params_dim must be an integer >= 0, got 2.5"),
     (dict(observation_dtype=torch.float64), "observation_dtype must be"),
 ])
 def test_constructor_rejects_bad_layouts(Storage, kwargs, message):
@@ -302,3 +303,58 @@ def test_native_insert_names_tensors_numpy_cannot_read():
     with pytest.raises(TypeError, match="observations cannot be read as a numpy array.*BFloat16"):
         storage.insert(**{**arrays, "observations": torch.zeros(N, 5, dtype=torch.bfloat16)})
     assert storage.step == 0
+
+
+def test_native_insert_takes_one_writer_at_a_time():
+    """Two threads inserting into one storage would write one row twice and leave another
+    unwritten (the copies run without the GIL): while one copies, the other is refused, and
+    every row holds exactly one insert."""
+    import threading
+
+    steps, envs, obs = 64, 256, (2048,)
+    storage = NativeStorage(steps, envs, obs, (), discrete_actions=True)
+    refusals, inserted = [], {1: 0, 2: 0}
+    barrier = threading.Barrier(2)
+
+    def insert(writer):
+        arrays = dict(observations=np.full((envs, *obs), writer, np.float64),
+                      actions=np.zeros(envs, np.int64), log_probs=np.zeros(envs, np.float32),
+                      dist_params=None, values=np.zeros(envs, np.float32),
+                      rewards=np.full(envs, writer, np.float32),
+                      terminated=np.zeros(envs, bool), truncated=np.zeros(envs, bool))
+        barrier.wait()
+        while True:
+            try:
+                storage.insert(**arrays)
+                inserted[writer] += 1
+            except RuntimeError as error:
+                refusals.append(str(error))
+            except ValueError:  # full
+                return
+
+    threads = [threading.Thread(target=insert, args=(writer,)) for writer in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert storage.full and inserted[1] + inserted[2] == steps
+    rows = storage.rewards[:, 0].tolist()
+    assert rows.count(1.0) == inserted[1] and rows.count(2.0) == inserted[2]
+    for t in range(steps):  # no row mixes the two writers
+        assert storage.observations[t].unique().numel() == 1
+    assert all("another thread is inserting into this storage" in e for e in refusals)
+
+
+@pytest.mark.parametrize("Storage", STORAGES, ids=IDS)
+def test_both_storages_take_and_refuse_the_same_dtypes(Storage):
+    rng = np.random.default_rng(0)
+    storage = Storage(2, N, OBS, ACT, dist_params_dim=P)
+    arrays = step_arrays(rng, 0)
+    for name, value in (("observations", arrays["observations"].astype(np.float16)),
+                        ("rewards", arrays["rewards"].astype(np.uint64))):
+        with pytest.raises(TypeError, match=f"RolloutStorage.insert: {name} cannot be stored"):
+            storage.insert(**{**arrays, name: value})
+    big_endian = arrays["observations"].astype(">f8")  # converted, as numpy would read it
+    storage.insert(**{**arrays, "observations": big_endian})
+    torch.testing.assert_close(storage.observations[0],
+                               torch.from_numpy(big_endian.astype("<f4")))
