@@ -99,8 +99,11 @@ def vmpo_weights(
         return torch.zeros_like(advantages), (eta * 0).reshape(())
     if torch.isnan(chosen).any():
         raise ValueError("minerva.vmpo_weights: advantages contain NaN at selected positions")
-    scaled = chosen / eta
-    log_mean_exp = torch.logsumexp(scaled, dim=0) - math.log(chosen.numel())
+    # the maximum subtracted before dividing: with a tiny eta, a / eta alone overflows (and
+    # inf - inf is NaN), where (a - max) / eta goes to -inf and the weight to the maximum
+    top = chosen.max().detach()
+    scaled = (chosen - top) / eta
+    log_mean_exp = top / eta + torch.logsumexp(scaled, dim=0) - math.log(chosen.numel())
     weights = torch.zeros_like(advantages).masked_scatter(selected, torch.softmax(scaled, dim=0))
     return weights, log_mean_exp
 

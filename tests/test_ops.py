@@ -356,3 +356,15 @@ def test_non_tensor_arguments_raise_type_error():
         ops.topk_mask([1.0, 2.0], torch.ones(2, dtype=bool), 0.5)
     with pytest.raises(TypeError, match="advantages must be a torch.Tensor"):
         reference.topk_mask([1.0, 2.0], torch.ones(2, dtype=bool), 0.5)
+
+
+@pytest.mark.parametrize("module", [ops, reference], ids=["native", "reference"])
+@pytest.mark.parametrize("dtype,eta", [(torch.float32, 2e-39), (torch.float64, 1e-320)])
+def test_vmpo_weights_at_a_denormal_eta_put_all_weight_on_the_maximum(module, dtype, eta):
+    """A positive, finite eta so small that 1 / eta overflows: the limit, not NaN."""
+    advantages = torch.tensor([1.0, 2.0, 2.0, -1.0, 5.0], dtype=dtype)
+    selected = torch.tensor([True, True, True, True, False])
+    weights, log_mean_exp = module.vmpo_weights(advantages, selected,
+                                                torch.tensor(eta, dtype=dtype))
+    assert weights.tolist() == [0.0, 0.5, 0.5, 0.0, 0.0]  # the tie shares it
+    assert log_mean_exp.item() == math.inf  # log mean exp(a / eta) -> max / eta

@@ -275,7 +275,11 @@ MINERVA_SIMD_CLONES MINERVA_NOINLINE double exp_weights(const scalar_t* __restri
     scalar_t block_sum = 0;
 #pragma omp simd reduction(+ : block_sum)
     for (int64_t i = block; i < stop; ++i) {
-      const scalar_t e = exp_nonpositive((advantages[i] - shift) * inv_eta);
+      // (the maximum's own difference stays 0: times an infinite 1 / eta, from a denormal
+      // eta, it would be NaN; every other weight then goes to 0, the limit)
+      const scalar_t difference = advantages[i] - shift;
+      const scalar_t e = exp_nonpositive(difference == scalar_t(0) ? difference
+                                                                   : difference * inv_eta);
       const scalar_t w = selected[i] ? e : scalar_t(0);
       weights[i] = w;
       block_sum += w;

@@ -235,11 +235,19 @@ struct SoftmaxPart {
   unsigned long long count;
 };
 
+// (a - max) / eta as (a - max) * inv_eta, but 0 where a is the maximum: an infinite inv_eta
+// (a denormal eta) would make that NaN, where the limit puts all weight on the maximum.
+template <typename T>
+__device__ __forceinline__ T scaled(T difference, T inv_eta) {
+  return difference == T(0) ? difference : difference * inv_eta;
+}
+
 __device__ __forceinline__ SoftmaxPart merge(SoftmaxPart x, SoftmaxPart y, double inv_eta) {
   if (y.sum == 0) return {fmax(x.max, y.max), x.sum, x.count + y.count};
   if (x.sum == 0) return {fmax(x.max, y.max), y.sum, x.count + y.count};
   const double top = fmax(x.max, y.max);
-  return {top, x.sum * exp((x.max - top) * inv_eta) + y.sum * exp((y.max - top) * inv_eta),
+  return {top,
+          x.sum * exp(scaled(x.max - top, inv_eta)) + y.sum * exp(scaled(y.max - top, inv_eta)),
           x.count + y.count};
 }
 
@@ -282,10 +290,10 @@ __global__ void __launch_bounds__(cuda::kThreads)
     nan |= isnan(a);
     ++part.count;
     if (a > part.max) {
-      part.sum = part.sum * exp((part.max - a) * inv_eta) + 1.0;
+      part.sum = part.sum * exp(scaled(part.max - a, inv_eta)) + 1.0;
       part.max = a;
     } else if (a > -INFINITY) {
-      part.sum += exp((a - part.max) * inv_eta);
+      part.sum += exp(scaled(a - part.max, inv_eta));
     }
   }
   if (nan) atomicOr(status, uint32_t(cuda::kNaN));
@@ -315,7 +323,8 @@ __global__ void __launch_bounds__(cuda::kThreads)
   if (!isfinite(all.max)) atomicOr(status, uint32_t(cuda::kNonFinite));
   total[0] = all.max;
   total[1] = all.sum;
-  *log_mean_exp = static_cast<scalar_t>(all.max * inv_eta + log(all.sum / double(all.count)));
+  *log_mean_exp =
+      static_cast<scalar_t>(all.max / double(*eta_ptr) + log(all.sum / double(all.count)));
 }
 
 // w = exp((a - max) / eta) / sum on the selected entries, as the CPU kernel computes it.
@@ -332,7 +341,7 @@ __global__ void __launch_bounds__(cuda::kThreads)
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < size;
        i += int64_t(gridDim.x) * blockDim.x) {
     scalar_t w = 0;
-    if (ok && selected[i]) w = exp((advantages[i] - max) * inv_eta) * inv_sum;
+    if (ok && selected[i]) w = exp(scaled(advantages[i] - max, inv_eta)) * inv_sum;
     weights[i] = w;
   }
 }
