@@ -211,6 +211,10 @@ class TrainConfig:
                 "would only overfit it, and an update must end)")
         if not isinstance(self.out_dir, str) or not self.out_dir.strip():
             bad("out_dir", "must name a folder (an empty one would be the current folder)")
+        try:
+            self.out_dir.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8, as the command line passes them
+            bad("out_dir", "must be valid UTF-8 (TensorBoard names its files by it)")
         cpus = os.cpu_count() or 1
         if not 0 <= self.torch_threads <= cpus:
             bad("torch_threads", f"must be between 0 (torch's default) and this machine's "

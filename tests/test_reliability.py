@@ -704,6 +704,7 @@ def a_file(tmp_path_factory):
     (lambda f, run: ["--resume", str(run / "vmpo_last.pt"), "--activation", "relu"],
      "--activation: the checkpoint has 'tanh'"),
     (lambda f, run: ["--out-dir", ""], "--out-dir: must name a folder"),
+    (lambda f, run: ["--out-dir", str(f.parent / "run\udcff")], "--out-dir: must be valid UTF-8"),
     (lambda f, run: ["--out-dir", str(f.parent / ("x" * 300))],
      "--out-dir: cannot create .*: File name too long"),
     (lambda f, run: ["--optimizer-type", "sgd"], r"--optimizer-type: removed \(SGD had no preset"),

@@ -253,6 +253,14 @@ def test_a_compressed_checkpoint_is_refused_before_it_is_unpacked(saved, tmp_pat
         checkpoint.load(packed)
 
 
+def test_a_resumed_run_names_a_damaged_random_state(saved, tmp_path):
+    path = edited(saved, tmp_path / "rng.pt",
+                  lambda state: state["rng"]["numpy"].update(pos="abc"))
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"rng\.pt: damaged checkpoint: rng cannot be restored"):
+        VMPOTrainer.from_checkpoint(path)
+
+
 def test_a_resumed_run_names_non_finite_weights(saved, tmp_path):
     path = edited(saved, tmp_path / "nan.pt", _set("duals", "log_eta", value=math.nan))
     with pytest.raises(checkpoint.CheckpointError,

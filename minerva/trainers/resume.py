@@ -64,7 +64,11 @@ class Resumable:
         self.recent_returns.clear()
         self.recent_returns.extend(state.get("recent_returns", []))
         self.next_evaluation_step = state.get("next_evaluation_step")
-        checkpoint.set_rng_state(state["rng"])
+        try:
+            checkpoint.set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+            raise checkpoint.CheckpointError(f"damaged checkpoint: rng cannot be restored "
+                                             f"({first_line(error)})") from None
         if self.on_gpu and state["rng"].get("torch_cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["torch_cuda"], self.device)
         self._decorrelate_ranks()
