@@ -206,8 +206,9 @@ def _check_values(state: dict, path: Path) -> None:
         raise damaged("recent_returns", "must be a list of finite numbers")
     for group in state["optimizer"].get("param_groups", []):
         lr = group.get("lr") if isinstance(group, dict) else None
-        if not _is_number(lr) or not 0 < lr < math.inf:
-            raise damaged("optimizer learning rate", f"must be a positive number, got {lr!r}")
+        # (>= 0: the linear schedule ends a run at 0)
+        if not _is_number(lr) or not 0 <= lr < math.inf:
+            raise damaged("optimizer learning rate", f"must be a finite number >= 0, got {lr!r}")
     # the normalisers' variances and counts
     for key, tensor in _tensors({"agent": state["agent"], "reward_scaler": state["reward_scaler"]}):
         if key.endswith((".var", ".count")) and (tensor < 0).any():

@@ -207,7 +207,8 @@ def gym_only_id():
     (_set("duals", "log_eta", value=1e30),
      r"damaged minerva checkpoint: duals\.log_eta must be in \[-18\.4, 9\.21\]"),
     (lambda state: state["optimizer"]["param_groups"][0].update(lr=-1.0),
-     r"damaged minerva checkpoint: optimizer learning rate must be a positive number, got -1"),
+     r"damaged minerva checkpoint: optimizer learning rate must be a finite number >= 0, "
+     r"got -1"),
     (_set("best_return", value=math.inf),
      r"damaged minerva checkpoint: best_return must be a finite number or -inf, got inf"),
     (_set("recent_returns", value=["a", "b"]),
