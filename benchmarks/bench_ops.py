@@ -47,7 +47,7 @@ import torch
 from torch.utils.benchmark import Timer
 
 import minerva
-from minerva import ops, reference
+from minerva.native import ops, reference
 from minerva.run_log import cpu_model
 
 try:

@@ -3,7 +3,7 @@ the rollout as one batch on its device with values, advantages and returns.
 
 This is the one home of the CPU/GPU split. The environments step on the host and the
 storage lives there; on a GPU the policy acts there, each rollout moves there once
-(:class:`~minerva.rollout.DeviceRollout`), and its values and advantages are computed there.
+(:class:`DeviceRollout`), and its values and advantages are computed there.
 On the CPU the batch is a view of the storage.
 
 Acting runs only the policy. The value network scores the whole rollout's observations (and
@@ -21,9 +21,9 @@ import torch
 
 from minerva.envs import StepResult, VectorEnv
 from minerva.errors import NonFiniteError
+from minerva.native.layout import GAEInputs, RolloutBatch, RolloutViews, flatten
 from minerva.networks import Action, Agent, precision_context
 from minerva.normalization import RewardScaler
-from minerva.rollout import DeviceRollout, GAEInputs, RolloutBatch, RolloutViews, flatten
 from minerva.run_log import PhaseTimer
 from minerva.threads import threads_for, torch_threads
 
@@ -32,6 +32,31 @@ class Rollout(NamedTuple):
     batch: RolloutBatch  # [T * N, ...] on the update's device, advantages and returns filled
     metrics: dict[str, float]  # valid fraction and the statistics of the episodes that ended
     finished_returns: list[float]  # raw returns of the episodes that ended, in order
+
+
+class DeviceRollout:
+    """Moves a storage's buffers to a CUDA device once per rollout without blocking the host:
+    each buffer is copied into a page-locked twin (a host memcpy), and from there to the
+    device asynchronously, ordered on the current stream before the update's kernels. (For
+    another device the twins are ordinary memory and the copies synchronous.)
+
+    A twin is rewritten only at the next rollout's transfer, after the update that read the
+    previous copy has finished (its statistics reach the host), so no copy is in flight."""
+
+    def __init__(self, storage: RolloutViews, device: torch.device) -> None:
+        self.device = device
+        pin = torch.device(device).type == "cuda"
+        self._pinned = {name: torch.empty_like(tensor, pin_memory=pin)
+                        for name, tensor in storage.buffers.items()}
+
+    def transfer(self, storage: RolloutViews) -> dict[str, torch.Tensor]:
+        """The storage's buffers on the device, ``[T, N, ...]`` each."""
+        on_device = {}
+        buffers = storage.buffers
+        for name, pinned in self._pinned.items():
+            pinned.copy_(buffers[name])
+            on_device[name] = pinned.to(self.device, non_blocking=True)
+        return on_device
 
 
 class RolloutCollector:

@@ -29,8 +29,8 @@ from minerva.checkpoint import CheckpointError, load, load_weights, saved_config
 from minerva.config import BACKENDS, MAX_ENVS, MAX_SEED, TrainConfig, torch_device
 from minerva.env_ids import check_backend, default_backend, env_spaces
 from minerva.envs import make_vector_env
+from minerva.episodes import check_can_record, evaluate_vectorized, record_video
 from minerva.errors import OneLineParser, OptionError, first_line, unexpected_error
-from minerva.evaluation import check_can_record, evaluate_vectorized, record_video
 from minerva.networks import Agent, agent_for
 from minerva.trainers.preflight import check_network_memory
 

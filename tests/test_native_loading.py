@@ -98,7 +98,7 @@ _CUDA_BUILD = os.environ.get("MINERVA_CUDA", "auto").lower()
 def test_cuda_kernels_are_built_when_asked_for():
     # CI builds them with MINERVA_CUDA=on, GPU or not, so a kernel that stops compiling
     # fails the build; the library is loaded only into torch with CUDA
-    from minerva import _native
+    from minerva.native import loading
 
-    assert any((d / "_C_cuda.so").exists() for d in _native._library_dirs())
-    assert _native.CUDA_OPS_LOADED == (torch.version.cuda is not None)
+    assert any((d / "_C_cuda.so").exists() for d in loading._library_dirs())
+    assert loading.CUDA_OPS_LOADED == (torch.version.cuda is not None)

@@ -180,7 +180,7 @@ def test_an_atari_video_is_rendered_by_ale_with_envpools_observations(pong, tmp_
     import imageio.v3 as imageio
 
     from minerva.envs import env_spaces
-    from minerva.evaluation import make_render_env
+    from minerva.episodes import make_render_env
 
     env = make_render_env("Pong-v5")
     try:
@@ -222,7 +222,7 @@ def test_checkpoints_from_before_the_encoder_option_keep_their_mlp(pong, tmp_pat
                                                          reason="needs a CUDA GPU"))])
 def test_frames_move_to_the_device_as_uint8_and_are_scaled_there(device, tmp_path):
     pytest.importorskip("envpool")
-    from minerva.rollout import DeviceRollout
+    from minerva.collector import DeviceRollout
     from minerva.trainers.vmpo.trainer import VMPOTrainer
 
     trainer = VMPOTrainer("Breakout-v5", 0, device, (), (), 8, num_envs=2, activation="relu",

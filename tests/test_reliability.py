@@ -418,10 +418,21 @@ def test_resume_applies_learning_rates_and_sizes(saved_run, tmp_path):
     (dict(temperature_init=3.0), "temperature_init: .*an initial value"),
     (dict(normalize_observations=False), "normalize_observations: the checkpoint has True"),
     (dict(total_steps=128), "total_steps: 128 is not above the 128 steps already trained"),
+    (dict(std_parameterization="softplus"), "std_parameterization: the checkpoint has 'bounded'"),
+    (dict(dual_parameterization="softplus"), "dual_parameterization: the checkpoint has 'log'"),
+    (dict(input_layer_norm=True), "input_layer_norm: the checkpoint has False"),
+    (dict(per_dimension_kl=True), "per_dimension_kl: the checkpoint has False"),
 ])
 def test_resume_rejects_what_cannot_apply(saved_run, override, message):
     with pytest.raises(ValueError, match=message):
         VMPOTrainer.from_checkpoint(saved_run / "vmpo_last.pt", **override)
+
+
+def test_a_checkpoint_of_another_algorithm_is_refused_by_name(saved_run):
+    from minerva.trainers.ppo.trainer import PPOTrainer
+
+    with pytest.raises(checkpoint.CheckpointError, match="is a vmpo checkpoint; PPOTrainer trains ppo"):
+        PPOTrainer.from_checkpoint(saved_run / "vmpo_last.pt")
 
 
 def test_a_fresh_run_refuses_an_out_dir_holding_a_run(saved_run, tmp_path):

@@ -47,3 +47,21 @@ def test_no_import_cycles():
 
     cycles = [cycle for name in graph if (cycle := cycle_from(name))]
     assert not cycles, " -> ".join(cycles[0])
+
+
+def test_only_the_native_package_touches_the_compiled_code():
+    """The compiled libraries are loaded in one place (``minerva.native.loading``); the rest
+    of the package sees the ops and the storage through ``minerva.native``'s modules."""
+    modules = {_module_name(path) for path in ROOT.rglob("*.py")}
+    modules |= {"minerva._rollout_storage", "minerva._C"}
+    inside = ROOT / "native"
+    offenders = {
+        _module_name(path): sorted(touched)
+        for path in ROOT.rglob("*.py")
+        if inside not in path.parents
+        and (touched := _imports(path, modules) & {"minerva.native.loading",
+                                                   "minerva._rollout_storage", "minerva._C"})
+    }
+    assert not offenders, offenders
+    native = {_module_name(path) for path in inside.rglob("*.py")}
+    assert _imports(inside / "storage.py", modules | native) >= {"minerva.native.loading"}

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from minerva import presets, reference
+from minerva.collector import DeviceRollout
 from minerva.config import TrainConfig
 from minerva.envs import make_vector_env
 from minerva.networks import VMPOAgent
-from minerva.rollout import DeviceRollout
 from minerva.threads import PARALLEL_MIN_ROWS, threads_for
 from minerva.trainers.vmpo.trainer import VMPOTrainer, _evaluate_vectorized, _make_env
 from minerva.trainers.vmpo.update import VMPOUpdate

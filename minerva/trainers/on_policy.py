@@ -22,18 +22,19 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from minerva import checkpoint, distributed, ops, reference, run_folder
+from minerva import checkpoint, distributed, run_folder
 from minerva.collector import Rollout, RolloutCollector
 from minerva.config import ALGORITHMS, TrainConfig
 from minerva.env_ids import default_backend, env_spaces, resolve_env_id
 from minerva.envs import make_vector_env
-from minerva.errors import NonFiniteError, OptionError
-from minerva.evaluation import evaluate_vectorized, record_video
+from minerva.episodes import evaluate_vectorized, record_video
+from minerva.errors import NonFiniteError, OptionError, first_line
+from minerva.native import ops, reference
+from minerva.native.layout import RolloutBatch
+from minerva.native.storage import RolloutStorage
 from minerva.networks import agent_for
 from minerva.normalization import RewardScaler
-from minerva.rollout import RolloutBatch
 from minerva.run_log import PhaseTimer, RunLogger
-from minerva.storage import RolloutStorage
 from minerva.trainers.callbacks import Checkpoints, Console, Evaluation, Stopping
 from minerva.trainers.preflight import (
     check_network_memory,
@@ -41,10 +42,10 @@ from minerva.trainers.preflight import (
     check_run_outputs,
     check_total_steps,
     is_out_of_memory,
+    resumed_config,
     storage_dtype,
     wider_network,
 )
-from minerva.trainers.resume import Resumable
 from minerva.trainers.update import Update
 
 
@@ -63,7 +64,7 @@ def trainer_class_for(algo: str) -> type["OnPolicyTrainer"]:
     return OnPolicyTrainer.TRAINERS[algo]
 
 
-class OnPolicyTrainer(Resumable):
+class OnPolicyTrainer:
     """The on-policy loop: see the module docstring and
     :class:`~minerva.config.TrainConfig` for what every option means. Each iteration
     collects ``rollout_steps`` steps from ``num_envs`` environments into the native
@@ -405,6 +406,96 @@ class OnPolicyTrainer(Resumable):
                                               True, self.config.eval_max_steps)
         return (f"video: {path} (the best policy, step {best['global_step']}: {frames} frames, "
                 f"return {episode_return:.1f})")
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume training or evaluate the policy, as tensors and plain
+        values (:mod:`minerva.checkpoint`)."""
+        return {
+            "format": checkpoint.FORMAT,
+            "config": dataclasses.asdict(self.config),
+            "env_id": self.env_id,
+            "backend": self.backend,
+            "agent": self.agent.state_dict(),
+            **self.algorithm.state_dict(),
+            "reward_scaler": self.reward_scaler.state_dict(),
+            "global_step": self.global_step,
+            "iteration": self.iteration,
+            "best_return": self.best_return,
+            "recent_returns": list(self.recent_returns),
+            "next_evaluation_step": (self.evaluation.next_step if self.evaluation is not None
+                                     else self.next_evaluation_step),
+            "rng": {**checkpoint.rng_state(),
+                    # the minibatches' permutations on a GPU draw from its generator
+                    "torch_cuda": (torch.cuda.get_rng_state(self.device) if self.on_gpu
+                                   else None)},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores :meth:`state_dict`'s output. The envs are not in it: they start new
+        episodes, and the reward scaler's per-env discounted returns restart with them.
+
+        Raises:
+            CheckpointError: when the networks' or the optimiser's shapes do not match.
+        """
+        checkpoint.load_weights(self.agent, state["agent"], f"this {self.env_id} trainer")
+        try:
+            self.algorithm.load_state_dict(state)
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise checkpoint.CheckpointError(f"the checkpoint does not fit this {self.env_id} "
+                                             f"trainer: {first_line(error)}") from None
+        self.global_step = state["global_step"]
+        self.iteration = state["iteration"]
+        self.best_return = state["best_return"]
+        self.recent_returns.clear()
+        self.recent_returns.extend(state.get("recent_returns", []))
+        self.next_evaluation_step = state.get("next_evaluation_step")
+        try:
+            checkpoint.set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+            raise checkpoint.CheckpointError(f"damaged checkpoint: rng cannot be restored "
+                                             f"({first_line(error)})") from None
+        if self.on_gpu and state["rng"].get("torch_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["torch_cuda"], self.device)
+        self._decorrelate_ranks()
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        checkpoint.save(self.state_dict(), path)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **overrides):
+        """Rebuilds the trainer saved at ``path``, with ``overrides`` of its configuration
+        (called on :class:`~minerva.trainers.on_policy.OnPolicyTrainer`: the trainer of the
+        checkpoint's ``algo``).
+
+        Every option applies on resume (learning rates and momentum go into the optimiser,
+        whatever the checkpoint's schedule had reached; a ``device`` runs it there, its
+        state moved from the one it was saved on), except those that fix the networks,
+        the optimiser or the initial values: changing one of them is an error naming it
+        (:func:`~minerva.trainers.preflight.resumed_config`).
+
+        Raises:
+            FileNotFoundError: no such file.
+            CheckpointError: not a readable minerva checkpoint, or one that does not fit.
+            ValueError: ``option: ...`` for an override that cannot apply.
+        """
+        state = checkpoint.load(path)
+        config = resumed_config(state, path, overrides, cls)
+        trainer = cls.from_config(config)
+        try:
+            trainer.load_state_dict(state)
+        except checkpoint.CheckpointError as error:
+            trainer.close()
+            raise checkpoint.CheckpointError(f"{path}: {error}") from None
+        except BaseException:
+            trainer.close()
+            raise
+        for group, name in zip(trainer.optimizer.param_groups,
+                               trainer.algorithm.OPTIMIZER_GROUP_LRS):
+            if name in overrides:
+                group["lr"] = overrides[name]
+        trainer.checkpoints.loaded(Path(path), trainer.global_step)
+        return trainer
 
     def checkpoint_status(self) -> str:
         """Where the last checkpoint is (for messages when training stops)."""

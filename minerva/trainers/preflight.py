@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from minerva.config import TrainConfig
-from minerva.env_ids import supported_observation_box
+from minerva import checkpoint
+from minerva.config import TrainConfig, torch_device
+from minerva.env_ids import resolve_env_id, supported_observation_box
+from minerva.episodes import check_can_record
 from minerva.errors import OptionError, first_line
-from minerva.evaluation import check_can_record
+from minerva.native.layout import RolloutViews
 from minerva.networks import agent_for
-from minerva.rollout import RolloutViews
 from minerva.run_log import check_wandb
 
 # options of a run, not of the trainer
@@ -30,6 +32,10 @@ RESUME_FIXED_OPTIONS = {
     "activation": "what the networks' weights were trained with",
     "state_dependent_std": "the policy's parameters",
     "min_log_std": "how the policy's weights map to its std",
+    "std_parameterization": "how the policy's weights map to its std",
+    "input_layer_norm": "the networks' shape",
+    "per_dimension_kl": "the multipliers' shape",
+    "dual_parameterization": "how the checkpoint's multipliers map to their values",
     "action_bounds": "how the policy's outputs map to actions",
     "normalize_observations": "what the networks' inputs were during training",
     "temperature_init": "an initial value: the checkpoint's temperature carries on",
@@ -142,3 +148,43 @@ def storage_dtype(observation_space: gym.spaces.Space) -> torch.dtype:
 
 def _gib(size: float) -> str:
     return f"{size / 2**30:,.1f} GiB"
+
+
+def resumed_config(state: dict, path: str | Path, overrides: dict, trainer: type) -> TrainConfig:
+    """The configuration a run resumed from checkpoint ``state`` (read from ``path``) trains
+    with: the saved one with ``overrides``. Every option applies on resume except those that
+    fix the networks, the optimiser or the initial values (:data:`RESUME_FIXED_OPTIONS`);
+    ``trainer`` is the class resuming it (its ``ALGORITHM``; None trains any).
+
+    Raises:
+        OptionError: an override that cannot apply, naming it (a ``total_steps`` given must
+            exceed the saved step).
+        CheckpointError: the checkpoint is another algorithm's.
+    """
+    saved = checkpoint.saved_config(state, path)
+    if "env_id" in overrides:
+        try:
+            resolved = resolve_env_id(overrides["env_id"])
+        except ValueError as error:
+            raise OptionError("env_id", str(error)) from None
+        if resolved != state["env_id"]:
+            raise OptionError("env_id", f"the checkpoint was trained on {state['env_id']!r}; "
+                             f"a resumed run cannot change it, got {overrides['env_id']!r}")
+    for name, why in RESUME_FIXED_OPTIONS.items():
+        if name in overrides and overrides[name] != saved[name]:
+            raise OptionError(name, f"the checkpoint has {saved[name]!r} ({why}); a "
+                             f"resumed run cannot change it, got {overrides[name]!r}")
+    if trainer.ALGORITHM and saved["algo"] != trainer.ALGORITHM:
+        raise checkpoint.CheckpointError(f"{path} is a {saved['algo']} checkpoint; "
+                                         f"{trainer.__name__} trains {trainer.ALGORITHM}")
+    config = TrainConfig(**{**saved, **overrides})
+    if "device" not in overrides:  # the device it was trained on may not be here
+        try:
+            torch_device(config.device)
+        except ValueError as error:
+            raise OptionError("device", f"the checkpoint was trained on {config.device!r}, "
+                             f"which {error}; choose another, e.g. cpu") from None
+    config.validate()
+    if "total_steps" in overrides:  # asked for: it must leave steps to train
+        check_total_steps(config.total_steps, state["global_step"])
+    return config

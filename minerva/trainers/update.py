@@ -25,8 +25,8 @@ from minerva import distributed, losses
 from minerva.config import TrainConfig
 from minerva.distributed import Ranks
 from minerva.errors import NonFiniteError, first_line
+from minerva.native.layout import RolloutBatch
 from minerva.networks import Agent, precision_context
-from minerva.rollout import RolloutBatch
 from minerva.threads import threads_for, torch_threads
 
 

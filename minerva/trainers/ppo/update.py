@@ -22,8 +22,8 @@ import torch
 from minerva import losses
 from minerva.config import TrainConfig
 from minerva.distributed import Ranks
+from minerva.native.layout import RolloutBatch
 from minerva.networks import Agent
-from minerva.rollout import RolloutBatch
 from minerva.trainers.ppo import losses as ppo_losses
 from minerva.trainers.update import Update
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from minerva import ops
+from minerva.native import ops
 
 
 class EStep(NamedTuple):

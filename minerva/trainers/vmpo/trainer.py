@@ -18,8 +18,8 @@ import torch
 from minerva.config import REMOVED_OPTIONS, TrainConfig
 from minerva.env_ids import resolve_env_id
 from minerva.envs import VectorEnv, gymnasium_env_factory
+from minerva.episodes import evaluate_vectorized
 from minerva.errors import OptionError
-from minerva.evaluation import evaluate_vectorized
 from minerva.networks import Agent
 from minerva.trainers.on_policy import OnPolicyTrainer, format_metrics
 from minerva.trainers.vmpo.update import Duals, VMPOUpdate
@@ -143,7 +143,7 @@ def _evaluate_vectorized(agent: Agent, eval_envs: VectorEnv, seed: int = 42,
                          max_steps: int = 100_000, deterministic: bool = True) -> Dict[str, float]:
     """High-performance vectorized evaluation.
     Runs all n_episodes in parallel on one vector env (envpool or gymnasium): one episode
-    per env (:func:`minerva.evaluation.evaluate_vectorized`)."""
+    per env (:func:`minerva.episodes.evaluate_vectorized`)."""
     return evaluate_vectorized(agent, eval_envs, seed, max_steps, deterministic)
 
 

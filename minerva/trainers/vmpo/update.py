@@ -27,8 +27,8 @@ from minerva import distributed, losses
 from minerva.collector import advantages_from_critic
 from minerva.config import ADAPTIVE_LR_SCHEDULES, DUAL_RANGE, TrainConfig
 from minerva.distributed import Ranks
+from minerva.native.layout import RolloutBatch
 from minerva.networks import Agent
-from minerva.rollout import RolloutBatch
 from minerva.threads import threads_for, torch_threads
 from minerva.trainers.update import Update, remaining_fraction
 from minerva.trainers.vmpo import losses as vmpo_losses

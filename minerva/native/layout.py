@@ -1,5 +1,6 @@
-"""What the native and the reference rollout storage share: the torch views of the buffers,
-the constructor's checks, and the flattened batch."""
+"""The rollout storage's layout, stated once, and what the native and the reference storage
+share: the buffers' names, dtypes and shapes (checked by the constructor), their torch views,
+and the flattened batch."""
 
 from __future__ import annotations
 
@@ -148,28 +149,3 @@ class RolloutViews:
 def flatten(tensors: dict[str, torch.Tensor]) -> RolloutBatch:
     """The batch fields of ``[T, N, ...]`` buffers, flattened to ``[T * N, ...]`` (views)."""
     return RolloutBatch(**{name: tensors[name].flatten(0, 1) for name in _BUFFER_FIELDS})
-
-
-class DeviceRollout:
-    """Moves a storage's buffers to a CUDA device once per rollout without blocking the host:
-    each buffer is copied into a page-locked twin (a host memcpy), and from there to the
-    device asynchronously, ordered on the current stream before the update's kernels. (For
-    another device the twins are ordinary memory and the copies synchronous.)
-
-    A twin is rewritten only at the next rollout's transfer, after the update that read the
-    previous copy has finished (its statistics reach the host), so no copy is in flight."""
-
-    def __init__(self, storage: RolloutViews, device: torch.device) -> None:
-        self.device = device
-        pin = torch.device(device).type == "cuda"
-        self._pinned = {name: torch.empty_like(tensor, pin_memory=pin)
-                        for name, tensor in storage.buffers.items()}
-
-    def transfer(self, storage: RolloutViews) -> dict[str, torch.Tensor]:
-        """The storage's buffers on the device, ``[T, N, ...]`` each."""
-        on_device = {}
-        buffers = storage.buffers
-        for name, pinned in self._pinned.items():
-            pinned.copy_(buffers[name])
-            on_device[name] = pinned.to(self.device, non_blocking=True)
-        return on_device
