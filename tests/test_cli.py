@@ -1,14 +1,17 @@
 """``python -m minerva.train`` as a user runs it: through a subprocess, or (for its parsing
-and errors, which need no process of their own) its ``main`` in this one."""
+and errors, which need no process of their own) its ``main`` in this one. Its errors are one
+line with exit status 2 (bad arguments, out dirs, resumes, removed options, bounds), an
+unexpected error is one line unless --debug, and a run that never starts leaves no folder."""
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import tempfile
 
 import pytest
-from helpers import run_main
+from helpers import one_line_error, run_main
 
 from minerva.config import TrainConfig
 from minerva.train import main
@@ -151,3 +154,91 @@ def test_option_errors_are_typed_and_name_their_option(tmp_path, capsys):
     result = run_main(main, ["--out-dir", str(a_file)], capsys)
     assert result.returncode == 2
     assert result.stderr.strip().endswith(f"--out-dir: {a_file} is a file, not a folder")
+
+
+# --- the CLI's errors: one line, exit 2, no traceback ----------------------------------------
+
+@pytest.fixture(scope="module")
+def a_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("files") / "a_file"
+    path.write_text("not a folder")
+    return path
+
+
+@pytest.mark.parametrize("make_args,message", [
+    (lambda f, run: ["--out-dir", str(f)], "--out-dir: .* is a file, not a folder"),
+    (lambda f, run: ["--out-dir", str(f / "sub")], "--out-dir: .* is under a file"),
+    (lambda f, run: ["--out-dir", str(run)], "--out-dir: .* already holds a run"),
+    (lambda f, run: ["--resume", str(f)], "--resume: .* not a torch checkpoint"),
+    (lambda f, run: ["--resume", ""], "--resume: needs a checkpoint file"),
+    (lambda f, run: ["--resume", str(run / "vmpo_last.pt"), "--total-steps", "64"],
+     "--total-steps: 64 is not above the 128 steps already trained"),
+    (lambda f, run: ["--resume", str(run / "vmpo_last.pt")],
+     "--total-steps: 128 is not above the 128 steps"),
+    (lambda f, run: ["--resume", str(run / "vmpo_last.pt"), "--env-id", "Foo-v0"],
+     "--env-id: unknown environment id 'Foo-v0'"),
+    (lambda f, run: ["--resume", str(run / "vmpo_last.pt"), "--env-id", "dm_control/cheetah/run"],
+     "^python -m minerva.train: error: --env-id: .*'dm_control/cheetah/run'"),
+    (lambda f, run: ["--resume", str(run / "vmpo_last.pt"), "--activation", "relu"],
+     "--activation: the checkpoint has 'tanh'"),
+    (lambda f, run: ["--out-dir", ""], "--out-dir: must name a folder"),
+    (lambda f, run: ["--out-dir", str(f.parent / "run\udcff")], "--out-dir: must be valid UTF-8"),
+    (lambda f, run: ["--out-dir", str(f.parent / ("x" * 300))],
+     "--out-dir: cannot create .*: File name too long"),
+    (lambda f, run: ["--optimizer-type", "sgd"], r"--optimizer-type: removed \(SGD had no preset"),
+    (lambda f, run: ["--pipelined-rollout"], r"--pipelined-rollout: removed \(stepping half"),
+    (lambda f, run: ["--reference-ops"], r"--reference-ops: removed \(the pure-Python reference"),
+    (lambda f, run: ["--seed", "-5"], "--seed: must be an integer in"),
+    (lambda f, run: ["--seed", str(2**32)], "--seed: must be an integer in"),
+    (lambda f, run: ["--num-envs", str(10**9)], "--num-envs: must be at most"),
+    (lambda f, run: ["--rollout-steps", str(2**62)], "--rollout-steps: a rollout of .* GiB"),
+    (lambda f, run: ["--min-log-std=-inf"], "--min-log-std: must be a finite number"),
+    (lambda f, run: ["--env-id", "FrozenLake-v1"],
+     "--env-id: FrozenLake-v1: unsupported observation space Discrete"),
+    (lambda f, run: ["--env-id", "os:CartPole-v1"],
+     "--env-id: environment id 'os:CartPole-v1' names a module to import \\('os'\\)"),
+    (lambda f, run: ["--policy-layer-sizes", "1000000000"],
+     "^python -m minerva.train: error: --policy-layer-sizes: the networks need .* GiB"),
+])
+def test_ordinary_mistakes_get_one_line(a_file, saved_run, make_args, message, cli):
+    one_line_error(cli(*make_args(a_file, saved_run)), message)
+
+
+def test_an_unwritable_out_dir_gets_one_line(tmp_path, cli):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    one_line_error(cli("--out-dir", str(locked / "run")), "--out-dir: cannot create")
+
+
+def test_an_unexpected_error_is_one_line_unless_debug(tmp_path, monkeypatch, cli):
+    import minerva.trainers.on_policy as on_policy
+
+    def broken(*args, **kwargs):  # an env that cannot be made, for a reason minerva cannot tell
+        raise RuntimeError("the env exploded")
+
+    monkeypatch.setattr(on_policy, "make_vector_env", broken)
+    args = ["--env-id", "CartPole-v1", "--total-steps", "64", "--out-dir", str(tmp_path / "run"),
+            "--backend", "gymnasium", "--torch-threads", "1", "--no-progress"]
+    result = cli(*args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "minerva: error: RuntimeError: the env exploded" in result.stderr
+    assert "--debug" in result.stderr
+    with pytest.raises(RuntimeError, match="the env exploded"):  # raised on: its traceback
+        cli(*args, "--debug")
+
+
+def test_a_run_that_never_starts_leaves_no_folder(tmp_path, cli):
+    out = tmp_path / "new" / "run"
+    one_line_error(cli("--rollout-steps", str(2**62), "--out-dir", str(out)),
+                    "--rollout-steps: a rollout of")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_resume_leaves_no_folder(tmp_path, saved_run, cli):
+    out = tmp_path / "new" / "run"
+    one_line_error(cli("--resume", str(saved_run / "vmpo_last.pt"), "--activation", "relu",
+                         "--total-steps", "4096", "--out-dir", str(out)),
+                    "--activation: the checkpoint has 'tanh'")
+    assert list(tmp_path.iterdir()) == []

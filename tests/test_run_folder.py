@@ -1,16 +1,20 @@
-"""A run's folder is written and cleaned only through its own files: a symbolic link where a
-run's file or folder belongs is refused in one line, and nothing outside the folder is
-written, replaced or deleted through one."""
+"""minerva/run_folder.py: a run's folder is written and cleaned only through its own files: a
+symbolic link where a run's file or folder belongs is refused in one line, and nothing
+outside the folder is written, replaced or deleted through one. A fresh run refuses a folder
+that holds a run unless told to overwrite it, a resumed run refuses one that holds another
+run and drops the events logged after its checkpoint, two runs cannot write one folder, and
+the lock file is never followed."""
 
-import functools
+import json
+import os
 import shutil
 
 import pytest
+from helpers import make_trainer
 
 from minerva import checkpoint
 from minerva.errors import OutDirError
 from minerva.run_folder import open_to_append, prepare_out_dir, refuse_links, write_file
-from minerva.train import main
 from minerva.trainers.vmpo.trainer import VMPOTrainer
 
 pytest.importorskip("envpool")
@@ -22,16 +26,6 @@ TRAIN = ["--env-id", "CartPole-v1", "--num-envs", "4", "--rollout-steps", "16",
          "--policy-layer-sizes", "16", "--value-layer-sizes", "16", "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def saved_run(tmp_path_factory):
-    """A short CartPole run's folder: metrics, run.json, last and best checkpoints."""
-    out = tmp_path_factory.mktemp("run") / "run"
-    trainer = VMPOTrainer("CartPole-v1", 0, "cpu", (16,), (16,), **SMALL)
-    trainer.train(128, str(out))
-    trainer.close()
-    return out
-
-
 @pytest.fixture
 def run(saved_run, tmp_path):
     """A copy of the saved run, and a victim file outside it."""
@@ -40,11 +34,6 @@ def run(saved_run, tmp_path):
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
     return copy, victim
-
-
-@pytest.fixture
-def cli(in_process):
-    return functools.partial(in_process, main)
 
 
 def refused(result, path):
@@ -211,3 +200,73 @@ def test_a_run_whose_folder_disappears_stops_in_one_line(tmp_path, monkeypatch):
     assert trainer.checkpoint_status() == (f"the last checkpoint (step 64) was "
                                            f"{out / 'vmpo_last.pt'}, now gone")
     trainer.close()
+
+
+def test_a_fresh_run_refuses_an_out_dir_holding_a_run(saved_run, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text((saved_run / "metrics.jsonl").read_text())
+    trainer = make_trainer(eval_every=64)
+    with pytest.raises(ValueError, match="out_dir: .* already holds a run .*--overwrite"):
+        trainer.train(64, str(out))
+    trainer.train(64, str(out), overwrite=True)
+    trainer.close()
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["global_step"] for e in events] == [64, 64]  # the old run's events are gone
+
+
+def test_a_resumed_run_drops_events_logged_after_its_checkpoint(saved_run, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    events = (saved_run / "metrics.jsonl").read_text()
+    # what an interrupted run logged after its last checkpoint, and a line a kill cut short
+    late = json.dumps({"global_step": 192, "losses/value": 1.0})
+    (out / "metrics.jsonl").write_text(events + late + "\n" + '{"global_st')
+    (out / "vmpo_last.pt").write_bytes((saved_run / "vmpo_last.pt").read_bytes())
+    trainer = VMPOTrainer.from_checkpoint(out / "vmpo_last.pt")
+    trainer.train(192, str(out))
+    trainer.close()
+    steps = [json.loads(line)["global_step"]
+             for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps.count(192) == 2 and steps == sorted(steps)  # one update and one eval event
+
+
+def test_a_resumed_run_refuses_a_folder_holding_another_run(saved_run, tmp_path):
+    out = tmp_path / "run"
+    trainer = make_trainer(eval_every=64)
+    trainer.train(192, str(out))  # another run, at step 192
+    trainer.close()
+    trainer = VMPOTrainer.from_checkpoint(saved_run / "vmpo_last.pt")  # step 128
+    with pytest.raises(ValueError, match=r"out_dir: .* holds another run .*not at this "
+                                         r"checkpoint's step 128"):
+        trainer.train(256, str(out))
+    trainer.train(256, str(out), overwrite=True)  # told to: that run's files go
+    trainer.close()
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert events[0]["global_step"] == 192 and events[-1]["global_step"] == 256
+
+
+def test_two_runs_cannot_write_one_folder(tmp_path):
+    from minerva.run_folder import locked_out_dir
+
+    trainer = make_trainer()
+    with locked_out_dir(tmp_path):  # as another process holding it would
+        with pytest.raises(ValueError, match=r"out_dir: .* is in use by another minerva run "
+                                             rf"\(pid {os.getpid()}\)"):
+            trainer.train(64, str(tmp_path))
+    trainer.close()
+
+
+def test_the_lock_file_is_never_followed(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("not the run's\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".minerva.lock").symlink_to(target)
+    trainer = make_trainer()
+    with pytest.raises(ValueError, match=r"out_dir: .*\.minerva\.lock, the run's lock file, is a "
+                                         r"symbolic link; remove it"):
+        trainer.train(64, str(out))
+    trainer.close()
+    assert target.read_text() == "not the run's\n"
+    assert sorted(p.name for p in out.iterdir()) == [".minerva.lock"]
