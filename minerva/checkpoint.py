@@ -24,7 +24,6 @@ import numbers
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from minerva.errors import first_line
+from minerva.files import write_file
 
 FORMAT = 3  # 3: no numpy objects (weights_only); 2: log-space multipliers; 1: softplus ones
 _FORMATS_READ = (f"this minerva reads format {FORMAT} only: resume it with the minerva that "
@@ -60,24 +60,12 @@ def save(state: dict, path: str | Path) -> None:
     # pos", while a plain write raises the OSError that says why
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    temporary = None
     try:
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix)
-        # closing flushes what a failed write left buffered, and fails again: the error
-        # that reaches the handler below is then close()'s, the file closed all the same
-        with os.fdopen(descriptor, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            code = error.errno or errno.EIO
-            reason = _DISK_FULL.get(code) or error.strerror or os.strerror(code)
-            raise OSError(code, f"cannot write the checkpoint {path}: {reason}") from error
-        raise
+        write_file(path, buffer.getbuffer(), durable=True)
+    except OSError as error:
+        code = error.errno or errno.EIO
+        reason = _DISK_FULL.get(code) or error.strerror or os.strerror(code)
+        raise OSError(code, f"cannot write the checkpoint {path}: {reason}") from error
 
 
 # what an errno of a failed write means for the user

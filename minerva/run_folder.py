@@ -68,20 +68,6 @@ def refuse_links(out: Path) -> None:
                               "choose another --out-dir")
 
 
-def write_file(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` in a run folder: into a new temporary file beside it
-    (created exclusively, so no link is followed), then renamed over ``path`` (which
-    replaces a link there instead of writing through it); a kill leaves the old file."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def open_to_append(path: Path):
     """``path`` in a run folder opened to append text (created if missing), refusing a
     symbolic link there (``O_NOFOLLOW``) instead of appending through it.

@@ -18,7 +18,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from minerva.errors import OptionError, first_line
-from minerva.run_folder import open_to_append, write_file
+from minerva.files import write_file
+from minerva.run_folder import open_to_append
 
 
 def cpu_model() -> str:

@@ -14,7 +14,8 @@ from helpers import make_trainer
 
 from minerva import checkpoint
 from minerva.errors import OutDirError
-from minerva.run_folder import open_to_append, prepare_out_dir, refuse_links, write_file
+from minerva.files import write_file
+from minerva.run_folder import open_to_append, prepare_out_dir, refuse_links
 from minerva.trainers.vmpo.trainer import VMPOTrainer
 
 pytest.importorskip("envpool")
