@@ -70,6 +70,11 @@ def trainer_for(env_id: str, **options) -> VMPOTrainer:
                                                   "seed": 1, "progress": False, **options}))
 
 
+def one_update(trainer: VMPOTrainer, batch) -> dict[str, float]:
+    """The trainer's update of ``batch``, as the first of a run of the env's budget."""
+    return trainer.algorithm(batch, batch.valid.shape[0], preset(trainer.env_id)["total_steps"])
+
+
 # --- update -----------------------------------------------------------------------------------
 
 def update_matmuls(agent: nn.Module, rows: int, m_steps: int,
@@ -112,8 +117,8 @@ def update(repeats: int) -> dict:
     for name, options in variants.items():
         trainer = trainer_for("HalfCheetah-v5", **ORIGINAL, **options)
         batch = trainer._collect_rollout().batch
-        trainer.algorithm(batch)  # warm-up (and compile)
-        seconds = median_seconds(lambda: trainer.algorithm(batch), repeats)
+        one_update(trainer, batch)  # warm-up (and compile)
+        seconds = median_seconds(lambda: one_update(trainer, batch), repeats)
         shapes = update_matmuls(trainer.agent, batch.valid.shape[0], trainer.config.m_steps)
         flops = sum(2 * n * k * m for n, k, m in shapes)
         dtype = torch.bfloat16 if options.get("precision") == "bfloat16" else torch.float32
@@ -161,9 +166,9 @@ def step(repeats: int) -> dict:
             setattr(update, method, timed(part, getattr(update, method)))
         update.optimizer.step = timed("optimiser", update.optimizer.step)
         batch = trainer._collect_rollout().batch
-        update(batch)  # warm-up (and compile)
+        one_update(trainer, batch)  # warm-up (and compile)
         parts.clear()
-        seconds = median_seconds(lambda: update(batch), repeats)
+        seconds = median_seconds(lambda: one_update(trainer, batch), repeats)
         config = trainer.config
         steps = config.m_steps * config.num_minibatches
         minibatch = batch.valid.shape[0] // config.num_minibatches

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,16 @@ def test_update_matmuls_count_every_layer_forward_and_backward(speed):
     assert len(step) == 2 * 2 + 4 * 3
     assert sum(2 * n * k * m for n, k, m in step) == (1200 - 240 + 2800 - 400 + 1800 - 360
                                                       + 840 - 120 + 700 - 100 + 700 - 100) // 2
+
+
+def test_the_speed_benchmark_updates_as_the_trainer_does(speed):
+    pytest.importorskip("envpool")
+    trainer = speed.trainer_for("HalfCheetah-v5", compile_update=False, rollout_steps=16,
+                                num_envs=2, torch_threads=1)
+    batch = trainer._collect_rollout().batch
+    statistics = speed.one_update(trainer, batch)
+    trainer.close()
+    assert math.isfinite(statistics["losses/policy_nll"]) and statistics["charts/policy_lr"] > 0
 
 
 @pytest.mark.slow
