@@ -130,8 +130,8 @@ def _storable(source: torch.dtype, buffer: torch.dtype) -> bool:
 class RolloutStorage(RolloutViews):
     """Pure-Python rollout storage with the interface of :class:`minerva.RolloutStorage`.
 
-    Every field is a torch tensor written with one ``copy_`` per field and step; advantages
-    come from the reference :func:`gae`. It is the benchmark baseline for the native storage.
+    Every field is a torch tensor written with one ``copy_`` per field and step. It is the
+    benchmark baseline for the native storage, and takes its place when that did not load.
     """
 
     def __init__(
