@@ -7,7 +7,10 @@
 Seeds 1..K (``--first-seed F``: F..F+K-1) of each env run as separate processes, at most
 ``--jobs`` at once (default: the number of CPUs), each with ``--torch-threads 1
 --no-progress --out-dir OUT/<env>/seed<k>`` and its output in ``OUT/<env>/seed<k>.log``. A
-run folder that already exists is replaced. Without ``--steps`` each env trains for its
+run folder that already exists is replaced, unless ``--continue``: then a run whose last
+checkpoint holds its whole budget is kept, one stopped part-way (a session that ended, a
+machine that rebooted) resumes from that checkpoint (``--resume``, its log appended), and
+only a folder without a checkpoint starts again. Without ``--steps`` each env trains for its
 preset's ``total_steps``. Every run trains for its whole budget (``--target-return none``:
 seeds that stopped on reaching a preset's target at different steps would leave curves of
 different lengths and make "final" mean "when solved"). ``--extra-args`` passes further
@@ -70,6 +73,7 @@ class Job:
     seed: int
     out_dir: Path
     command: tuple[str, ...]
+    steps: int | None = None  # the budget asked for (None: the preset's, saved in the run)
 
     @property
     def log(self) -> Path:
@@ -100,34 +104,56 @@ def plan(envs: Sequence[str], seeds: int, out: Path, steps: int | None = None,
                        "--no-progress", "--target-return", "none"]
             if steps is not None:
                 command += ["--total-steps", str(steps)]
-            jobs.append(Job(env_id, seed, run_dir, (*command, *extra_args)))
+            jobs.append(Job(env_id, seed, run_dir, (*command, *extra_args), steps))
     return jobs
 
 
-def run_job(job: Job) -> tuple[int, float]:
-    """Runs one training process (output into its log); returns (exit code, seconds)."""
-    if job.out_dir.exists():
+def last_checkpoint(run_dir: Path) -> tuple[Path, int, int] | None:
+    """A run folder's last checkpoint, its step and its run's budget (None: there is none,
+    or it cannot be read)."""
+    from minerva import checkpoint
+
+    for path in sorted(run_dir.glob("*_last.pt")):
+        try:
+            state = checkpoint.load(path)
+            return path, int(state["global_step"]), int(state["config"]["total_steps"])
+        except (OSError, checkpoint.CheckpointError, KeyError, TypeError, ValueError):
+            return None
+    return None
+
+
+def run_job(job: Job, carry_on: bool = False) -> tuple[int, float, str]:
+    """Runs one training process (output into its log); returns (exit code, seconds, what
+    was done). ``carry_on``: keep a finished run, resume an unfinished one (see above)."""
+    command, mode, done = job.command, "w", "trained"
+    saved = last_checkpoint(job.out_dir) if carry_on and job.out_dir.is_dir() else None
+    if saved is not None:
+        path, step, budget = saved
+        if step >= (job.steps or budget):
+            return 0, 0.0, f"kept (finished at step {step})"
+        command, mode, done = (*command, "--resume", str(path)), "a", f"resumed at step {step}"
+    elif job.out_dir.exists():
         shutil.rmtree(job.out_dir)  # metrics.jsonl appends: a stale one would mix runs
     job.out_dir.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with open(job.log, "w", encoding="utf-8") as log:
-        log.write("$ " + shlex.join(job.command) + "\n")
+    with open(job.log, mode, encoding="utf-8") as log:
+        log.write("$ " + shlex.join(command) + "\n")
         log.flush()
-        code = subprocess.run(job.command, stdout=log, stderr=subprocess.STDOUT,
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
                               check=False).returncode
-    return code, time.perf_counter() - start
+    return code, time.perf_counter() - start, done
 
 
-def run_all(jobs: Sequence[Job], parallel: int) -> list[Job]:
+def run_all(jobs: Sequence[Job], parallel: int, carry_on: bool = False) -> list[Job]:
     """Runs ``jobs``, at most ``parallel`` at once, reporting each to stderr as it ends;
     returns the failed ones."""
     failed = []
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = {pool.submit(run_job, job): job for job in jobs}
+        futures = {pool.submit(run_job, job, carry_on): job for job in jobs}
         for done, future in enumerate(as_completed(futures), 1):
             job = futures[future]
-            code, seconds = future.result()
-            status = "ok" if code == 0 else f"FAILED (exit code {code})"
+            code, seconds, what = future.result()
+            status = f"ok ({what})" if code == 0 else f"FAILED (exit code {code}; {what})"
             print(f"[{done}/{len(jobs)}] {job.name}: {status} in {seconds:.0f} s -> {job.log}",
                   file=sys.stderr, flush=True)
             if code != 0:
@@ -357,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="runs at once (default: the number of CPUs, %(default)s)")
     parser.add_argument("--extra-args", default="",
                         help='further flags for every run, e.g. "--num-envs 16"')
+    parser.add_argument("--continue", dest="carry_on", action="store_true",
+                        help="keep the runs already finished in --out and resume the ones "
+                             "stopped part-way from their last checkpoint, instead of "
+                             "replacing them")
     parser.add_argument("--summarize-only", action="store_true",
                         help="summarise the runs already in --out without training")
     parser.add_argument("--compare", nargs="+", metavar="LABEL=DIR",
@@ -396,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         print(f"training {len(jobs)} runs ({len(args.envs)} env(s) x {args.seeds} seed(s)), "
               f"{parallel} at once, into {args.out}", file=sys.stderr, flush=True)
-        failed = run_all(jobs, parallel)
+        failed = run_all(jobs, parallel, args.carry_on)
         if failed:
             print(report_failures(failed), file=sys.stderr)
             return 1

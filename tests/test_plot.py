@@ -300,3 +300,34 @@ def test_damaged_events_are_skipped_or_named_and_a_cut_last_line_dropped(tmp_pat
     (folder / "metrics.jsonl").write_bytes(b"\xff\xfe\n")
     with pytest.raises(SystemExit, match="metrics.jsonl: cannot be read"):
         plot.load_run(folder)
+
+
+@pytest.mark.slow
+def test_learning_continue_keeps_finished_runs_and_resumes_the_others(learning, tmp_path,
+                                                                       capsys):
+    pytest.importorskip("envpool")
+    out = tmp_path / "set"
+    common = ["--envs", "CartPole-v1", "--seeds", "1", "--out", str(out), "--jobs", "1",
+              "--extra-args", "--num-envs 4 --rollout-steps 32 --eval-every 512 "
+                              "--eval-episodes 2"]
+    assert learning.main([*common, "--steps", "512"]) == 0
+    # a longer budget: the run resumes from its checkpoint instead of starting again
+    assert learning.main([*common, "--steps", "1024", "--continue"]) == 0
+    assert "ok (resumed at step 512)" in capsys.readouterr().err
+    run = out / "CartPole-v1" / "seed1"
+    steps = [json.loads(line)["global_step"]
+             for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 1024
+    commands = [line for line in run.with_suffix(".log").read_text().splitlines()
+                if line.startswith("$ ")]
+    assert len(commands) == 2 and "--resume" not in commands[0]
+    assert f"--resume {run / 'vmpo_last.pt'}" in commands[1]
+    # finished: kept as it is
+    before = (run / "metrics.jsonl").read_text()
+    assert learning.main([*common, "--steps", "1024", "--continue"]) == 0
+    assert "ok (kept (finished at step 1024))" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_text() == before
+    # without --continue the run starts again
+    assert learning.main([*common, "--steps", "512"]) == 0
+    assert "ok (trained)" in capsys.readouterr().err
+    assert run.with_suffix(".log").read_text().count("\n$ ") == 0  # one command: the first line
