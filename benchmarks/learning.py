@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
@@ -51,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from minerva.config import DUAL_RANGE
 from minerva.plot import DEFAULT_METRIC, Curve, Run, find_runs, group_by_env, plot_runs
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "learning"
@@ -185,6 +187,39 @@ def reached(curve: Curve, threshold: float) -> dict[str, float] | None:
     return {"steps": float(curve.steps[hits[0]]), "seconds": float(curve.seconds[hits[0]])}
 
 
+# a run has collapsed when its final evaluation is below this share of its best
+COLLAPSE_SHARE = 0.8
+DUALS = ("losses/eta", "losses/alpha_mean", "losses/alpha_std", "losses/alpha")
+
+
+def _values(run: Run, metric: str) -> np.ndarray:
+    """Every finite logged value of ``metric`` (none: an empty array)."""
+    return np.array([event[metric] for event in run.events
+                     if isinstance(event.get(metric), (int, float))
+                     and math.isfinite(event[metric])], dtype=float)
+
+
+def health(run: Run) -> dict[str, Any]:
+    """How a V-MPO run's update behaved: the policy's std at the start and the end, the
+    share of updates with a dual at its cap (the ``log`` parameterisation's upper bound; the
+    ``softplus`` one has none), and the policy's gradient norm over its clip (the median over
+    the run). None where the run did not log the quantity."""
+    config = run.info.get("config", {})
+    std = _values(run, "charts/policy_std")
+    duals = [values for metric in DUALS if (values := _values(run, metric)).size]
+    capped = None
+    if duals and config.get("dual_parameterization", "log") == "log":
+        rows = min(len(values) for values in duals)
+        at_cap = np.any([values[:rows] >= 0.99 * DUAL_RANGE[1] for values in duals], axis=0)
+        capped = float(at_cap.mean())
+    grad_norm, clip = _values(run, "losses/policy_grad_norm"), config.get("max_grad_norm")
+    return {"policy_std_first": float(std[0]) if std.size else None,
+            "policy_std_last": float(std[-1]) if std.size else None,
+            "dual_at_cap_share": capped,
+            "grad_norm_over_clip": (float(np.median(grad_norm) / clip)
+                                    if grad_norm.size and clip else None)}
+
+
 def _run_summary(run: Run, out: Path) -> dict[str, Any]:
     curve = run.curve(DEFAULT_METRIC)
     returns = curve.values
@@ -193,6 +228,9 @@ def _run_summary(run: Run, out: Path) -> dict[str, Any]:
             "path": str(path.relative_to(out.resolve()) if path.is_relative_to(out.resolve())
                         else path.name),
             "final_return": float(returns[-1]), "best_return": float(returns.max()),
+            "collapsed": bool(returns[-1] < COLLAPSE_SHARE * returns.max()
+                              and returns.max() > 0),
+            "health": health(run),
             "last100_train_return": run.last(LAST100_METRIC),
             "env_steps": run.final_step, "wall_clock_s": run.wall_clock_s,
             "steps_per_second": run.last("charts/steps_per_second"),
@@ -278,8 +316,40 @@ def markdown(summary: dict[str, Any]) -> str:
             "Env steps, wall-clock and steps/s (a run's last `charts/steps_per_second`) are "
             "means over seeds; wall-clock is the training time logged in `metrics.jsonl` "
             "(without the process start-up); each run used one torch thread.")
-    lines += ["", note]
+    lines += ["", note, "", *health_table(summary)]
     return "\n".join(lines)
+
+
+def _mean_of(runs: Sequence[dict[str, Any]], key: str) -> float | None:
+    values = [run["health"][key] for run in runs if run["health"][key] is not None]
+    return statistics.fmean(values) if values else None
+
+
+def health_table(summary: dict[str, Any]) -> list[str]:
+    """Per env: the seeds whose final evaluation fell below ``COLLAPSE_SHARE`` of their best,
+    and how the update behaved (:func:`health`), as markdown lines."""
+    def text(value: float | None, form: str) -> str:
+        return "–" if value is None else format(value, form)
+
+    lines = [f"| env | collapsed (final < {COLLAPSE_SHARE:g} × best) | worst final / best "
+             "| policy std, first → last | updates with a dual at its cap "
+             "| policy gradient norm / clip (median) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for env_id, env in summary["envs"].items():
+        runs = env["runs"]
+        shares = [run["final_return"] / run["best_return"] for run in runs
+                  if run["best_return"] > 0]
+        ratios = [run["health"]["grad_norm_over_clip"] for run in runs
+                  if run["health"]["grad_norm_over_clip"] is not None]
+        capped = _mean_of(runs, "dual_at_cap_share")
+        lines.append(
+            f"| {env_id} | {sum(run['collapsed'] for run in runs)}/{len(runs)} "
+            f"| {text(min(shares) if shares else None, '.2f')} "
+            f"| {text(_mean_of(runs, 'policy_std_first'), '.3f')} → "
+            f"{text(_mean_of(runs, 'policy_std_last'), '.3f')} "
+            f"| {text(capped, '.0%')} "
+            f"| {text(statistics.median(ratios) if ratios else None, '.2f')} |")
+    return lines
 
 
 def write_summary(out: Path, envs: Sequence[str] | None = None) -> str:

@@ -331,3 +331,46 @@ def test_learning_continue_keeps_finished_runs_and_resumes_the_others(learning, 
     assert learning.main([*common, "--steps", "512"]) == 0
     assert "ok (trained)" in capsys.readouterr().err
     assert run.with_suffix(".log").read_text().count("\n$ ") == 0  # one command: the first line
+
+
+def test_learning_summary_flags_collapse_and_reports_how_the_update_behaved(learning,
+                                                                           tmp_path):
+    root = tmp_path / "results"
+    # seed 1 ends at its best; seed 2 falls from 500 to 300, below 0.8 of its best
+    write_run(root / "Hopper-v5" / "seed1", [(1000, 1.0, 100.0), (2000, 2.0, 400.0)],
+              "Hopper-v5", 1)
+    write_run(root / "Hopper-v5" / "seed2", [(1000, 1.0, 500.0), (2000, 2.0, 300.0)],
+              "Hopper-v5", 2)
+    cap = learning.DUAL_RANGE[1]
+    for seed, alpha_std in ((1, [10.0, cap, cap, 5.0]), (2, [1.0, 2.0, 3.0, 4.0])):
+        folder = root / "Hopper-v5" / f"seed{seed}"
+        info = json.loads((folder / "run.json").read_text())
+        info["config"].update(max_grad_norm=10.0, dual_parameterization="log")
+        (folder / "run.json").write_text(json.dumps(info))
+        updates = [{"global_step": 500 * (i + 1), "time/elapsed_s": 0.5 * (i + 1),
+                    "charts/policy_std": 0.5 - 0.1 * i,
+                    "losses/eta": 1.0, "losses/alpha_mean": 1.0, "losses/alpha_std": value,
+                    "losses/policy_grad_norm": [5.0, 20.0, 30.0, float("nan")][i]}
+                   for i, value in enumerate(alpha_std)]
+        with (folder / "metrics.jsonl").open("a") as metrics:
+            metrics.writelines(json.dumps(event) + "\n" for event in updates)
+
+    summary = learning.summarize(learning.find_benchmark_runs(root), root)
+    runs = summary["envs"]["Hopper-v5"]["runs"]
+    assert [run["collapsed"] for run in runs] == [False, True]
+    assert runs[0]["health"] == pytest.approx({
+        "policy_std_first": 0.5, "policy_std_last": 0.2, "dual_at_cap_share": 0.5,
+        "grad_norm_over_clip": 2.0})  # the NaN norm is skipped: median(5, 20, 30) / 10
+    assert runs[1]["health"]["dual_at_cap_share"] == 0.0
+    table = learning.markdown(summary)
+    assert "| Hopper-v5 | 1/2 | 0.60 | 0.500 → 0.200 | 25% | 2.00 |" in table
+
+    # a run that logged nothing has no health numbers; a share of a negative best means
+    # nothing, so none is given
+    write_run(root / "Pendulum-v1" / "seed1", [(1000, 1.0, -200.0)], "Pendulum-v1", 1)
+    pendulum = learning.summarize(learning.find_benchmark_runs(root), root)["envs"][
+        "Pendulum-v1"]["runs"][0]
+    assert pendulum["health"] == {"policy_std_first": None, "policy_std_last": None,
+                                  "dual_at_cap_share": None, "grad_norm_over_clip": None}
+    assert "| Pendulum-v1 | 0/1 | – | – → – | – | – |" in learning.markdown(
+        learning.summarize(learning.find_benchmark_runs(root), root))
