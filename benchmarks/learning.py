@@ -201,14 +201,14 @@ def _values(run: Run, metric: str) -> np.ndarray:
 
 def health(run: Run) -> dict[str, Any]:
     """How a V-MPO run's update behaved: the policy's std at the start and the end, the
-    share of updates with a dual at its cap (the ``log`` parameterisation's upper bound; the
-    ``softplus`` one has none), and the policy's gradient norm over its clip (the median over
-    the run). None where the run did not log the quantity."""
+    share of updates with a dual at its cap (the upper end of ``DUAL_RANGE``), and the
+    policy's gradient norm over its clip (the median over the run). None where the run did
+    not log the quantity."""
     config = run.info.get("config", {})
     std = _values(run, "charts/policy_std")
     duals = [values for metric in DUALS if (values := _values(run, metric)).size]
     capped = None
-    if duals and config.get("dual_parameterization", "log") == "log":
+    if duals:
         rows = min(len(values) for values in duals)
         at_cap = np.any([values[:rows] >= 0.99 * DUAL_RANGE[1] for values in duals], axis=0)
         capped = float(at_cap.mean())

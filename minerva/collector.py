@@ -21,7 +21,7 @@ import torch
 
 from minerva.envs import StepResult, VectorEnv
 from minerva.errors import NonFiniteError
-from minerva.native.layout import GAEInputs, RolloutBatch, RolloutViews, flatten
+from minerva.native.layout import RolloutBatch, RolloutViews, flatten
 from minerva.networks import Action, Agent, precision_context
 from minerva.normalization import RewardScaler
 from minerva.run_log import PhaseTimer
@@ -164,8 +164,8 @@ class RolloutCollector:
     def _batch_with_advantages(self) -> RolloutBatch:
         """The rollout where the update runs, its values scored in one batch (the step
         after the rollout's last included) and its advantages and returns computed there
-        (:func:`advantages_from_critic`, as the update recomputes them). On the CPU the
-        tensors are the storage's, which is filled in place."""
+        (:func:`advantages_from_critic`). On the CPU the tensors are the storage's, which is
+        filled in place."""
         rollout = (self.storage.buffers if self.device_rollout is None
                    else self.device_rollout.transfer(self.storage))
         stored = rollout["observations"]
@@ -178,7 +178,18 @@ class RolloutCollector:
         rollout["values"].copy_(values)
         rollout["advantages"].copy_(advantages)
         rollout["returns"].copy_(returns)
-        return flatten(rollout)._replace(gae_inputs=inputs)
+        return flatten(rollout)
+
+
+class GAEInputs(NamedTuple):
+    """What a rollout's advantages take beyond its observations: ``[T, N]`` rewards (as
+    trained on: scaled when ``normalize_rewards``), terminations and ends, and the
+    observations that followed the last step (``[N, ...]``)."""
+
+    rewards: torch.Tensor
+    terminated: torch.Tensor
+    done: torch.Tensor
+    last_observations: torch.Tensor
 
 
 def advantages_from_critic(agent: Agent, observations: torch.Tensor, inputs: GAEInputs,

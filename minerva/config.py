@@ -24,13 +24,11 @@ PRECISIONS = ("float32", "bfloat16")
 ENCODERS = ("auto", "mlp", "nature", "impala")
 ALGORITHMS = ("vmpo", "ppo")
 ACTION_BOUNDS = ("squash", "clip")
-DUAL_PARAMETERIZATIONS = ("log", "softplus")
 STD_PARAMETERIZATIONS = ("bounded", "softplus")
 MAX_SEED = 2_000_000_000  # envpool seeds are int32, and env i gets seed + i
 MAX_ENVS = 65_536
 MAX_M_STEPS = 1_000
-# V-MPO's temperature and KL multipliers: where they start, and where the log
-# parameterisation keeps them
+# V-MPO's temperature and KL multipliers: where they start, and where they are kept
 DUAL_RANGE = (1e-8, 1e4)
 
 
@@ -76,24 +74,9 @@ class TrainConfig:
     epsilon_sigma: float = _option(0.01, "V-MPO: KL bound on the Gaussian standard deviation")
     epsilon_categorical: float = _option(0.01, "V-MPO: KL bound of a categorical policy")
     alpha_init: float = _option(1.0, "V-MPO: initial KL Lagrange multipliers")
-    decoupled_likelihood: bool = _option(
-        False, "V-MPO: the M-step fits a Gaussian's mean with the behaviour policy's std held and "
-               "its std with the behaviour policy's mean held (the two log-likelihoods added, "
-               "as Acme's MPO), instead of both in one likelihood")
-    per_dimension_kl: bool = _option(
-        False, "V-MPO: a Gaussian's mean and std KL bounds and multipliers per action dimension "
-               "(each dimension bounded by epsilon_mu or epsilon_sigma / the action dimensions, "
-               "as Acme's per_dim_constraining), instead of one each on the sum")
-    dual_parameterization: str = _option(
-        "log", "V-MPO: the temperature and KL multipliers as exp(p), kept in [1e-8, 1e4] (log) "
-               "or softplus(p) + 1e-8, bounded below only (softplus, as Acme)",
-        choices=DUAL_PARAMETERIZATIONS)
     dual_max_grad_norm: float = _option(
         0.0, "V-MPO: gradient clipping norm of the temperature and the KL multipliers together "
              "(0: not clipped)")
-    recompute_advantages: bool = _option(
-        False, "V-MPO: before each pass after the first, the rollout's advantages, returns and "
-               "top-k again from the critic as it is then (one critic pass and the native GAE)")
     target_update_period: int = _option(
         0, "V-MPO: anchor the KL bounds on a target policy copied from the policy every this "
            "many gradient steps (0: on the rollout's behaviour policy)")
@@ -126,9 +109,6 @@ class TrainConfig:
         "bounded", "a Gaussian policy's std: exp of a log-std squashed between min_log_std and 1 "
                    "(bounded) or softplus(p) + exp(min_log_std) (softplus, as Acme; no upper "
                    "bound)", choices=STD_PARAMETERIZATIONS)
-    input_layer_norm: bool = _option(
-        False, "the MLP trunks' first layer is tanh(LayerNorm(Linear(x))) (the input layer the "
-               "V-MPO authors advise, and Acme's) whatever the activation")
     state_dependent_std: bool = _option(
         True, "a Gaussian policy's std depends on the state (else one vector for all states)")
     action_bounds: str = _option(
@@ -302,6 +282,8 @@ OPTION_DEFAULTS: dict[str, object] = {f.name: f.default for f in dataclasses.fie
 LEGACY_DEFAULTS: dict[str, object] = {"encoder": "mlp"}
 # options minerva no longer has: the value that did what minerva does now (None: any value,
 # for an option that only acted with another one), and why the option went
+_M_STEP_STUDY = ("in a 60-trial search over Hopper, Walker2d and Ant it was in none of the "
+                 "best ten trials (docs/tuning.md#the-m-step-study)")
 REMOVED_OPTIONS: dict[str, tuple[object, str]] = {
     "pipelined_rollout": (False, "stepping half the envs while the policy acted on the other "
                                  "cost more than it overlapped; every env steps at once"),
@@ -309,4 +291,10 @@ REMOVED_OPTIONS: dict[str, tuple[object, str]] = {
                              "benchmarks/bench_ops.py; training runs the native ones"),
     "optimizer_type": ("adam", "SGD had no preset and no result; Adam is the optimiser"),
     "sgd_momentum": (None, "SGD had no preset and no result; Adam is the optimiser"),
+    # the M-step options the study of docs/tuning.md#the-m-step-study found no use for
+    "decoupled_likelihood": (False, _M_STEP_STUDY),
+    "per_dimension_kl": (False, _M_STEP_STUDY),
+    "dual_parameterization": ("log", _M_STEP_STUDY),
+    "recompute_advantages": (False, _M_STEP_STUDY),
+    "input_layer_norm": (False, _M_STEP_STUDY),
 }

@@ -25,20 +25,15 @@ def orthogonal_linear(in_dim: int, out_dim: int, gain: float) -> nn.Linear:
     return linear
 
 
-def mlp(in_dim: int, layer_sizes: tuple[int, ...], activation: str,
-        input_layer_norm: bool = False) -> tuple[nn.Sequential, int]:
-    """Linear + activation layers (orthogonal init, gain sqrt 2); returns (net, out_dim).
-    With ``input_layer_norm`` the first is Linear + LayerNorm + tanh, which bounds the first
-    features whatever the observations' scale."""
+def mlp(in_dim: int, layer_sizes: tuple[int, ...], activation: str
+        ) -> tuple[nn.Sequential, int]:
+    """Linear + activation layers (orthogonal init, gain sqrt 2); returns (net, out_dim)."""
     layers: list[nn.Module] = []
-    for index, size in enumerate(layer_sizes):
+    for size in layer_sizes:
         linear = nn.Linear(in_dim, size)
         nn.init.orthogonal_(linear.weight, math.sqrt(2))
         nn.init.zeros_(linear.bias)
-        if input_layer_norm and index == 0:
-            layers += [linear, nn.LayerNorm(size), nn.Tanh()]
-        else:
-            layers += [linear, ACTIVATIONS[activation]()]
+        layers += [linear, ACTIVATIONS[activation]()]
         in_dim = size
     return nn.Sequential(*layers), in_dim
 

@@ -261,7 +261,6 @@ class Agent(nn.Module):
         encoder: str = "auto",
         action_bounds: str = "squash",
         std_parameterization: str = "bounded",
-        input_layer_norm: bool = False,
     ):
         super().__init__()
         self.encoder_type = resolve_encoder(encoder, observation_space)
@@ -274,12 +273,10 @@ class Agent(nn.Module):
             self.observation_shape if self.image_encoder is None else ())
         in_dim = (self.image_encoder.out_dim if self.image_encoder is not None
                   else int(np.prod(observation_space.shape)))
-        self.policy_trunk, policy_out = mlp(in_dim, policy_layer_sizes, activation,
-                                            input_layer_norm)
+        self.policy_trunk, policy_out = mlp(in_dim, policy_layer_sizes, activation)
         self.shared_encoder = shared_encoder
         value_in = policy_out if shared_encoder else in_dim
-        self.value_trunk, value_out = mlp(value_in, value_layer_sizes, activation,
-                                          input_layer_norm and not shared_encoder)
+        self.value_trunk, value_out = mlp(value_in, value_layer_sizes, activation)
         self.value_head = orthogonal_linear(value_out, 1, 1.0)
         if isinstance(action_space, gym.spaces.Box):
             self.policy: GaussianPolicy | CategoricalPolicy = GaussianPolicy(
@@ -364,5 +361,4 @@ def agent_for(config, observation_space: gym.spaces.Space,
         normalize_observations=config.normalize_observations,
         init_log_std=config.init_log_std, state_dependent_std=config.state_dependent_std,
         min_log_std=config.min_log_std, encoder=config.encoder,
-        action_bounds=config.action_bounds, std_parameterization=config.std_parameterization,
-        input_layer_norm=config.input_layer_norm)
+        action_bounds=config.action_bounds, std_parameterization=config.std_parameterization)

@@ -252,9 +252,6 @@ def test_resume_applies_learning_rates_and_sizes(saved_run, tmp_path):
     (dict(normalize_observations=False), "normalize_observations: the checkpoint has True"),
     (dict(total_steps=128), "total_steps: 128 is not above the 128 steps already trained"),
     (dict(std_parameterization="softplus"), "std_parameterization: the checkpoint has 'bounded'"),
-    (dict(dual_parameterization="softplus"), "dual_parameterization: the checkpoint has 'log'"),
-    (dict(input_layer_norm=True), "input_layer_norm: the checkpoint has False"),
-    (dict(per_dimension_kl=True), "per_dimension_kl: the checkpoint has False"),
 ])
 def test_resume_rejects_what_cannot_apply(saved_run, override, message):
     with pytest.raises(ValueError, match=message):

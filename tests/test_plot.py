@@ -345,7 +345,7 @@ def test_learning_summary_flags_collapse_and_reports_how_the_update_behaved(lear
     for seed, alpha_std in ((1, [10.0, cap, cap, 5.0]), (2, [1.0, 2.0, 3.0, 4.0])):
         folder = root / "Hopper-v5" / f"seed{seed}"
         info = json.loads((folder / "run.json").read_text())
-        info["config"].update(max_grad_norm=10.0, dual_parameterization="log")
+        info["config"].update(max_grad_norm=10.0)
         (folder / "run.json").write_text(json.dumps(info))
         updates = [{"global_step": 500 * (i + 1), "time/elapsed_s": 0.5 * (i + 1),
                     "charts/policy_std": 0.5 - 0.1 * i,

@@ -351,7 +351,9 @@ def test_checkpoints_with_removed_options_resume_at_what_minerva_does_now(tmp_pa
     state = torch.load(tmp_path / "vmpo_last.pt", weights_only=True)
     old = tmp_path / "old.pt"
     removed = {"pipelined_rollout": False, "reference_ops": False, "optimizer_type": "adam",
-               "sgd_momentum": 0.5}
+               "sgd_momentum": 0.5, "decoupled_likelihood": False, "per_dimension_kl": False,
+               "dual_parameterization": "log", "recompute_advantages": False,
+               "input_layer_norm": False}
     torch.save({**state, "config": {**state["config"], **removed}}, old)
     loaded = VMPOTrainer.from_checkpoint(old)
     assert loaded.global_step == 64
@@ -359,6 +361,10 @@ def test_checkpoints_with_removed_options_resume_at_what_minerva_does_now(tmp_pa
     torch.save({**state, "config": {**state["config"], "optimizer_type": "sgd"}}, old)
     with pytest.raises(ValueError, match="trained with optimizer_type = 'sgd', which this "
                                          "minerva no longer has"):
+        VMPOTrainer.from_checkpoint(old)
+    torch.save({**state, "config": {**state["config"], "per_dimension_kl": True}}, old)
+    with pytest.raises(ValueError, match="trained with per_dimension_kl = True, which this "
+                                         "minerva no longer has \\(in a 60-trial search"):
         VMPOTrainer.from_checkpoint(old)
 
 
@@ -474,16 +480,12 @@ def test_cartpole_is_solved(tmp_path):
 
 
 @pytest.mark.slow
-def test_continuous_control_preset_keeps_the_std_from_collapsing(tmp_path):
-    """V-MPO's M-step fits the Gaussian to the better half of the actions, whose spread is
-    smaller than the policy's: every update pulls the std down, and only the std's trust
-    region (epsilon_sigma) holds it. The continuous-control preset's bound keeps it near its
-    initial 0.37; the earlier bound of 1e-3 let it fall by ~1.4% per update here (to
-    0.02-0.08 in some states by the end of 1M-step MuJoCo runs).
-
-    With 32 minibatches per pass: the std's multiplier is stepped once per gradient step, so
-    with the preset's 8 it takes ~4x the rollouts to rise (the std fell ~9% over these 8
-    rollouts with either bound; in the 1M-step runs its mean stays at 0.355-0.37 throughout)."""
+def test_continuous_control_preset_narrows_the_std_within_its_bound(tmp_path):
+    """V-MPO's M-step fits the Gaussian to the better share of the actions, whose spread is
+    smaller than the policy's: every update pulls the std down, and the std's trust region
+    (epsilon_sigma) sets how fast. With the preset's bound the std narrows as the policy
+    learns (here to ~0.77 of its initial value over 8 rollouts of InvertedPendulum, with 32
+    minibatches per pass), and a looser bound (1e-3) lets it fall clearly faster (~0.66)."""
     final_std = {}
     for epsilon_sigma in (None, 1e-3):
         options = {**presets.preset("InvertedPendulum-v5"), "total_steps": 8 * 2048,
@@ -498,24 +500,21 @@ def test_continuous_control_preset_keeps_the_std_from_collapsing(tmp_path):
         trainer.close()
         stds = [e["charts/policy_std"] for e in read_events(out) if "charts/policy_std" in e]
         final_std[epsilon_sigma] = stds[-1] / stds[0]  # the 8th rollout's mean std, relative
-    assert final_std[None] > 0.97
-    assert final_std[1e-3] < 0.94  # the test can tell a bound that lets it fall
+    assert 0.7 < final_std[None] < 0.95
+    assert final_std[1e-3] < final_std[None] - 0.05  # the test can tell a looser bound
 
 
-MPO_M_STEP = dict(decoupled_likelihood=True, per_dimension_kl=True,
-                  dual_parameterization="softplus", dual_max_grad_norm=1.0,
-                  std_parameterization="softplus", input_layer_norm=True,
-                  target_update_period=4, m_steps=2, num_minibatches=2, alpha_init=100.0)
+M_STEP = dict(dual_max_grad_norm=1.0, max_grad_norm=0.5, std_parameterization="softplus",
+              target_update_period=4, m_steps=2, num_minibatches=2, alpha_init=100.0)
 
 
-def test_the_mpo_style_m_step_options_train_and_resume(tmp_path):
-    """Every M-step option at once on Hopper (3 action dimensions): one multiplier per
-    dimension, clipped softplus duals, a target policy refreshed every 4 gradient steps (one
-    update: 2 passes x 2 minibatches), and all of it through a checkpoint."""
-    trainer = make_trainer("Hopper-v5", eval_every=10_000, **MPO_M_STEP)
+def test_the_m_step_options_train_and_resume(tmp_path):
+    """The continuous-control preset's M-step options on Hopper: the duals clipped apart from
+    the policy, a target policy refreshed every 4 gradient steps (one update: 2 passes x 2
+    minibatches), and all of it through a checkpoint."""
+    trainer = make_trainer("Hopper-v5", eval_every=10_000, **M_STEP)
     update = trainer.algorithm
-    assert update.duals.alphas.shape == (6,)  # the mean's 3, then the std's 3
-    torch.testing.assert_close(update.duals.alphas, torch.full((6,), 100.0))
+    torch.testing.assert_close(update.duals.alphas, torch.full((2,), 100.0))  # mean, std
     first = {name: t.clone() for name, t in trainer.agent.state_dict().items()}
     metrics = update(trainer._collect_rollout().batch, 0, 1000)
     assert all(math.isfinite(value) for value in metrics.values())
@@ -530,38 +529,14 @@ def test_the_mpo_style_m_step_options_train_and_resume(tmp_path):
     assert loaded.algorithm.gradient_steps == update.gradient_steps
     for name, tensor in update.target.state_dict().items():
         assert torch.equal(loaded.algorithm.target.state_dict()[name], tensor), name
-    assert torch.equal(loaded.duals.alpha_raw, trainer.duals.alpha_raw)
+    assert torch.equal(loaded.duals.log_alpha, trainer.duals.log_alpha)
     loaded.close()
 
 
-def test_the_decoupled_likelihood_fits_mean_and_std_each_with_the_other_held():
-    trainer = make_trainer("Hopper-v5", decoupled_likelihood=True)
-    update = trainer.algorithm
-    rng = np.random.default_rng(0)
-    mean, mean_old, actions = (rng.normal(size=(5, 3)) for _ in range(3))
-    log_std, log_std_old = rng.normal(size=(5, 3)) * 0.3, rng.normal(size=(5, 3)) * 0.3
-
-    def gaussian(x, mu, log_sigma):  # log N(x; mu, sigma), summed over dimensions
-        return (-0.5 * ((x - mu) / np.exp(log_sigma)) ** 2 - log_sigma
-                - 0.5 * np.log(2 * np.pi)).sum(-1)
-
-    def cat(a, b):
-        return torch.tensor(np.concatenate([a, b], -1))
-
-    got = update.log_probs(cat(mean, log_std), cat(mean_old, log_std_old), torch.tensor(actions))
-    expected = gaussian(actions, mean, log_std_old) + gaussian(actions, mean_old, log_std)
-    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
-    trainer.close()
-
-
-def test_softplus_std_and_the_layer_norm_input_layer():
+def test_the_softplus_std_has_a_floor_and_no_ceiling():
     trainer = make_trainer("Hopper-v5", std_parameterization="softplus", init_log_std=-0.5,
-                           min_log_std=-3.0, input_layer_norm=True)
+                           min_log_std=-3.0)
     agent = trainer.agent
-    assert [type(m).__name__ for m in agent.policy_trunk][:3] == ["Linear", "LayerNorm", "Tanh"]
-    assert [type(m).__name__ for m in agent.value_trunk][:3] == ["Linear", "LayerNorm", "Tanh"]
-    features = agent.policy_trunk[:3](torch.randn(7, 11) * 1e4)  # bounded whatever the input
-    assert features.abs().max() <= 1.0
     log_std = agent.policy_params(torch.zeros(4, 11))[:, 3:]
     torch.testing.assert_close(log_std, torch.full_like(log_std, -0.5), atol=2e-2, rtol=0)
     with torch.no_grad():
@@ -571,22 +546,4 @@ def test_softplus_std_and_the_layer_norm_input_layer():
     with torch.no_grad():
         agent.policy.log_std.bias.fill_(1e3)  # no ceiling: softplus(1000) = 1000
     assert agent.policy_params(torch.zeros(1, 11))[0, 3:].exp().min() > 900
-    trainer.close()
-
-
-def test_recomputed_advantages_follow_the_critic():
-    """With the critic as it was when the rollout was collected, the recomputation gives the
-    collector's advantages and returns; each pass after the first recomputes them."""
-    trainer = make_trainer("Pendulum-v1", recompute_advantages=True, m_steps=3)
-    update = trainer.algorithm
-    batch = trainer._collect_rollout().batch
-    advantages, returns = update.recomputed_advantages(batch)
-    torch.testing.assert_close(advantages, batch.advantages)
-    torch.testing.assert_close(returns, batch.returns)
-    calls = []
-    recompute = update.recomputed_advantages
-    update.recomputed_advantages = lambda b: calls.append(1) or recompute(b)
-    metrics = update(batch, 0, 1000)
-    assert len(calls) == 2 and all(math.isfinite(value) for value in metrics.values())
-    assert not torch.equal(recompute(batch)[0], batch.advantages)  # the critic has moved
     trainer.close()

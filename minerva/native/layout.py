@@ -13,17 +13,6 @@ import torch
 _MAX_SIZE = 2**63 - 1
 
 
-class GAEInputs(NamedTuple):
-    """What computing a rollout's advantages again takes beyond its batch: ``[T, N]``
-    rewards (as trained on: scaled when ``normalize_rewards``), terminations and ends, and
-    the observations that followed the last step (``[N, ...]``)."""
-
-    rewards: torch.Tensor
-    terminated: torch.Tensor
-    done: torch.Tensor
-    last_observations: torch.Tensor
-
-
 class RolloutBatch(NamedTuple):
     """A rollout flattened to ``[T * N, ...]`` (views, not copies, on the CPU)."""
 
@@ -35,11 +24,6 @@ class RolloutBatch(NamedTuple):
     advantages: torch.Tensor
     returns: torch.Tensor
     valid: torch.Tensor
-    gae_inputs: GAEInputs | None = None  # to recompute the advantages with a newer critic
-
-
-# the fields that are views of the storage's buffers
-_BUFFER_FIELDS = tuple(name for name in RolloutBatch._fields if name != "gae_inputs")
 
 
 class _Buffer:
@@ -142,10 +126,10 @@ class RolloutViews:
         tensors = self._tensors
         if device is not None:
             tensors = {name: tensors[name].to(device, non_blocking=True)
-                       for name in _BUFFER_FIELDS}
+                       for name in RolloutBatch._fields}
         return flatten(tensors)
 
 
 def flatten(tensors: dict[str, torch.Tensor]) -> RolloutBatch:
     """The batch fields of ``[T, N, ...]`` buffers, flattened to ``[T * N, ...]`` (views)."""
-    return RolloutBatch(**{name: tensors[name].flatten(0, 1) for name in _BUFFER_FIELDS})
+    return RolloutBatch(**{name: tensors[name].flatten(0, 1) for name in RolloutBatch._fields})

@@ -73,7 +73,7 @@ class Update:
         inputs: tuple = ()
         with self.step_threads(size):
             for pass_index in range(self.config.m_steps):
-                inputs = self.pass_inputs(batch, samples, pass_index)
+                inputs = self.pass_inputs(batch, pass_index)
                 for minibatch in self.minibatches(samples):
                     self.optimizer.zero_grad(set_to_none=True)
                     terms = self.backward(minibatch, *inputs)
@@ -99,10 +99,9 @@ class Update:
         """The rollout's tensors (one row per sample) the minibatches are cut from."""
         raise NotImplementedError
 
-    def pass_inputs(self, batch: RolloutBatch, samples: dict[str, torch.Tensor],
-                    pass_index: int) -> tuple:
+    def pass_inputs(self, batch: RolloutBatch, pass_index: int) -> tuple:
         """What :meth:`loss` reads beyond its minibatch during pass ``pass_index`` (computed
-        before the pass; ``samples`` may be refreshed in place): none by default."""
+        before the pass): none by default."""
         return ()
 
     def loss(self, minibatch: dict[str, torch.Tensor], *inputs: torch.Tensor

@@ -89,20 +89,14 @@ def kl_penalty(kl_per_sample: torch.Tensor, valid: torch.Tensor, alpha: torch.Te
 
     Minimising :math:`L_\alpha` raises :math:`\alpha` while the KL exceeds :math:`\epsilon`
     and lowers it otherwise; :math:`L^{\pi}_\alpha` pulls the policy back by that much.
-
-    Per dimension (Acme's ``per_dim_constraining``): ``kl_per_sample`` is ``[B, D]`` and
-    ``alpha`` ``[D]``; each dimension's mean KL has its own multiplier and bound
-    :math:`\epsilon`, and the terms are summed over the dimensions (``kl`` stays ``[D]``).
     """
-    mask = valid if kl_per_sample.dim() == 1 else valid.unsqueeze(-1)
-    kl = (torch.where(mask, kl_per_sample, 0).sum(0) / valid.sum().clamp(min=1))
-    return KLPenalty((alpha.detach() * kl).sum(), (alpha * (epsilon - kl.detach())).sum(),
-                     kl.detach())
+    kl = torch.where(valid, kl_per_sample, 0).sum() / valid.sum().clamp(min=1)
+    return KLPenalty(alpha.detach() * kl, alpha * (epsilon - kl.detach()), kl.detach())
 
 
 class KLConstraint(NamedTuple):
-    """One trust region of :func:`vmpo_loss`: its KL per sample (``[B]``, or ``[B, D]`` per
-    action dimension), its multiplier (``[]`` or ``[D]``) and its bound."""
+    """One trust region of :func:`vmpo_loss`: its KL per sample (``[B]``), its multiplier
+    (a scalar) and its bound."""
 
     kl_per_sample: torch.Tensor
     alpha: torch.Tensor
@@ -117,7 +111,7 @@ class VMPOLoss(NamedTuple):
     temperature_loss: torch.Tensor  # L_eta
     kl_penalty: torch.Tensor  # sum of sg[alpha] * KL
     alpha_loss: torch.Tensor  # sum of alpha * (epsilon - sg[KL])
-    kls: tuple[torch.Tensor, ...]  # each constraint's mean KL ([] or [D])
+    kls: tuple[torch.Tensor, ...]  # each constraint's mean KL
     weights: torch.Tensor  # the rollout's E-step weights ([B_rollout], detached)
 
 
@@ -145,10 +139,8 @@ def vmpo_loss(
     ``advantages`` and ``selected`` (the top-k, :func:`minerva.ops.topk_mask`) are the whole
     rollout's: the E-step's weights :math:`\psi` are normalised over all its selected samples
     (:func:`e_step`), and the minibatch (``rows`` of the rollout; None: all of it) takes its
-    share of them (:func:`minibatch_weights`). ``log_probs`` are the minibatch's; a decoupled
-    likelihood passes :math:`\log \pi(a \mid \mu_\theta, \sigma_{old}) +
-    \log \pi(a \mid \mu_{old}, \sigma_\theta)`, which fits the mean and the std each with
-    the other held. Each constraint (:func:`kl_penalty`) is over the minibatch's ``valid``
+    share of them (:func:`minibatch_weights`). ``log_probs`` are the minibatch's. Each
+    constraint (:func:`kl_penalty`) is over the minibatch's ``valid``
     samples. Summed and backpropagated once, the loss trains the policy on :math:`L_\pi` and
     the penalties, :math:`\eta` on :math:`L_\eta` and each :math:`\alpha_k` on its own term.
     """
@@ -163,28 +155,23 @@ def vmpo_loss(
                     tuple(p.kl for p in penalties), estep.weights)
 
 
-def gaussian_kl_mean(mean_old: torch.Tensor, std_old: torch.Tensor, mean: torch.Tensor,
-                     per_dimension: bool = False) -> torch.Tensor:
-    r"""Decoupled KL of the mean (the old covariance is kept), per sample (``[B]``), or per
-    sample and dimension (``[B, D]``, the terms before the sum).
+def gaussian_kl_mean(mean_old: torch.Tensor, std_old: torch.Tensor,
+                     mean: torch.Tensor) -> torch.Tensor:
+    r"""Decoupled KL of the mean (the old covariance is kept), per sample.
 
     .. math:: C_\mu = \tfrac12 \sum_d (\mu_d - \mu^{old}_d)^2 / (\sigma^{old}_d)^2
     """
-    terms = 0.5 * ((mean - mean_old) / std_old) ** 2
-    return terms if per_dimension else terms.sum(-1)
+    return 0.5 * (((mean - mean_old) / std_old) ** 2).sum(-1)
 
 
-def gaussian_kl_std(std_old: torch.Tensor, std: torch.Tensor,
-                    per_dimension: bool = False) -> torch.Tensor:
-    r"""Decoupled KL of the standard deviation (the old mean is kept), per sample (``[B]``),
-    or per sample and dimension (``[B, D]``).
+def gaussian_kl_std(std_old: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    r"""Decoupled KL of the standard deviation (the old mean is kept), per sample.
 
     .. math:: C_\sigma = \tfrac12 \sum_d \Big( \frac{(\sigma^{old}_d)^2}{\sigma_d^2} - 1
               + 2 \log \frac{\sigma_d}{\sigma^{old}_d} \Big)
     """
     ratio = (std_old / std) ** 2
-    terms = 0.5 * (ratio - 1.0 - torch.log(ratio))
-    return terms if per_dimension else terms.sum(-1)
+    return 0.5 * (ratio - 1.0 - torch.log(ratio)).sum(-1)
 
 
 def categorical_kl(logits_old: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -24,78 +24,43 @@ import torch
 from torch import nn
 
 from minerva import distributed, losses
-from minerva.collector import advantages_from_critic
 from minerva.config import ADAPTIVE_LR_SCHEDULES, DUAL_RANGE, TrainConfig
 from minerva.distributed import Ranks
 from minerva.native.layout import RolloutBatch
 from minerva.networks import Agent
-from minerva.threads import threads_for, torch_threads
 from minerva.trainers.update import Update, remaining_fraction
 from minerva.trainers.vmpo import losses as vmpo_losses
 
 
 class Duals(nn.Module):
     """V-MPO's Lagrange multipliers: ``eta``, the E-step's temperature, and ``alphas``, the KL
-    multipliers (mean and std for a Gaussian policy, each one per action dimension when
-    ``per_dimension_kl``; one for a categorical).
+    multipliers (the mean's and the std's for a Gaussian policy; one for a categorical).
 
-    ``log`` (the default): parameterised by their logarithms (``log_eta``, ``log_alpha``). Each
-    optimiser step changes a multiplier by a factor (about ``exp(lr)`` for Adam), so one that
-    climbed far comes back as fast as it went; :meth:`project_` keeps the logarithms in
-    ``[log 1e-8, log 1e4]`` after every step. ``softplus`` (Acme's): ``softplus(p) + 1e-8``
-    (``eta_raw``, ``alpha_raw``), bounded below only, so a multiplier can grow as large as its
-    constraint needs; above ~2 it moves by about the learning rate per step.
+    Parameterised by their logarithms (``log_eta``, ``log_alpha``): each optimiser step changes
+    a multiplier by a factor (about ``exp(lr)`` for Adam), so one that climbed far comes back
+    as fast as it went; :meth:`project_` keeps the logarithms in ``[log 1e-8, log 1e4]`` after
+    every step.
     """
 
     LOG_MIN, LOG_MAX = math.log(DUAL_RANGE[0]), math.log(DUAL_RANGE[1])
-    SOFTPLUS_MIN = DUAL_RANGE[0]
 
-    def __init__(self, temperature_init: float, alpha_init: float, num_alphas: int,
-                 parameterization: str = "log"):
+    def __init__(self, temperature_init: float, alpha_init: float, num_alphas: int):
         super().__init__()
-        if parameterization not in ("log", "softplus"):
-            raise ValueError(f"parameterization must be log or softplus, got "
-                             f"{parameterization!r}")
-        self.softplus = parameterization == "softplus"
-        inverse = self._softplus_inverse if self.softplus else math.log
-        eta = nn.Parameter(torch.tensor(inverse(temperature_init)))
-        alpha = nn.Parameter(torch.full((num_alphas,), inverse(alpha_init)))
-        if self.softplus:
-            self.eta_raw, self.alpha_raw = eta, alpha
-        else:
-            self.log_eta, self.log_alpha = eta, alpha
-
-    @classmethod
-    def _softplus_inverse(cls, value: float) -> float:
-        excess = max(value - cls.SOFTPLUS_MIN, 1e-30)
-        return excess + math.log(-math.expm1(-excess)) if excess < 30 else excess
-
-    @property
-    def eta_parameter(self) -> nn.Parameter:
-        return self.eta_raw if self.softplus else self.log_eta
-
-    @property
-    def alpha_parameter(self) -> nn.Parameter:
-        return self.alpha_raw if self.softplus else self.log_alpha
-
-    def _value(self, parameter: torch.Tensor) -> torch.Tensor:
-        if self.softplus:
-            return torch.nn.functional.softplus(parameter) + self.SOFTPLUS_MIN
-        return parameter.exp()
+        self.log_eta = nn.Parameter(torch.tensor(math.log(temperature_init)))
+        self.log_alpha = nn.Parameter(torch.full((num_alphas,), math.log(alpha_init)))
 
     @property
     def eta(self) -> torch.Tensor:
-        return self._value(self.eta_parameter)
+        return self.log_eta.exp()
 
     @property
     def alphas(self) -> torch.Tensor:
-        return self._value(self.alpha_parameter)
+        return self.log_alpha.exp()
 
     @torch.no_grad()
     def project_(self) -> None:
-        if not self.softplus:
-            self.log_eta.clamp_(self.LOG_MIN, self.LOG_MAX)
-            self.log_alpha.clamp_(self.LOG_MIN, self.LOG_MAX)
+        self.log_eta.clamp_(self.LOG_MIN, self.LOG_MAX)
+        self.log_alpha.clamp_(self.LOG_MIN, self.LOG_MAX)
 
 
 class VMPOUpdate(Update):
@@ -110,16 +75,12 @@ class VMPOUpdate(Update):
     def __init__(self, agent: Agent, config: TrainConfig, device: torch.device, ranks: Ranks,
                  ops, threads: int) -> None:
         super().__init__(agent, config, device, ranks, ops, threads)
-        self.per_dimension = config.per_dimension_kl and not agent.discrete
-        # per dimension: the mean's multipliers, then the std's
-        num_alphas = (1 if agent.discrete
-                      else 2 * agent.policy.action_dim if self.per_dimension else 2)
-        self.duals = Duals(config.temperature_init, config.alpha_init, num_alphas,
-                           config.dual_parameterization).to(device)
+        self.duals = Duals(config.temperature_init, config.alpha_init,
+                           1 if agent.discrete else 2).to(device)
         self.optimizer = self.make_optimizer([
             *self.network_groups(),
-            {"params": [self.duals.eta_parameter], "lr": config.temperature_lr},
-            {"params": [self.duals.alpha_parameter], "lr": config.alpha_lr},
+            {"params": [self.duals.log_eta], "lr": config.temperature_lr},
+            {"params": [self.duals.log_alpha], "lr": config.alpha_lr},
         ])
         # the KL anchor when target_update_period > 0: a copy of the agent, refreshed every
         # that many gradient steps
@@ -160,29 +121,13 @@ class VMPOUpdate(Update):
                 "behaviour": batch.dist_params, "returns": batch.returns, "valid": batch.valid,
                 "rows": rows}
 
-    def pass_inputs(self, batch: RolloutBatch, samples: dict[str, torch.Tensor],
+    def pass_inputs(self, batch: RolloutBatch,
                     pass_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The E-step's advantages and top-k selection over the whole rollout, made before
-        the first pass; with ``recompute_advantages`` again before every later pass, from the
-        critic as it is then (the minibatches' returns too)."""
+        the first pass and kept for the others."""
         if pass_index == 0:
             self._selection = self.selection(batch.advantages, batch.valid)
-        elif self.config.recompute_advantages and batch.gae_inputs is not None:
-            advantages, samples["returns"] = self.recomputed_advantages(batch)
-            self._selection = self.selection(advantages, batch.valid)
         return self._selection
-
-    @torch.no_grad()
-    def recomputed_advantages(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rollout's advantages and returns (flattened) from the critic as it is now,
-        computed as the collector computes them (:func:`~minerva.collector.
-        advantages_from_critic`), on the rollout's rewards."""
-        size = batch.observations.shape[0] + batch.gae_inputs.last_observations.shape[0]
-        with torch_threads(threads_for(size, self.threads)), self.autocast():
-            _, advantages, returns = advantages_from_critic(
-                self.agent, batch.observations, batch.gae_inputs, self.ops.gae,
-                self.config.gamma, self.config.lam)
-        return advantages.flatten(), returns.flatten()
 
     def selection(self, advantages: torch.Tensor,
                   valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,8 +165,7 @@ class VMPOUpdate(Update):
     def constraints(self, anchor: torch.Tensor,
                     params: torch.Tensor) -> dict[str, vmpo_losses.KLConstraint]:
         """The trust regions around ``anchor`` (the behaviour or the target policy's
-        parameters): one categorical KL, or the decoupled mean and std KLs (per action
-        dimension, each bound divided by the dimensions, when ``per_dimension_kl``)."""
+        parameters): one categorical KL, or the decoupled mean and std KLs."""
         cfg = self.config
         alphas = self.duals.alphas
         if self.agent.discrete:
@@ -229,16 +173,12 @@ class VMPOUpdate(Update):
                 vmpo_losses.categorical_kl(anchor, params), alphas[0], cfg.epsilon_categorical)}
         mean_old, std_old = self.agent.policy.split(anchor)
         mean, std = self.agent.policy.split(params)
-        per_dim = self.per_dimension
-        share = self.agent.policy.action_dim if per_dim else 1
-        alpha_mean, alpha_std = alphas.view(2, -1) if per_dim else alphas
         return {
             "kl_mean": vmpo_losses.KLConstraint(
-                vmpo_losses.gaussian_kl_mean(mean_old, std_old, mean, per_dim), alpha_mean,
-                cfg.epsilon_mu / share),
+                vmpo_losses.gaussian_kl_mean(mean_old, std_old, mean), alphas[0],
+                cfg.epsilon_mu),
             "kl_std": vmpo_losses.KLConstraint(
-                vmpo_losses.gaussian_kl_std(std_old, std, per_dim), alpha_std,
-                cfg.epsilon_sigma / share),
+                vmpo_losses.gaussian_kl_std(std_old, std), alphas[1], cfg.epsilon_sigma),
         }
 
     def kl_penalties(self, anchor: torch.Tensor, params: torch.Tensor,
@@ -246,19 +186,6 @@ class VMPOUpdate(Update):
         """:meth:`constraints`' terms over the ``valid`` samples."""
         return {name: vmpo_losses.kl_penalty(c.kl_per_sample, valid, c.alpha, c.epsilon)
                 for name, c in self.constraints(anchor, params).items()}
-
-    def log_probs(self, params: torch.Tensor, anchor: torch.Tensor,
-                  actions: torch.Tensor) -> torch.Tensor:
-        """The M-step's log-likelihood of ``actions``: the policy's, or with
-        ``decoupled_likelihood`` the mean's under the anchor's std plus the std's under the
-        anchor's mean."""
-        policy = self.agent.policy
-        if self.agent.discrete or not self.config.decoupled_likelihood:
-            return policy.log_prob(params, actions)
-        mean, log_std = params.split(policy.action_dim, dim=-1)
-        mean_old, log_std_old = anchor.split(policy.action_dim, dim=-1)
-        return (policy.log_prob(torch.cat([mean, log_std_old], -1), actions)
-                + policy.log_prob(torch.cat([mean_old, log_std], -1), actions))
 
     def loss(self, minibatch: dict[str, torch.Tensor], advantages: torch.Tensor,
              selected: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -275,7 +202,7 @@ class VMPOUpdate(Update):
                 anchor = self.target.policy_params(minibatch["observations"]).float()
         constraints = self.constraints(anchor, params)
         policy = vmpo_losses.vmpo_loss(
-            self.log_probs(params, anchor, minibatch["actions"]), advantages, selected,
+            self.agent.policy.log_prob(params, minibatch["actions"]), advantages, selected,
             self.duals.eta, cfg.epsilon_eta, tuple(constraints.values()), minibatch["valid"],
             minibatch["rows"], vmpo_weights=self.ops.vmpo_weights)
         critic = losses.value_loss(values, minibatch["returns"], minibatch["valid"])
@@ -284,8 +211,7 @@ class VMPOUpdate(Update):
                  "charts/weights_ess_fraction": (
                      vmpo_losses.effective_sample_size(policy.weights)
                      / selected.sum().clamp(min=1))}
-        # a KL per dimension is reported summed: the quantity its bound divides
-        terms.update({f"losses/{name}": kl.sum() for name, kl in zip(constraints, policy.kls)})
+        terms.update({f"losses/{name}": kl for name, kl in zip(constraints, policy.kls)})
         return policy.loss + critic, terms
 
     def update_statistics(self, batch: RolloutBatch, params: torch.Tensor,
@@ -294,15 +220,14 @@ class VMPOUpdate(Update):
         """The KLs the update moved the policy by on the rollout, the duals, and the share
         of this rank's valid samples the last E-step selected."""
         valid = batch.valid
-        statistics = {f"losses/{name}_after": p.kl.sum() for name, p in
+        statistics = {f"losses/{name}_after": p.kl for name, p in
                       self.kl_penalties(batch.dist_params, params, valid).items()}
         statistics["losses/eta"] = self.duals.eta.detach()
         alphas = self.duals.alphas.detach()
         if self.agent.discrete:
             statistics["losses/alpha"] = alphas[0]
-        else:  # per dimension: the mean over the dimensions
-            alpha_mean, alpha_std = alphas.view(2, -1).mean(-1)
-            statistics["losses/alpha_mean"], statistics["losses/alpha_std"] = alpha_mean, alpha_std
+        else:
+            statistics["losses/alpha_mean"], statistics["losses/alpha_std"] = alphas
         size = valid.shape[0]
         mine = selected[self.ranks.rank * size:(self.ranks.rank + 1) * size]
         statistics["charts/topk_share"] = mine.sum() / valid.sum().clamp(min=1)
