@@ -10,7 +10,8 @@ evaluations feed a pruner as they come, so hopeless trials stop early.
 
 The objective (docs/tuning.md): each run's score is the mean of its last ``--final-evals``
 evaluation returns, normalised as ``(return - floor) / (reference - floor)`` by the env's
-reference return; a trial's value is the mean score over its runs. Counting the end of a
+reference return; a trial's value is the mean score over its runs (``--aggregate min``: the
+worst run's, so that a trial that fails one env or seed ranks by it). Counting the end of a
 run, not its best, ranks a run that rises and then collapses below one that holds.
 
 After every trial the study's folder gets ``report.md`` (the best trial, importances, every
@@ -40,7 +41,7 @@ from minerva.errors import OneLineParser, first_line, unexpected_error
 from minerva.stopping import discard_dead_outputs
 from minerva.tuning.report import redacted, write_outputs
 from minerva.tuning.space import SET_BY_THE_STUDY, TUNING_FILE, UsageError
-from minerva.tuning.study import Study, plan_study, preset_params, retried_trials
+from minerva.tuning.study import AGGREGATES, Study, plan_study, preset_params, retried_trials
 from minerva.tuning.trial import StopFlag, StudyInterrupted, TrialFailed, run_trial
 
 HEARTBEAT_S = 60  # a RUNNING trial without a heartbeat for twice this is a lost session's
@@ -140,6 +141,7 @@ def _study_attrs(study: Study) -> dict[str, Any]:
         "algo": study.algo, "env_ids": study.env_ids, "seeds": study.seeds,
         "total_steps": study.total_steps, "eval_every": study.eval_every,
         "space": study.space_name, "final_evals": study.final_evals,
+        "aggregate": study.aggregate,
         "fixed": study.fixed,
         "ranges": {name: dataclasses.asdict(range_) for name, range_ in study.space.items()},
         "references": {env_id: dataclasses.asdict(study.references[env_id])
@@ -150,6 +152,8 @@ def check_same_study(optuna_study, study: Study) -> None:
     """Stores the study's settings the first time; refuses to continue it with others."""
     stored = optuna_study.user_attrs.get("settings")
     current = _study_attrs(study)
+    if stored is not None:  # a study from before --aggregate averaged its runs
+        stored = {"aggregate": "mean", **stored}
     if stored is None:
         optuna_study.set_user_attr("settings", current)
         return
@@ -158,9 +162,21 @@ def check_same_study(optuna_study, study: Study) -> None:
         optuna_study.set_user_attr("settings", current)
     if changed:
         raise UsageError(
-            f"study {study.name!r} was started with other settings ({', '.join(changed)}: "
-            f"{', '.join(f'{stored.get(k)!r} now {current[k]!r}' for k in changed)}); continue "
+            f"study {study.name!r} was started with other settings ("
+            f"{'; '.join(_difference(k, stored[k], current[k]) for k in changed)}); continue "
             "it with the same ones, or start another with --study NAME")
+
+
+def _difference(name: str, before: Any, now: Any) -> str:
+    """One setting's change in a few words: for a table (the ranges, the references) the
+    entries gone, new and changed, not the whole tables."""
+    if not (isinstance(before, dict) and isinstance(now, dict)):
+        return f"{name}: {before!r} now {now!r}"
+    parts = [f"{what} {', '.join(keys)}" for what, keys in (
+        ("without", [k for k in before if k not in now]),
+        ("with", [k for k in now if k not in before]),
+        ("other", [k for k in now if k in before and before[k] != now[k]])) if keys]
+    return f"{name}: {'; '.join(parts)}"
 
 
 # --- the command line ---------------------------------------------------------------------
@@ -170,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m minerva.tune",
         description="Search training options with Optuna: each trial trains one ordinary "
                     "`python -m minerva.train` run per env and seed, side by side, and its "
-                    "objective is the mean over those runs of the last evaluations' return, "
-                    "normalised per env by a reference return. The study is kept in a "
+                    "objective is the mean (or the worst, --aggregate min) over those runs of "
+                    "the last evaluations' return, normalised per env by a reference return. "
+                    "The study is kept in a "
                     "database, so running the same command again continues it. Flags after "
                     "`--` are training flags given to every trial (e.g. -- --num-envs 8).",
         epilog="Exit status: 0 done, 2 a bad flag or search space (one line, before any trial), "
@@ -218,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--final-evals", type=int, default=3,
                         help="a run's score is the mean of its last this many evaluations "
                              "(default: 3)")
+    parser.add_argument("--aggregate", choices=AGGREGATES, default="mean",
+                        help="a trial's value from its runs' scores: their mean, or min, the "
+                             "worst run's, so that a trial that fails one env or seed ranks "
+                             "by that failure (default: mean)")
     parser.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median",
                         help="stop trials early: median (a trial whose best value so far is "
                              "below the completed trials' median at the same step), hyperband, "

@@ -2,12 +2,14 @@
 steps), pruning, resuming after a signal, failing trials, and the bad inputs refused in one
 line before any trial starts."""
 
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
 import tomllib
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,6 +18,7 @@ optuna = pytest.importorskip("optuna")
 from minerva import tune  # noqa: E402
 from minerva.config import TrainConfig  # noqa: E402
 from minerva.tuning import space, trial  # noqa: E402
+from minerva.tuning.study import RunSpec, Study  # noqa: E402
 
 # 2 iterations of 4 envs x 64 steps, evaluated after each: 2 reports to the pruner
 TINY = ["--total-steps", "512", "--eval-every", "256", "--final-evals", "1"]
@@ -225,6 +228,29 @@ def test_a_study_continued_with_other_settings_is_refused(in_process, tmp_path):
     assert result.returncode == 2
     assert "study 'vmpo-CartPole-v1' was started with other settings (seeds: [1] now [2])" \
         in result.stderr
+    result = in_process(tune.main, *study_args(out, "--aggregate", "min", trials=2, space=space))
+    assert result.returncode == 2
+    assert "other settings (aggregate: 'mean' now 'min')" in result.stderr
+    # a changed space is named by its ranges, not printed whole
+    write_space(space, "eval_max_steps = { choices = [400] }\ngamma = { low = 0.9, high = 0.99 }\n")
+    result = in_process(tune.main, *study_args(out, trials=2, space=space))
+    assert result.returncode == 2
+    assert "other settings (ranges: with gamma; other eval_max_steps)" in result.stderr
+
+
+def test_a_trials_value_is_the_mean_or_the_worst_of_its_runs():
+    # scores: Hopper's last two evaluations (20, 40) -> 30 -> 0.3; Ant's (50, 90) -> 0.7
+    runs = [SimpleNamespace(spec=RunSpec("Hopper-v5", 1),
+                            evaluations=[(1, 10.0), (2, 20.0), (3, 40.0)]),
+            SimpleNamespace(spec=RunSpec("Ant-v5", 1),
+                            evaluations=[(1, 0.0), (2, 50.0), (3, 90.0)])]
+    for aggregate, expected in (("mean", 0.5), ("min", 0.3)):
+        study = SimpleNamespace(final_evals=2, aggregate=aggregate,
+                                score=lambda env_id, value: value / 100)
+        study.combine = functools.partial(Study.combine, study)
+        assert trial._objective(study, runs, 3) == pytest.approx(expected)
+    # at an earlier report (2 evaluations) for the pruner: (10, 20) -> 0.15, (0, 50) -> 0.25
+    assert trial._objective(study, runs, 2) == pytest.approx(0.15)
 
 
 def test_ranges_and_flags():

@@ -175,7 +175,8 @@ def _write_outputs(optuna_study, study: Study, storage: str | None) -> None:
              f"space `{study.space_name}`; fixed options: "
              f"{', '.join(f'{k} = {_toml_value(v)}' for k, v in study.fixed.items()) or 'none'}.",
              "",
-             f"Objective: the mean over runs of the last {study.final_evals} evaluation "
+             f"Objective: the {'worst' if study.aggregate == 'min' else 'mean'} over runs "
+             f"of the last {study.final_evals} evaluation "
              "returns' mean, as (return - floor) / (reference - floor): "
              + ", ".join(f"{env} {_reference_text(study, env)}" for env in study.env_ids) + ".",
              "",

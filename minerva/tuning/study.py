@@ -19,6 +19,9 @@ from minerva.tuning.space import (
     references,
 )
 
+# how a trial's runs' scores are combined into its value
+AGGREGATES = ("mean", "min")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
@@ -45,6 +48,7 @@ class Study:
     fixed: dict[str, Any]  # options given after --, the same for every trial
     references: dict[str, Reference]
     final_evals: int
+    aggregate: str  # how the runs' scores make the trial's value: mean or min (AGGREGATES)
     out_dir: Path
     base_options: dict[str, dict[str, Any]]  # env id -> its preset with the fixed options
     preset_table: str  # the presets.toml table the best options belong in
@@ -60,6 +64,11 @@ class Study:
     def score(self, env_id: str, value: float) -> float:
         reference = self.references.get(env_id)
         return value if reference is None else reference.score(value)
+
+    def combine(self, scores: list[float]) -> float:
+        """A trial's value from its runs' scores: their mean, or the worst of them (``min``:
+        a trial that fails one env or seed ranks by that failure)."""
+        return min(scores) if self.aggregate == "min" else sum(scores) / len(scores)
 
     def trial_dir(self, number: int) -> Path:
         return self.out_dir / "trials" / f"trial-{number:04d}"
@@ -148,7 +157,7 @@ def plan_study(args: argparse.Namespace, fixed: dict[str, Any]) -> Study:
     return Study(name=name, algo=args.algo, env_ids=env_ids, seeds=list(args.seeds),
                  total_steps=total_steps, eval_every=eval_every, space=space,
                  space_name=space_name, fixed=fixed, references=refs,
-                 final_evals=args.final_evals,
+                 final_evals=args.final_evals, aggregate=args.aggregate,
                  out_dir=Path(args.out_dir or Path("tuning") / name),
                  base_options=base_options,
                  preset_table=(env_ids[0] if len(env_ids) == 1 else CONTINUOUS_CONTROL

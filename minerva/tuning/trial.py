@@ -209,8 +209,9 @@ def run_trial(study: Study, trial, stop: StopFlag) -> float:
 
 
 def _objective(study: Study, runs: Sequence[RunProcess], evaluations: int) -> float:
-    """The mean over runs of each run's score: its last ``final_evals`` evaluations (of the
-    first ``evaluations``) averaged, then normalised by its env's reference."""
+    """The runs' scores combined (:meth:`Study.combine`: their mean, or the worst): each
+    run's last ``final_evals`` evaluations (of the first ``evaluations``) averaged, then
+    normalised by its env's reference."""
     scores = []
     for run in runs:
         values = [value for _, value in run.evaluations[:evaluations]]
@@ -218,7 +219,7 @@ def _objective(study: Study, runs: Sequence[RunProcess], evaluations: int) -> fl
             raise TrialFailed(f"{run.spec.env_id} seed {run.spec.seed}: a non-finite "
                               "evaluation return")
         scores.append(study.score(run.spec.env_id, _tail_mean(values, study.final_evals)))
-    return sum(scores) / len(scores)
+    return study.combine(scores)
 
 
 def _run_results(study: Study, runs: Sequence[RunProcess], evaluations: int) -> dict[str, dict]:
