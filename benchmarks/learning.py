@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import shutil
@@ -193,10 +192,10 @@ DUALS = ("losses/eta", "losses/alpha_mean", "losses/alpha_std", "losses/alpha")
 
 
 def _values(run: Run, metric: str) -> np.ndarray:
-    """Every finite logged value of ``metric`` (none: an empty array)."""
-    return np.array([event[metric] for event in run.events
-                     if isinstance(event.get(metric), (int, float))
-                     and math.isfinite(event[metric])], dtype=float)
+    """The run's finite values of ``metric``, a resumed run's repeated steps once
+    (:meth:`~minerva.plot.Run.series`; none: an empty array)."""
+    series = run.series(metric)
+    return np.empty(0) if series is None else series.values
 
 
 def health(run: Run) -> dict[str, Any]:

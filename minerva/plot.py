@@ -73,12 +73,19 @@ class Run:
         return f"{self.env_id} seed {self.seed}" if self.seed is not None else str(self.path)
 
     def curve(self, metric: str = DEFAULT_METRIC) -> Curve:
-        """The events that carry ``metric`` (finite values only) as a curve.
+        """The events that carry ``metric`` (finite values only) as a curve (:meth:`series`).
+        Raises SystemExit naming the run when it has no such events."""
+        curve = self.series(metric)
+        if curve is None:
+            what = "evaluation" if metric.startswith("eval/") else f"'{metric}'"
+            raise SystemExit(f"{self.path}: the run has no {what} events "
+                             f"(no '{metric}' in {METRICS_FILE})")
+        return curve
 
-        When a later event has a step at or below an earlier one's (a run resumed from an
-        earlier checkpoint), the later measurement replaces the earlier ones. Raises
-        SystemExit naming the run when it has no such events.
-        """
+    def series(self, metric: str) -> Curve | None:
+        """The events that carry ``metric`` (finite values only) as a curve; None when none
+        does. When a later event has a step at or below an earlier one's (a run resumed from
+        an earlier checkpoint), the later measurement replaces the earlier ones."""
         points: list[tuple[float, float, float]] = []
         for event in self.events:
             value = event.get(metric)
@@ -89,9 +96,7 @@ class Run:
                 points.pop()
             points.append((event[STEP], event[ELAPSED], value))
         if not points:
-            what = "evaluation" if metric.startswith("eval/") else f"'{metric}'"
-            raise SystemExit(f"{self.path}: the run has no {what} events "
-                             f"(no '{metric}' in {METRICS_FILE})")
+            return None
         steps, seconds, values = (np.array(column, dtype=float) for column in zip(*points))
         return Curve(steps, seconds, values)
 
