@@ -152,11 +152,10 @@ def check_same_study(optuna_study, study: Study) -> None:
     """Stores the study's settings the first time; refuses to continue it with others."""
     stored = optuna_study.user_attrs.get("settings")
     current = _study_attrs(study)
-    if stored is not None:  # a study from before --aggregate averaged its runs
-        stored = {"aggregate": "mean", **stored}
     if stored is None:
         optuna_study.set_user_attr("settings", current)
         return
+    stored = {"aggregate": "mean", **stored}  # a study from before --aggregate averaged
     changed = [key for key in current if key in stored and stored[key] != current[key]]
     if not changed and set(current) - set(stored):  # kept by an earlier minerva: add the rest
         optuna_study.set_user_attr("settings", current)
