@@ -29,7 +29,8 @@ of its first evaluation at or above each of those returns.
 
 ``--compare LABEL=DIR ...`` prints the summaries already written in those folders side by
 side, per env and per seed (the seeds every folder has), e.g. two algorithms on the same
-seeds, and each folder's median time to those returns.
+seeds, and each folder's median time to those returns. A label given twice gathers both
+folders' envs (runs of some envs made apart from the others').
 """
 
 from __future__ import annotations
@@ -365,12 +366,28 @@ def write_summary(out: Path, envs: Sequence[str] | None = None) -> str:
     return table
 
 
-def compare(folders: dict[str, Path], envs: Sequence[str] | None = None) -> str:
-    """The ``summary.json`` of each labelled folder side by side: per env, each label's final,
-    best and last-100 returns (mean ± std over the seeds all labels have), then per seed, then
-    the wall-clock and env steps to the env's :data:`REACH_RETURNS` (:func:`_reach_rows`)."""
-    summaries = {label: json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-                 for label, folder in folders.items()}
+def merged_summary(folders: Sequence[Path]) -> dict[str, Any]:
+    """The ``summary.json`` of each folder as one: their envs together, so that one label can
+    gather runs made apart (each env from one folder only: two would mix two sets of runs)."""
+    merged: dict[str, Any] = {"envs": {}}
+    origin: dict[str, Path] = {}
+    for folder in folders:
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        for env, entry in summary["envs"].items():
+            if env in origin:
+                raise ValueError(f"{env} is in both {origin[env]} and {folder}: give each env "
+                                 "from one folder")
+            origin[env] = folder
+            merged["envs"][env] = entry
+    return merged
+
+
+def compare(folders: dict[str, Sequence[Path]], envs: Sequence[str] | None = None) -> str:
+    """The summaries of each label's folders (:func:`merged_summary`) side by side: per env,
+    each label's final, best and last-100 returns (mean ± std over the seeds all labels have),
+    then per seed, then the wall-clock and env steps to the env's :data:`REACH_RETURNS`
+    (:func:`_reach_rows`)."""
+    summaries = {label: merged_summary(paths) for label, paths in folders.items()}
     shared_envs = [env for env in next(iter(summaries.values()))["envs"]
                    if all(env in s["envs"] for s in summaries.values())
                    and (not envs or env in envs)]
@@ -459,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--summarize-only", action="store_true",
                         help="summarise the runs already in --out without training")
     parser.add_argument("--compare", nargs="+", metavar="LABEL=DIR",
-                        help="print the summaries already in these folders side by side")
+                        help="print the summaries already in these folders side by side; a "
+                             "label given twice gathers both folders' envs")
     return parser
 
 
@@ -467,13 +485,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.compare:
-        folders = {}
+        folders: dict[str, list[Path]] = {}
         for item in args.compare:
             label, _, folder = item.partition("=")
             if not folder or not (Path(folder) / "summary.json").is_file():
                 parser.error(f"--compare: {item!r} is not LABEL=DIR with a summary.json in DIR")
-            folders[label] = Path(folder)
-        print(compare(folders, args.envs))
+            folders.setdefault(label, []).append(Path(folder))
+        try:
+            print(compare(folders, args.envs))
+        except ValueError as error:
+            parser.error(f"--compare: {error}")
         return 0
     if not args.summarize_only:
         if not args.envs:

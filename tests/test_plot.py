@@ -240,6 +240,26 @@ def test_learning_compare_puts_two_summaries_side_by_side(learning, runs_root, t
         learning.main(["--compare", f"A={tmp_path / 'missing'}"])
 
 
+def test_learning_compare_gathers_a_labels_folders_and_refuses_an_env_in_two(
+        learning, runs_root, tmp_path, capsys):
+    assert learning.main(["--summarize-only", "--out", str(runs_root)]) == 0
+    summary = json.loads((runs_root / "summary.json").read_text())
+    cartpole, pendulum = tmp_path / "cartpole", tmp_path / "pendulum"
+    for folder, env in ((cartpole, "CartPole-v1"), (pendulum, "Pendulum-v1")):
+        folder.mkdir()
+        part = {"envs": {env: summary["envs"][env]}}
+        (folder / "summary.json").write_text(json.dumps(part))
+    capsys.readouterr()
+    assert learning.main(["--compare", f"A={runs_root}", f"B={cartpole}",
+                          f"B={pendulum}"]) == 0
+    table = capsys.readouterr().out
+    assert "| CartPole-v1 | 1, 2, 3 |" in table
+    assert "| Pendulum-v1 |" in table
+    with pytest.raises(SystemExit):
+        learning.main(["--compare", f"A={runs_root}", f"B={cartpole}", f"B={runs_root}"])
+    assert "CartPole-v1 is in both" in capsys.readouterr().err
+
+
 def test_learning_plan_runs_every_envs_first_seed_first(learning, tmp_path):
     jobs = learning.plan(["Hopper-v5", "Ant-v5"], 2, tmp_path)
     assert [(job.env_id, job.seed) for job in jobs] == [
