@@ -190,6 +190,9 @@ def reached(curve: Curve, threshold: float) -> dict[str, float] | None:
 # a run has collapsed when its final evaluation is below this share of its best
 COLLAPSE_SHARE = 0.8
 DUALS = ("losses/eta", "losses/alpha_mean", "losses/alpha_std", "losses/alpha")
+# a multiplier within this factor of DUAL_RANGE's floor puts no force on its constraint
+# (1e-7 times a KL of 0.1): its bound does not bind
+NEAR_FLOOR = 10.0
 
 
 def _values(run: Run, metric: str) -> np.ndarray:
@@ -201,21 +204,25 @@ def _values(run: Run, metric: str) -> np.ndarray:
 
 def health(run: Run) -> dict[str, Any]:
     """How a V-MPO run's update behaved: the policy's std at the start and the end, the
-    share of updates with a dual at its cap (the upper end of ``DUAL_RANGE``), and the
-    policy's gradient norm over its clip (the median over the run). None where the run did
-    not log the quantity."""
+    shares of updates with a dual at its cap (the upper end of ``DUAL_RANGE``) and with one
+    near its floor (within :data:`NEAR_FLOOR` of the lower end), and the policy's gradient
+    norm over its clip (the median over the run). None where the run did not log the
+    quantity."""
     config = run.info.get("config", {})
     std = _values(run, "charts/policy_std")
     duals = [values for metric in DUALS if (values := _values(run, metric)).size]
-    capped = None
+    capped = floored = None
     if duals:
         rows = min(len(values) for values in duals)
         at_cap = np.any([values[:rows] >= 0.99 * DUAL_RANGE[1] for values in duals], axis=0)
-        capped = float(at_cap.mean())
+        at_floor = np.any([values[:rows] <= NEAR_FLOOR * DUAL_RANGE[0] for values in duals],
+                          axis=0)
+        capped, floored = float(at_cap.mean()), float(at_floor.mean())
     grad_norm, clip = _values(run, "losses/policy_grad_norm"), config.get("max_grad_norm")
     return {"policy_std_first": float(std[0]) if std.size else None,
             "policy_std_last": float(std[-1]) if std.size else None,
             "dual_at_cap_share": capped,
+            "dual_near_floor_share": floored,
             "grad_norm_over_clip": (float(np.median(grad_norm) / clip)
                                     if grad_norm.size and clip else None)}
 
@@ -332,7 +339,7 @@ def health_table(summary: dict[str, Any]) -> list[str]:
         return "–" if value is None else format(value, form)
 
     lines = [f"| env | collapsed (final < {COLLAPSE_SHARE:g} × best) | worst final / best "
-             "| policy std, first → last | updates with a dual at its cap "
+             "| policy std, first → last | updates with a dual at its cap / near its floor "
              "| policy gradient norm / clip (median) |",
              "|---|---:|---:|---:|---:|---:|"]
     for env_id, env in summary["envs"].items():
@@ -342,12 +349,13 @@ def health_table(summary: dict[str, Any]) -> list[str]:
         ratios = [run["health"]["grad_norm_over_clip"] for run in runs
                   if run["health"]["grad_norm_over_clip"] is not None]
         capped = _mean_of(runs, "dual_at_cap_share")
+        floored = _mean_of(runs, "dual_near_floor_share")
         lines.append(
             f"| {env_id} | {sum(run['collapsed'] for run in runs)}/{len(runs)} "
             f"| {text(min(shares) if shares else None, '.2f')} "
             f"| {text(_mean_of(runs, 'policy_std_first'), '.3f')} → "
             f"{text(_mean_of(runs, 'policy_std_last'), '.3f')} "
-            f"| {text(capped, '.0%')} "
+            f"| {text(capped, '.0%')} / {text(floored, '.0%')} "
             f"| {text(statistics.median(ratios) if ratios else None, '.2f')} |")
     return lines
 

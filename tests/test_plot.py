@@ -361,15 +361,18 @@ def test_learning_summary_flags_collapse_and_reports_how_the_update_behaved(lear
               "Hopper-v5", 1)
     write_run(root / "Hopper-v5" / "seed2", [(1000, 1.0, 500.0), (2000, 2.0, 300.0)],
               "Hopper-v5", 2)
-    cap = learning.DUAL_RANGE[1]
-    for seed, alpha_std in ((1, [10.0, cap, cap, 5.0]), (2, [1.0, 2.0, 3.0, 4.0])):
+    floor, cap = learning.DUAL_RANGE
+    # seed 2's mean multiplier sinks to its floor (near it: 5e-8) on its last update
+    for seed, alpha_std, alpha_mean in ((1, [10.0, cap, cap, 5.0], [1.0] * 4),
+                                        (2, [1.0, 2.0, 3.0, 4.0], [1.0, 1e-3, 1e-6, 5 * floor])):
         folder = root / "Hopper-v5" / f"seed{seed}"
         info = json.loads((folder / "run.json").read_text())
         info["config"].update(max_grad_norm=10.0)
         (folder / "run.json").write_text(json.dumps(info))
         updates = [{"global_step": 500 * (i + 1), "time/elapsed_s": 0.5 * (i + 1),
                     "charts/policy_std": 0.5 - 0.1 * i,
-                    "losses/eta": 1.0, "losses/alpha_mean": 1.0, "losses/alpha_std": value,
+                    "losses/eta": 1.0, "losses/alpha_mean": alpha_mean[i],
+                    "losses/alpha_std": value,
                     "losses/policy_grad_norm": [5.0, 20.0, 30.0, float("nan")][i]}
                    for i, value in enumerate(alpha_std)]
         with (folder / "metrics.jsonl").open("a") as metrics:
@@ -380,10 +383,12 @@ def test_learning_summary_flags_collapse_and_reports_how_the_update_behaved(lear
     assert [run["collapsed"] for run in runs] == [False, True]
     assert runs[0]["health"] == pytest.approx({
         "policy_std_first": 0.5, "policy_std_last": 0.2, "dual_at_cap_share": 0.5,
+        "dual_near_floor_share": 0.0,
         "grad_norm_over_clip": 2.0})  # the NaN norm is skipped: median(5, 20, 30) / 10
     assert runs[1]["health"]["dual_at_cap_share"] == 0.0
+    assert runs[1]["health"]["dual_near_floor_share"] == 0.25  # 1e-6 is not near it
     table = learning.markdown(summary)
-    assert "| Hopper-v5 | 1/2 | 0.60 | 0.500 → 0.200 | 25% | 2.00 |" in table
+    assert "| Hopper-v5 | 1/2 | 0.60 | 0.500 → 0.200 | 25% / 12% | 2.00 |" in table
 
     # a run that logged nothing has no health numbers; a share of a negative best means
     # nothing, so none is given
@@ -391,6 +396,7 @@ def test_learning_summary_flags_collapse_and_reports_how_the_update_behaved(lear
     pendulum = learning.summarize(learning.find_benchmark_runs(root), root)["envs"][
         "Pendulum-v1"]["runs"][0]
     assert pendulum["health"] == {"policy_std_first": None, "policy_std_last": None,
-                                  "dual_at_cap_share": None, "grad_norm_over_clip": None}
-    assert "| Pendulum-v1 | 0/1 | – | – → – | – | – |" in learning.markdown(
+                                  "dual_at_cap_share": None, "dual_near_floor_share": None,
+                                  "grad_norm_over_clip": None}
+    assert "| Pendulum-v1 | 0/1 | – | – → – | – / – | – |" in learning.markdown(
         learning.summarize(learning.find_benchmark_runs(root), root))
