@@ -533,6 +533,41 @@ def test_the_m_step_options_train_and_resume(tmp_path):
     loaded.close()
 
 
+@pytest.mark.parametrize("period, normalize_observations", [(4, False), (4, True), (3, False)])
+def test_what_a_target_refreshed_once_per_update_anchors_on(tmp_path, period,
+                                                           normalize_observations):
+    """With a period of the update's gradient steps (2 passes x 2 minibatches = 4) the target
+    is copied as an update ends, so it holds the weights that act the next rollout: without
+    observation statistics the anchor is the behaviour policy, to rounding, at every step.
+    The statistics are updated after the copy (with the rollout just trained on), so with
+    them the target sees each rollout through the statistics of the one before: the same
+    anchor in the first update only. Another period (3) anchors on other weights."""
+    trainer = make_trainer("Hopper-v5", eval_every=10_000, normalize_observations=(
+        normalize_observations), **{**M_STEP, "target_update_period": period})
+    update = trainer.algorithm
+    differences = []
+    loss = update.loss
+
+    def anchored_loss(minibatch, *inputs):
+        with torch.no_grad():
+            anchor = update.target.policy_params(minibatch["observations"]).float()
+        valid = minibatch["valid"]
+        differences.append((anchor[valid] - minibatch["behaviour"][valid]).abs().max().item())
+        return loss(minibatch, *inputs)
+
+    update.loss = anchored_loss
+    trainer.train(4 * SMALL["num_envs"] * SMALL["rollout_steps"], str(tmp_path))
+    trainer.close()
+    assert len(differences) == 4 * 4  # 4 updates of 4 steps
+    first_update, later = differences[:4], differences[4:]
+    if period == 4 and not normalize_observations:
+        assert max(differences) < 1e-5
+    elif period == 4:
+        assert max(first_update) < 1e-5 and min(later) > 1e-4
+    else:
+        assert max(later) > 1e-3
+
+
 def test_the_softplus_std_has_a_floor_and_no_ceiling():
     trainer = make_trainer("Hopper-v5", std_parameterization="softplus", init_log_std=-0.5,
                            min_log_std=-3.0)
