@@ -360,12 +360,31 @@ def health_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def unfinished(run: Run) -> bool:
+    """Whether ``run`` stopped short of its budget (this script's runs never stop at a target
+    return; a run that may have cannot be told from one cut short, so it counts as
+    finished)."""
+    config = run.info.get("config", {})
+    total = config.get("total_steps")
+    return (config.get("target_return") is None and total is not None
+            and run.final_step < total)
+
+
 def write_summary(out: Path, envs: Sequence[str] | None = None) -> str:
     """Writes ``summary.md``, ``summary.json`` and ``curves.png`` into ``out``; returns the
-    markdown."""
-    runs = find_benchmark_runs(out, envs)
+    markdown. Runs short of their budget (still training, or stopped) are left out and
+    named: their last evaluation is not a final one."""
+    found = find_benchmark_runs(out, envs)
+    runs = [run for run in found if not unfinished(run)]
+    left_out = [f"{run.env_id} seed {run.seed} (at step {run.final_step:,} of "
+                f"{run.info['config']['total_steps']:,})" for run in found if unfinished(run)]
+    if not runs:
+        raise SystemExit(f"no finished run under {out}: {'; '.join(left_out)}")
     summary = summarize(runs, out)
     table = markdown(summary)
+    if left_out:
+        summary["unfinished"] = left_out
+        table += "\n\nLeft out, not finished: " + "; ".join(left_out) + "."
     (out / "summary.md").write_text(table + "\n", encoding="utf-8")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     algorithms = sorted({run.info.get("config", {}).get("algo", "vmpo") for run in runs})

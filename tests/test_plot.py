@@ -218,6 +218,34 @@ def test_learning_summarize_only_writes_table_json_and_curves(learning, runs_roo
     assert (runs_root / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_learning_summary_leaves_out_a_run_short_of_its_budget(learning, runs_root, capsys):
+    """A run still training (or stopped) has no final evaluation yet: the summary names it
+    and leaves it out instead of taking its last evaluation for a final one."""
+    run = runs_root / "CartPole-v1" / "seed3"
+    info = json.loads((run / "run.json").read_text())
+    info["config"]["total_steps"] = 10_000
+    (run / "run.json").write_text(json.dumps(info))
+    assert learning.main(["--summarize-only", "--out", str(runs_root)]) == 0
+    summary = json.loads((runs_root / "summary.json").read_text())
+    assert [r["seed"] for r in summary["envs"]["CartPole-v1"]["runs"]] == [1, 2]
+    assert summary["unfinished"] == ["CartPole-v1 seed 3 (at step 3,000 of 10,000)"]
+    assert ("Left out, not finished: CartPole-v1 seed 3 (at step 3,000 of 10,000)."
+            in (runs_root / "summary.md").read_text())
+    # a target return may stop a run early: such a run counts as finished
+    info["config"]["target_return"] = 475.0
+    (run / "run.json").write_text(json.dumps(info))
+    assert learning.main(["--summarize-only", "--out", str(runs_root)]) == 0
+    assert "unfinished" not in json.loads((runs_root / "summary.json").read_text())
+    # nothing finished: a clear exit, no summary of nothing
+    only = write_run(runs_root.parent / "unfinished" / "CartPole-v1" / "seed1",
+                     [(1000, 1.0, 10.0)], "CartPole-v1", 1)
+    info = json.loads((only / "run.json").read_text())
+    info["config"]["total_steps"] = 5000
+    (only / "run.json").write_text(json.dumps(info))
+    with pytest.raises(SystemExit, match="no finished run"):
+        learning.main(["--summarize-only", "--out", str(only.parent.parent)])
+
+
 def test_learning_compare_puts_two_summaries_side_by_side(learning, runs_root, tmp_path,
                                                          capsys):
     assert learning.main(["--summarize-only", "--out", str(runs_root)]) == 0
