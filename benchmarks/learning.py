@@ -214,10 +214,9 @@ def health(run: Run) -> dict[str, Any]:
     capped = floored = None
     if duals:
         rows = min(len(values) for values in duals)
-        at_cap = np.any([values[:rows] >= 0.99 * DUAL_RANGE[1] for values in duals], axis=0)
-        at_floor = np.any([values[:rows] <= NEAR_FLOOR * DUAL_RANGE[0] for values in duals],
-                          axis=0)
-        capped, floored = float(at_cap.mean()), float(at_floor.mean())
+        per_update = np.stack([values[:rows] for values in duals])  # [dual, update]
+        capped = float((per_update >= 0.99 * DUAL_RANGE[1]).any(axis=0).mean())
+        floored = float((per_update <= NEAR_FLOOR * DUAL_RANGE[0]).any(axis=0).mean())
     grad_norm, clip = _values(run, "losses/policy_grad_norm"), config.get("max_grad_norm")
     return {"policy_std_first": float(std[0]) if std.size else None,
             "policy_std_last": float(std[-1]) if std.size else None,
@@ -374,10 +373,13 @@ def write_summary(out: Path, envs: Sequence[str] | None = None) -> str:
     """Writes ``summary.md``, ``summary.json`` and ``curves.png`` into ``out``; returns the
     markdown. Runs short of their budget (still training, or stopped) are left out and
     named: their last evaluation is not a final one."""
-    found = find_benchmark_runs(out, envs)
-    runs = [run for run in found if not unfinished(run)]
-    left_out = [f"{run.env_id} seed {run.seed} (at step {run.final_step:,} of "
-                f"{run.info['config']['total_steps']:,})" for run in found if unfinished(run)]
+    runs, left_out = [], []
+    for run in find_benchmark_runs(out, envs):
+        if unfinished(run):
+            left_out.append(f"{run.env_id} seed {run.seed} (at step {run.final_step:,} of "
+                            f"{run.info['config']['total_steps']:,})")
+        else:
+            runs.append(run)
     if not runs:
         raise SystemExit(f"no finished run under {out}: {'; '.join(left_out)}")
     summary = summarize(runs, out)
