@@ -18,7 +18,8 @@ flags to every run, after these, so it can override them: e.g. ``"--eval-every 2
 more points on short curves.
 
 The summary, printed as a GitHub-markdown table and saved as ``OUT/summary.md`` and
-``OUT/summary.json``, gives per env: the final evaluation return (each run's last
+``OUT/summary.json``, covers every env in ``OUT`` (after training, the envs trained before
+as well as these; ``--summarize-only --envs`` limits it), and gives per env: the final evaluation return (each run's last
 evaluation) and the best one (each run's highest), and CleanRL's metric, the mean return
 of the run's last 100 training episodes (fewer early in a run), each as mean +- sample std
 over seeds; the environment steps, wall-clock seconds and steps/s (the run's last
@@ -483,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(markdown table, JSON, learning curves).")
     parser.add_argument("--envs", nargs="+", metavar="ENV_ID",
                         help="env ids to train (required unless --summarize-only, where it "
-                             "limits the summary to these envs)")
+                             "limits the summary to these envs; after training the summary "
+                             "covers every env in --out)")
     parser.add_argument("--seeds", type=int, default=3,
                         help="how many seeds (default: %(default)s)")
     parser.add_argument("--first-seed", type=int, default=1,
@@ -549,7 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if failed:
             print(report_failures(failed), file=sys.stderr)
             return 1
-    print(write_summary(args.out, args.envs))
+    # the folder's summary: an env trained on its own (one seed finished later) keeps the others
+    print(write_summary(args.out, args.envs if args.summarize_only else None))
     print(f"\nwrote {args.out / 'summary.md'}, summary.json and curves.png", file=sys.stderr)
     return 0
 

@@ -218,6 +218,20 @@ def test_learning_summarize_only_writes_table_json_and_curves(learning, runs_roo
     assert (runs_root / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_learning_training_one_env_summarises_the_whole_folder(learning, runs_root,
+                                                              monkeypatch, capsys):
+    # one seed of Pendulum trained again on its own: CartPole's runs stay in the summary
+    trained = []
+    monkeypatch.setattr(learning, "run_all",
+                        lambda jobs, parallel, carry_on=False: trained.extend(jobs) or [])
+    assert learning.main(["--envs", "Pendulum-v1", "--seeds", "1", "--first-seed", "2",
+                          "--out", str(runs_root), "--continue"]) == 0
+    assert [job.name for job in trained] == ["Pendulum-v1 seed 2"]
+    summary = json.loads((runs_root / "summary.json").read_text())
+    assert list(summary["envs"]) == ["CartPole-v1", "Pendulum-v1"]
+    assert "| CartPole-v1 | 3 |" in capsys.readouterr().out
+
+
 def test_learning_summary_leaves_out_a_run_short_of_its_budget(learning, runs_root, capsys):
     """A run still training (or stopped) has no final evaluation yet: the summary names it
     and leaves it out instead of taking its last evaluation for a final one."""
