@@ -19,13 +19,13 @@ more points on short curves.
 
 The summary, printed as a GitHub-markdown table and saved as ``OUT/summary.md`` and
 ``OUT/summary.json``, covers every env in ``OUT`` (after training, the envs trained before
-as well as these; ``--summarize-only --envs`` limits it), and gives per env: the final evaluation return (each run's last
-evaluation) and the best one (each run's highest), and CleanRL's metric, the mean return
-of the run's last 100 training episodes (fewer early in a run), each as mean +- sample std
-over seeds; the environment steps, wall-clock seconds and steps/s (the run's last
-``charts/steps_per_second``) per run, averaged over seeds; the machine (from the runs'
-``run.json``); and per run, for the envs of ``REACH_RETURNS``, the env steps and wall-clock
-of its first evaluation at or above each of those returns.
+as well as these; ``--summarize-only --envs`` limits it), and gives per env: the final
+evaluation return (each run's last evaluation) and the best one (each run's highest), and
+CleanRL's metric, the mean return of the run's last 100 training episodes (fewer early in a
+run), each as mean +- sample std over seeds; the environment steps, wall-clock seconds and
+steps/s (the run's last ``charts/steps_per_second``) per run, averaged over seeds; the
+machine (from the runs' ``run.json``); and per run, for the envs of ``REACH_RETURNS``, the
+env steps and wall-clock of its first evaluation at or above each of those returns.
 ``OUT/curves.png`` plots all envs' learning curves (:mod:`minerva.plot`).
 
 ``--compare LABEL=DIR ...`` prints the summaries already written in those folders side by
