@@ -370,3 +370,18 @@ def test_workers_never_take_one_queued_trial_twice(tmp_path):
         for thread in threads:
             thread.join()
     assert sorted(taken) == list(range(24))
+
+
+def test_the_trials_table_names_the_preset_and_a_trial_queued_with_a_note():
+    from minerva.tuning import report
+
+    gamma = {"gamma": optuna.distributions.FloatDistribution(0.9, 0.99)}
+    trials = [optuna.trial.create_trial(
+        state=optuna.trial.TrialState.COMPLETE, value=value, params={"gamma": 0.95},
+        distributions=gamma, user_attrs=attrs) for value, attrs in [
+            (1.0, {"baseline": "preset"}), (0.5, {"note": "the preset, a tighter bound"}),
+            (0.2, {})]]
+    header, rows = report._trial_rows(SimpleNamespace(runs=[]), trials)
+    assert header[-1] == "note"
+    assert [row[-1] for row in rows] == ["the preset's values", "the preset, a tighter bound",
+                                         ""]

@@ -92,8 +92,11 @@ def _trial_rows(study: Study, trials) -> tuple[list[str], list[list[Any]]]:
             note = "interrupted (run again)"
         elif t.number in retried:
             note = "lost with its session (run again)"
-        if t.user_attrs.get("baseline"):
-            note = "the preset's values" + (f"; {note}" if note else "")
+        # --enqueue-preset's trial, or one queued by hand with a "note" of what it tries
+        label = ("the preset's values" if t.user_attrs.get("baseline")
+                 else t.user_attrs.get("note", ""))
+        if label:
+            note = label + (f"; {note}" if note else "")
         if "retry_of" in t.user_attrs:
             note = f"retry of trial {t.user_attrs['retry_of']}" + (f"; {note}" if note else "")
         value = t.value if t.value is not None else (
