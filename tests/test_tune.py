@@ -17,7 +17,7 @@ optuna = pytest.importorskip("optuna")
 
 from minerva import tune  # noqa: E402
 from minerva.config import TrainConfig  # noqa: E402
-from minerva.tuning import space, trial  # noqa: E402
+from minerva.tuning import report, space, trial  # noqa: E402
 from minerva.tuning.study import RunSpec, Study  # noqa: E402
 
 # 2 iterations of 4 envs x 64 steps, evaluated after each: 2 reports to the pruner
@@ -71,11 +71,11 @@ def test_a_tiny_study_finishes_and_writes_its_outputs(in_process, tmp_path):
     rows = (out / "trials.csv").read_text().splitlines()
     assert rows[0].startswith("trial,state,objective") and len(rows) == 4
     assert rows[1].startswith("0,complete,") and rows[1].endswith(",the preset's values")
-    report = (out / "report.md").read_text()
-    assert f"## Best trial: {study.best_trial.number}" in report
-    assert "## Parameter importances" in report
+    written = (out / "report.md").read_text()
+    assert f"## Best trial: {study.best_trial.number}" in written
+    assert "## Parameter importances" in written
     assert "python -m minerva.train --algo vmpo --env-id CartPole-v1 --epsilon-categorical" \
-        in report
+        in written
     for name in ("history", "importances", "parallel_coordinate", "intermediate_values"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     best = tomllib.loads((out / "best.toml").read_text())
@@ -373,8 +373,6 @@ def test_workers_never_take_one_queued_trial_twice(tmp_path):
 
 
 def test_the_trials_table_names_the_preset_and_a_trial_queued_with_a_note():
-    from minerva.tuning import report
-
     gamma = {"gamma": optuna.distributions.FloatDistribution(0.9, 0.99)}
     trials = [optuna.trial.create_trial(
         state=optuna.trial.TrialState.COMPLETE, value=value, params={"gamma": 0.95},
