@@ -76,6 +76,22 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _trial_note(trial, retried: set[int]) -> str:
+    """What the trials table says of ``trial``: whose retry it is, what it tries (the
+    preset's values from ``--enqueue-preset``, or the note it was queued with by hand), and
+    why it ended as it did."""
+    attrs = trial.user_attrs
+    retry = f"retry of trial {attrs['retry_of']}" if "retry_of" in attrs else ""
+    label = "the preset's values" if attrs.get("baseline") else attrs.get("note", "")
+    if attrs.get("interrupted"):
+        ending = "interrupted (run again)"
+    elif trial.number in retried:
+        ending = "lost with its session (run again)"
+    else:
+        ending = attrs.get("fail_reason", "")
+    return "; ".join(part for part in (retry, label, ending) if part)
+
+
 def _trial_rows(study: Study, trials) -> tuple[list[str], list[list[Any]]]:
     names = sorted({name for t in trials for name in t.params})
     run_names = [run.name for run in study.runs]
@@ -87,18 +103,7 @@ def _trial_rows(study: Study, trials) -> tuple[list[str], list[list[Any]]]:
         runs = t.user_attrs.get("runs", {})
         duration = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else None
-        note = t.user_attrs.get("fail_reason", "")
-        if t.user_attrs.get("interrupted"):
-            note = "interrupted (run again)"
-        elif t.number in retried:
-            note = "lost with its session (run again)"
-        # --enqueue-preset's trial, or one queued by hand with a "note" of what it tries
-        label = ("the preset's values" if t.user_attrs.get("baseline")
-                 else t.user_attrs.get("note", ""))
-        if label:
-            note = label + (f"; {note}" if note else "")
-        if "retry_of" in t.user_attrs:
-            note = f"retry of trial {t.user_attrs['retry_of']}" + (f"; {note}" if note else "")
+        note = _trial_note(t, retried)
         value = t.value if t.value is not None else (
             t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
         rows.append([t.number, t.state.name.lower(), value, t.user_attrs.get("last_step"),
