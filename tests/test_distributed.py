@@ -257,6 +257,7 @@ def test_ctrl_c_on_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path):
         time.sleep(0.2)
     launcher.send_signal(signal.SIGINT)
     output = launcher.communicate(timeout=120)[0]
+    assert (out / "vmpo_last.pt").exists(), output
     state = load(out / "vmpo_last.pt")
     events = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert state["global_step"] == events[-1]["global_step"] > 0, output
