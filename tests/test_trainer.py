@@ -484,10 +484,12 @@ def test_continuous_control_preset_narrows_the_std_within_its_bound(tmp_path):
     """V-MPO's M-step fits the Gaussian to the better share of the actions, whose spread is
     smaller than the policy's: every update pulls the std down, and the std's trust region
     (epsilon_sigma) sets how fast. With the preset's bound the std narrows as the policy
-    learns (here to ~0.77 of its initial value over 8 rollouts of InvertedPendulum, with 32
-    minibatches per pass), and a looser bound (1e-3) lets it fall clearly faster (~0.66)."""
+    learns (here to ~0.75 of its initial value over 8 rollouts of InvertedPendulum, with 32
+    minibatches per pass), and a looser bound (1e-2) lets it fall clearly faster (~0.62).
+    The adaptive rate holds each update to the mean's bound, which limits the std's steps
+    too: under the preset's tight mean bound a std bound 3x looser (1e-3) barely shows."""
     final_std = {}
-    for epsilon_sigma in (None, 1e-3):
+    for epsilon_sigma in (None, 1e-2):
         options = {**presets.preset("InvertedPendulum-v5"), "total_steps": 8 * 2048,
                    "eval_every": 10**9, "eval_episodes": 1, "progress": False,
                    "torch_threads": 1, "num_minibatches": 32}
@@ -501,7 +503,7 @@ def test_continuous_control_preset_narrows_the_std_within_its_bound(tmp_path):
         stds = [e["charts/policy_std"] for e in read_events(out) if "charts/policy_std" in e]
         final_std[epsilon_sigma] = stds[-1] / stds[0]  # the 8th rollout's mean std, relative
     assert 0.7 < final_std[None] < 0.95
-    assert final_std[1e-3] < final_std[None] - 0.05  # the test can tell a looser bound
+    assert final_std[1e-2] < final_std[None] - 0.05  # the test can tell a looser bound
 
 
 M_STEP = dict(dual_max_grad_norm=1.0, max_grad_norm=0.5, std_parameterization="softplus",
